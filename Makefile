@@ -1,0 +1,56 @@
+# squeezecaffe — every target installs what it needs (via `setup`) on a fresh Debian/Ubuntu machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+MODEL ?= fullbypass12
+OUT ?= out
+
+.PHONY: setup demo test test-slow lint prototxt proto summary draw clean
+
+# Create .venv and install the package with its dev tools; re-runs only when pyproject.toml changes.
+# torch==2.13.0 is named first so pip takes the CPU wheel instead of a multi-GB CUDA build on machines
+# that have it locally; elsewhere pip resolves torch from the range in pyproject.toml.
+setup: $(STAMP)
+$(STAMP): pyproject.toml
+	@$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c 'import ensurepip' 2>/dev/null || { \
+	  echo "installing python3-venv (needs root)"; apt-get update -qq && apt-get install -y -qq python3-venv python3-pip; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "torch==2.13.0" 2>/dev/null || true
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+# The main job on a built-in default: generate every model's prototxt and print their tables.
+demo: setup
+	$(BIN)/squeezecaffe list
+	$(BIN)/squeezecaffe gen $(MODEL) --out $(OUT)/$(MODEL)
+	$(BIN)/squeezecaffe summary $(MODEL)
+	$(BIN)/squeezecaffe draw $(MODEL) -o $(OUT)/$(MODEL)/net.png
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
+
+lint: setup
+	$(BIN)/ruff check src tests bench
+
+# Regenerate the committed prototxt/<model>/ files (the golden files a test diffs against).
+prototxt: setup
+	$(BIN)/squeezecaffe prototxt
+
+# Regenerate the committed protobuf bindings from src/squeezecaffe/proto/sqcaffe.proto (a test diffs them).
+proto: setup
+	$(BIN)/python -m grpc_tools.protoc -Isrc --python_out=src --pyi_out=src src/squeezecaffe/proto/sqcaffe.proto
+
+summary: setup
+	$(BIN)/squeezecaffe summary $(MODEL)
+
+draw: setup
+	$(BIN)/squeezecaffe draw $(MODEL) -o $(OUT)/$(MODEL)/net.png
+
+clean:
+	rm -rf $(OUT) .pytest_cache

@@ -1,0 +1,191 @@
+"""`squeezecaffe <verb>`: the command line. Each verb is a thin shell over a library function.
+
+A UserError anywhere becomes one line on stderr and exit code 2; so do bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from squeezecaffe import __version__
+from squeezecaffe.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line (exit 2) instead of usage + message."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"{self.prog}: {message}")
+
+
+def _add_net_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--classes", type=int, help="number of classes (default: the model's dataset)")
+    p.add_argument("--input", help="network input HxW, e.g. 64x64")
+    p.add_argument("--batch-size", type=int, help="TRAIN batch size")
+    p.add_argument("--test-batch-size", type=int, help="TEST batch size")
+    p.add_argument("--train-size", type=int, help="training images (sizes max_iter and snapshots)")
+    p.add_argument("--val-size", type=int, help="validation images (sizes test_iter)")
+    p.add_argument("--epochs", type=int, help="training epochs")
+    p.add_argument("--data", help="a data directory written by build-lmdb (classes, sizes and mean from its manifest)")
+    p.add_argument("--mean-file", action="store_true", help="use DATA/mean.binaryproto instead of per-channel mean_value")
+    p.add_argument("--solver-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any SolverParameter field, e.g. base_lr=0.01 (repeatable)")
+
+
+def _resolve_from_args(args: argparse.Namespace, spec):
+    from squeezecaffe.netgen.config import parse_hw, resolve
+
+    return resolve(
+        spec, classes=args.classes, input_size=parse_hw(args.input) if args.input else None,
+        batch_size=args.batch_size, test_batch_size=args.test_batch_size, train_size=args.train_size,
+        val_size=args.val_size, epochs=args.epochs, data_dir=args.data, use_mean_file=args.mean_file)
+
+
+def _parse_overrides(items: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--solver-set '{item}': expected KEY=VALUE")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _load_net_or_model(target: str, args: argparse.Namespace):
+    """A registered model name (its deploy net) or a path to any prototxt; returns (net, data_shape)."""
+    from squeezecaffe.netgen.registry import MODELS, get_model
+    from squeezecaffe.proto import pb, read_text
+
+    if target in MODELS or not (target.endswith(".prototxt") or Path(target).exists()):
+        from squeezecaffe.netgen.builder import build_deploy
+
+        spec = get_model(target)
+        cfg, _ = _resolve_from_args(args, spec)
+        return build_deploy(spec, cfg), None
+    from squeezecaffe.netgen.checks import check_net
+    from squeezecaffe.netgen.config import parse_hw
+
+    net = read_text(target, pb.NetParameter)
+    check_net(net, target)
+    data_shape = None
+    if getattr(args, "input", None):
+        h, w = parse_hw(args.input)
+        data_shape = (1, 3, h, w)
+    return net, data_shape
+
+
+# ---------------------------------------------------------------- verbs
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from squeezecaffe.netgen.builder import build_deploy
+    from squeezecaffe.netgen.config import resolve
+    from squeezecaffe.netgen.registry import MODELS
+    from squeezecaffe.netgen.summary import summarize
+
+    print(f"{'model':22s} {'input':>9s} {'classes':>7s} {'weights':>11s} {'trainable':>11s}  description")
+    for spec in MODELS.values():
+        cfg, _ = resolve(spec)
+        s = summarize(build_deploy(spec, cfg))
+        h, w = cfg.input_size
+        print(f"{spec.name:22s} {f'{h}x{w}x3':>9s} {cfg.classes:7d} {s.weights:11,} {s.trainable:11,}  {spec.description}")
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from squeezecaffe.netgen.summary import format_summary, summarize
+
+    net, data_shape = _load_net_or_model(args.model, args)
+    print(format_summary(summarize(net, data_shape, where=args.model)))
+    return 0
+
+
+def cmd_gen(args: argparse.Namespace) -> int:
+    from squeezecaffe.netgen.emit import generate, write_generated
+    from squeezecaffe.netgen.registry import get_model
+
+    spec = get_model(args.model)
+    cfg, sched = _resolve_from_args(args, spec)
+    out = Path(args.out)
+    model = generate(spec, out, cfg, sched, _parse_overrides(args.solver_set),
+                     snapshot_prefix=str(out / "snapshots" / spec.name))
+    for path in write_generated(model, out):
+        print(path)
+    return 0
+
+
+def cmd_prototxt(args: argparse.Namespace) -> int:
+    from squeezecaffe.netgen.emit import write_committed
+
+    paths = write_committed(args.root)
+    print(f"wrote {len(paths)} files under {Path(args.root) / 'prototxt'}")
+    return 0
+
+
+def cmd_draw(args: argparse.Namespace) -> int:
+    from squeezecaffe.netgen.draw import draw_net
+
+    net, data_shape = _load_net_or_model(args.model, args)
+    print(draw_net(net, args.output, data_shape=data_shape))
+    return 0
+
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="squeezecaffe", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"squeezecaffe {__version__}")
+    sub = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("list", help="registered models with input, classes and parameter counts")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("summary", help="Table-1-style per-module table of a model or any prototxt")
+    p.add_argument("model", help="registered model name or path to a .prototxt")
+    _add_net_overrides(p)
+    p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("gen", help="write train_val, deploy and solver prototxt for a model")
+    p.add_argument("model")
+    p.add_argument("--out", required=True, help="output directory")
+    _add_net_overrides(p)
+    p.set_defaults(func=cmd_gen)
+
+    p = sub.add_parser("prototxt", help="regenerate the committed prototxt/<model>/ files of every model")
+    p.add_argument("--root", default=".", help="repository root (default: .)")
+    p.set_defaults(func=cmd_prototxt)
+
+    p = sub.add_parser("draw", help="draw a model's graph to PNG/SVG/PDF")
+    p.add_argument("model", help="registered model name or path to a .prototxt")
+    p.add_argument("-o", "--output", required=True, help="output image path (.png, .svg, .pdf)")
+    _add_net_overrides(p)
+    p.set_defaults(func=cmd_draw)
+
+    for register in _EXTRA_VERBS:
+        register(sub)
+    return parser
+
+
+# Later parts of the package add verbs here (data tools, engines, training) without editing the above.
+_EXTRA_VERBS: list[Callable[[argparse._SubParsersAction], None]] = []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"squeezecaffe: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("squeezecaffe: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,9 @@
+"""The one exception type that reaches the user as a single line (the CLI prints it, exit code 2)."""
+
+
+class UserError(Exception):
+    """A problem with the user's input: a bad file, an unknown name, an impossible option.
+
+    The message must be one line that names the file or value and says what is wrong,
+    because the CLI prints it as-is instead of a traceback.
+    """

@@ -1,0 +1,248 @@
+"""Every model the project knows, as one row of data each; `builder.py` turns any row into a net.
+
+Adding a model = adding a row. The tests enumerate `MODELS`, so a new row is generated,
+summarized and load-checked with no test edited. Published figures sit in the row so the tests
+can hold our generated nets to them (DESIGN.md §3 gives their sources).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from squeezecaffe.errors import UserError
+
+# ------------------------------------------------------------------ body tokens
+
+
+@dataclass(frozen=True)
+class Fire:
+    squeeze: int  # s: squeeze 1x1 filters
+    expand: int  # e: filters of each expand branch (1x1 and 3x3); output is 2e channels
+    bypass: Literal["identity", "conv"] | None = None  # TypeB / TypeA bypass, or none
+
+
+@dataclass(frozen=True)
+class MaxPool:
+    kernel: int = 3
+    stride: int = 2
+
+
+@dataclass(frozen=True)
+class BasicBlock:
+    width: int  # output channels of both 3x3 convs
+    stride: int = 1  # stride of the first conv (and of the 1x1 shortcut)
+
+
+@dataclass(frozen=True)
+class SqueezeNext:
+    out: int  # output channels C (inner widths C, C/2, C, C)
+
+
+BodyToken = Fire | MaxPool | BasicBlock | SqueezeNext
+
+
+def F(s: int, e: int) -> Fire:
+    return Fire(s, e)
+
+
+def A(s: int, e: int) -> Fire:
+    return Fire(s, e, "conv")
+
+
+def B(s: int, e: int) -> Fire:
+    return Fire(s, e, "identity")
+
+
+MP = MaxPool()
+
+
+def resnet_body(blocks: tuple[int, ...], widths: tuple[int, ...]) -> tuple[BasicBlock, ...]:
+    """Stages of basic blocks; every stage after the first halves the resolution in its first block."""
+    return tuple(
+        BasicBlock(width, 2 if stage and i == 0 else 1)
+        for stage, (count, width) in enumerate(zip(blocks, widths, strict=True))
+        for i in range(count)
+    )
+
+
+# ------------------------------------------------------------------ stem / head / data
+
+
+@dataclass(frozen=True)
+class Stem:
+    num_output: int
+    kernel: int
+    stride: int = 1
+    pad: int = 0
+    pool: bool = True  # 3x3/2 max pool after conv1
+
+
+@dataclass(frozen=True)
+class Head:
+    """`conv`: [dropout] conv10 1x1 (classes) -> ReLU -> global AVE pool (SqueezeNet).
+    `fc`: global AVE pool -> [InnerProduct(h) -> ReLU -> dropout]* -> InnerProduct(classes)."""
+
+    kind: Literal["conv", "fc"]
+    dropout: float | None = None
+    hidden: tuple[int, ...] = ()
+    conv10_filler: tuple[tuple[str, object], ...] | None = None  # conv10's weight filler, when not the net's
+
+
+@dataclass(frozen=True)
+class DatasetDefaults:
+    """What a model is trained on unless the command line or a data directory says otherwise."""
+
+    key: str  # folder name under data/ in the committed prototxt
+    input_size: tuple[int, int]  # network input H, W
+    classes: int
+    train_size: int
+    val_size: int
+    mean_value: tuple[float, ...]  # BGR
+    crop: bool  # random crop (TRAIN) / centre crop (TEST) to input_size from larger images
+    batch_size: int
+    test_batch_size: int
+    iter_size: int
+    epochs: int
+    base_lr: float
+    weight_decay: float
+    power: float = 1.0
+    momentum: float = 0.9
+    mirror: bool = True
+
+
+TINY_IMAGENET = DatasetDefaults(
+    key="tiny-imagenet-200", input_size=(64, 64), classes=200, train_size=100_000, val_size=10_000,
+    mean_value=(104.0, 117.0, 123.0), crop=False, batch_size=128, test_batch_size=100, iter_size=1,
+    epochs=30, base_lr=0.04, weight_decay=5e-4)
+# SqueezeNet's released solver: batch 32 x iter_size 16, base_lr 0.04, poly power 1, wd 2e-4, 170k iters.
+IMAGENET = DatasetDefaults(
+    key="imagenet", input_size=(227, 227), classes=1000, train_size=1_281_167, val_size=50_000,
+    mean_value=(104.0, 117.0, 123.0), crop=True, batch_size=32, test_batch_size=25, iter_size=16,
+    epochs=68, base_lr=0.04, weight_decay=2e-4)
+CIFAR10 = DatasetDefaults(
+    key="cifar10", input_size=(32, 32), classes=10, train_size=50_000, val_size=10_000,
+    mean_value=(113.9, 123.0, 125.3), crop=False, batch_size=128, test_batch_size=100, iter_size=1,
+    epochs=150, base_lr=0.1, weight_decay=5e-4)
+
+
+# ------------------------------------------------------------------ the row
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    description: str
+    data: DatasetDefaults
+    stem: Stem
+    body: tuple[BodyToken, ...]
+    head: Head
+    batchnorm: bool  # BatchNorm + Scale after every conv, convs without bias
+    weight_filler: str = "xavier"
+    # Published parameter count and its convention: "weights" = conv/fc kernels only (the Tiny-ImageNet
+    # paper's Table 1); "trainable" = every learned blob (biases, Scale gamma/beta included).
+    published_params: int | None = None
+    params_convention: Literal["weights", "trainable"] = "weights"
+    params_exact: bool = True  # False: the source gives an approximate figure ("~797K"); we match to 2%
+    published_params_without_bypass: int | None = None
+    published_depth: int | None = None  # conv layers on the main path
+    published_results: str = ""  # as reported, for the README and `list`
+    reading: str = ""  # where the source is vague, what we built and why
+    tags: tuple[str, ...] = field(default=())
+
+
+_V1_0_FIRES = (F(16, 64), F(16, 64), F(32, 128), MP, F(32, 128), F(48, 192), F(48, 192), F(64, 256), MP, F(64, 256))
+_V1_1_FIRES = (F(16, 64), F(16, 64), MP, F(32, 128), F(32, 128), MP, F(48, 192), F(48, 192), F(64, 256), F(64, 256))
+_TINY_STEM = Stem(96, 3, 1, pad=1)
+_TINY_HEAD = Head("conv")
+_IMAGENET_HEAD = Head("conv", dropout=0.5, conv10_filler=(("type", "gaussian"), ("mean", 0.0), ("std", 0.01)))
+
+_ROWS: tuple[ModelSpec, ...] = (
+    # --- ImageNet SqueezeNet, as released (biases, no BatchNorm) --------------------------------
+    ModelSpec(
+        "squeezenet_v1_0", "SqueezeNet v1.0 (ImageNet, 227x227)", IMAGENET, Stem(96, 7, 2), _V1_0_FIRES,
+        _IMAGENET_HEAD, batchnorm=False, published_params=1_248_424, params_convention="trainable",
+        published_results="top-1 57.5%, top-5 80.3%"),
+    ModelSpec(
+        "squeezenet_v1_1", "SqueezeNet v1.1 (ImageNet, 227x227; 2.4x less computation)", IMAGENET,
+        Stem(64, 3, 2), _V1_1_FIRES, _IMAGENET_HEAD, batchnorm=False, published_params=1_235_496,
+        params_convention="trainable"),
+    ModelSpec(
+        "simple_bypass_v1_0", "SqueezeNet v1.0 + identity bypass around fire3/5/7/9", IMAGENET,
+        Stem(96, 7, 2),
+        (F(16, 64), B(16, 64), F(32, 128), MP, B(32, 128), F(48, 192), B(48, 192), F(64, 256), MP, B(64, 256)),
+        _IMAGENET_HEAD, batchnorm=False, published_params=1_248_424, params_convention="trainable",
+        published_results="top-1 60.4%, top-5 82.5%"),
+    ModelSpec(
+        "complex_bypass_v1_0", "SqueezeNet v1.0 + identity bypass (fire3/5/7/9) + 1x1-conv bypass (fire2/4/6/8)",
+        IMAGENET, Stem(96, 7, 2),
+        (A(16, 64), B(16, 64), A(32, 128), MP, B(32, 128), A(48, 192), B(48, 192), A(64, 256), MP, B(64, 256)),
+        _IMAGENET_HEAD, batchnorm=False, published_params=1_589_672, params_convention="trainable",
+        published_results="top-1 58.8%, top-5 82.0%"),
+    # --- Tiny ImageNet (64x64, BatchNorm + Scale after every conv) ------------------------------
+    ModelSpec(
+        "original8", "8-Fire SqueezeNet for Tiny ImageNet, no bypass", TINY_IMAGENET, _TINY_STEM,
+        (F(16, 64), F(16, 64), F(32, 128), MP, F(32, 128), F(48, 192), F(48, 192), F(64, 256), MP, F(64, 256)),
+        _TINY_HEAD, batchnorm=True, weight_filler="msra", published_params=823_328,
+        published_params_without_bypass=823_328, published_depth=18,
+        published_results="val top-1 0.41; caffemodel 3.2 MB"),
+    ModelSpec(
+        "partialbypass8", "original8 + identity bypass around fire3/5/7/9", TINY_IMAGENET, _TINY_STEM,
+        (F(16, 64), B(16, 64), F(32, 128), MP, B(32, 128), F(48, 192), B(48, 192), F(64, 256), MP, B(64, 256)),
+        _TINY_HEAD, batchnorm=True, weight_filler="msra", published_params=823_328,
+        published_params_without_bypass=823_328, published_depth=18,
+        published_results="val top-1 0.44; caffemodel 4.8 MB"),
+    ModelSpec(
+        "fullbypass8", "8 Fires, alternating TypeA (1x1-conv bypass) and TypeB (identity bypass)",
+        TINY_IMAGENET, _TINY_STEM,
+        (A(16, 64), B(16, 64), A(32, 128), MP, B(32, 128), A(48, 192), B(48, 192), A(64, 256), MP, B(64, 256)),
+        _TINY_HEAD, batchnorm=True, weight_filler="msra", published_params=1_163_296,
+        published_params_without_bypass=823_328, published_depth=18,
+        published_results="val top-1 0.54, top-5 0.77; caffemodel 6.4 MB"),
+    ModelSpec(
+        "fullbypass12", "12 Fires, TypeA/TypeB pairs, dropout 0.5 before conv10", TINY_IMAGENET, _TINY_STEM,
+        (A(16, 64), B(16, 64), A(16, 64), B(16, 64), A(32, 128), MP, B(32, 128), A(48, 192), B(48, 192),
+         A(48, 192), B(48, 192), MP, A(64, 256), B(64, 256)),
+        Head("conv", dropout=0.5), batchnorm=True, weight_filler="msra", published_params=1_572_896,
+        published_depth=26, published_results="val top-1 0.58, top-5 0.83",
+        reading="the paper gives ~1.6M and 'two more TypeA-TypeB sets, with a maxpool before the last TypeA'; "
+                "this sequence is DESIGN.md's documented reading"),
+    # --- CIFAR-10 ----------------------------------------------------------------------------
+    *(
+        ModelSpec(
+            f"cifar_resnet_{tag}", f"CIFAR-10 ResNet, basic blocks {'-'.join(map(str, blocks))}, widths "
+            f"{'/'.join(map(str, widths))}", CIFAR10, Stem(64, 3, 1, pad=1, pool=False),
+            resnet_body(blocks, widths), Head("fc"), batchnorm=True, weight_filler="msra",
+            published_params=params, params_convention="trainable", published_results=results)
+        for tag, blocks, widths, params, results in (
+            ("18", (2, 2, 2, 2), (64, 128, 256, 512), 11_173_962, ""),
+            ("2231", (2, 2, 3, 1), (64, 128, 256, 512), 7_633_994, ""),
+            ("2221", (2, 2, 2, 1), (64, 128, 256, 512), 6_453_322, ""),
+            ("2211", (2, 2, 1, 1), (64, 128, 256, 512), 5_272_650, ""),
+            ("2111", (2, 1, 1, 1), (64, 128, 256, 512), 4_977_226, ""),
+            ("1111", (1, 1, 1, 1), (64, 128, 256, 512), 4_903_242, ""),
+            ("543", (5, 4, 3), (64, 128, 256), 4_771_146, "test accuracy 93.11% after 150 epochs"),
+        )
+    ),
+    ModelSpec(
+        "sq1", "CIFAR-10 SqueezeNet v1.1 features + InnerProduct head with dropout", CIFAR10, Stem(64, 3, 2),
+        _V1_1_FIRES, Head("fc", dropout=0.5, hidden=(128, 64)), batchnorm=False, published_params=797_000,
+        params_convention="trainable", params_exact=False,
+        reading="reported as ~797K; the head widths are not given: hidden InnerProducts of 128 and 64 "
+                "(each ReLU + dropout 0.5) before the classifier give 797,066"),
+    ModelSpec(
+        "firenext", "CIFAR-10 SqueezeNet v1.1 with fire9 replaced by a SqueezeNext block (no residual add)",
+        CIFAR10, Stem(64, 3, 2), (*_V1_1_FIRES[:-1], SqueezeNext(128)), Head("fc"), batchnorm=False,
+        published_params=691_000, params_convention="trainable", params_exact=False,
+        reading="reported as ~691K with block output 128; inner widths C, C/2, C, C (1x1, 1x1, 3x1, 1x3, "
+                "1x1) and a single InnerProduct classifier give 691,018"),
+)
+
+MODELS: dict[str, ModelSpec] = {row.name: row for row in _ROWS}
+
+
+def get_model(name: str) -> ModelSpec:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise UserError(f"unknown model '{name}'; known models: {', '.join(MODELS)}") from None

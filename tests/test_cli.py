@@ -1,0 +1,78 @@
+"""The command line: real verbs in-process, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from squeezecaffe.cli import main
+from squeezecaffe.proto import pb, read_text
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_list_shows_every_model(capsys) -> None:
+    code, out, _ = run(capsys, "list")
+    assert code == 0
+    assert "fullbypass12" in out and "1,572,896" in out and "cifar_resnet_543" in out
+
+
+def test_summary_prints_table_and_totals(capsys) -> None:
+    code, out, _ = run(capsys, "summary", "fullbypass8")
+    assert code == 0
+    assert "1,163,296" in out and "823,328 without bypass" in out and "fire2" in out
+
+
+def test_gen_with_overrides(capsys, tmp_path: Path) -> None:
+    code, _, _ = run(capsys, "gen", "fullbypass8", "--out", str(tmp_path), "--classes", "10", "--input", "32x32",
+                       "--batch-size", "16", "--train-size", "160", "--val-size", "40", "--epochs", "2",
+                       "--solver-set", "base_lr=0.02")
+    assert code == 0
+    deploy = read_text(tmp_path / "deploy.prototxt", pb.NetParameter)
+    assert list(deploy.layer[0].input_param.shape[0].dim) == [1, 3, 32, 32]
+    conv10 = next(la for la in deploy.layer if la.name == "conv10")
+    assert conv10.convolution_param.num_output == 10
+    solver = read_text(tmp_path / "solver.prototxt", pb.SolverParameter)
+    assert (solver.max_iter, solver.test_interval) == (20, 10)
+    assert solver.base_lr == pytest.approx(0.02)
+    assert solver.net == str(tmp_path / "train_val.prototxt")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["summary", "nosuchmodel"], "unknown model 'nosuchmodel'"),
+    (["gen", "fullbypass8", "--out", "x", "--input", "0x64"], "--input '0x64': height and width must be positive"),
+    (["gen", "fullbypass8", "--out", "x", "--input", "big"], "expected HxW"),
+    (["gen", "fullbypass8", "--out", "x", "--classes", "-3"], "--classes must be positive"),
+    (["gen", "fullbypass8", "--out", "x", "--solver-set", "bogus=1"], "SolverParameter has no field 'bogus'"),
+    (["gen", "squeezenet_v1_0", "--out", "x", "--input", "227x200"], "crop_size is square"),
+    (["gen", "fullbypass8", "--out", "x", "--data", "/nonexistent"], "no dataset manifest"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_input_is_one_line_exit_2(capsys, argv, message, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_broken_prototxt_is_one_line(capsys, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.prototxt"
+    bad.write_text('layer { name: "x" type: "Convolution" bottom: "nothing" top: "x" ')
+    code, _, err = run(capsys, "summary", str(bad))
+    assert code == 2 and str(bad) in err and len(err.strip().splitlines()) == 1
+    bad.write_text('layer { name: "x" type: "ReLU" bottom: "nothing" top: "x" }')
+    code, _, err = run(capsys, "summary", str(bad))
+    assert code == 2 and "bottom blob 'nothing'" in err
+
+
+def test_draw_writes_png(capsys, tmp_path: Path) -> None:
+    code, _, _ = run(capsys, "draw", "partialbypass8", "-o", str(tmp_path / "net.png"))
+    assert code == 0
+    data = (tmp_path / "net.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000

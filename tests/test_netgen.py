@@ -1,0 +1,151 @@
+"""Every registered model: generated, checked, summarized, and held to its published figures.
+
+The tests loop over the registry, so a new row is covered with no test edited.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from google.protobuf import text_format
+
+from squeezecaffe.netgen.builder import build_deploy, build_train_val
+from squeezecaffe.netgen.config import iterations_per_epoch, resolve
+from squeezecaffe.netgen.emit import FILES, committed_model
+from squeezecaffe.netgen.registry import MODELS
+from squeezecaffe.netgen.state import filter_net, make_state
+from squeezecaffe.netgen.summary import summarize
+from squeezecaffe.proto import pb
+from tests.conftest import REPO, random_caffemodel
+
+NAMES = list(MODELS)
+
+
+@pytest.fixture(scope="module")
+def summaries() -> dict:
+    return {name: summarize(build_deploy(spec, resolve(spec)[0])) for name, spec in MODELS.items()}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_published_parameter_count(name: str, summaries: dict) -> None:
+    spec = MODELS[name]
+    s = summaries[name]
+    ours = s.weights if spec.params_convention == "weights" else s.trainable
+    assert spec.published_params is not None, f"{name}: registry row has no published parameter count"
+    if spec.params_exact:
+        assert ours == spec.published_params
+    else:
+        assert abs(ours - spec.published_params) / spec.published_params < 0.02
+    if spec.published_params_without_bypass is not None:
+        assert s.weights_without_bypass == spec.published_params_without_bypass
+    if spec.published_depth is not None:
+        assert s.depth == spec.published_depth
+
+
+def test_exact_figures_of_design_table(summaries: dict) -> None:
+    """The numbers DESIGN.md §3 states, spelled out so a registry typo cannot hide them."""
+    assert summaries["fullbypass8"].weights == 1_163_296
+    assert summaries["fullbypass8"].weights_without_bypass == 823_328
+    assert summaries["original8"].weights == summaries["partialbypass8"].weights == 823_328
+    assert summaries["fullbypass12"].weights == 1_572_896
+    assert summaries["squeezenet_v1_0"].trainable == 1_248_424
+    assert summaries["squeezenet_v1_1"].trainable == 1_235_496
+    assert summaries["simple_bypass_v1_0"].trainable == 1_248_424
+    assert summaries["complex_bypass_v1_0"].trainable == 1_589_672
+    resnets = {"18": 11_173_962, "2231": 7_633_994, "2221": 6_453_322, "2211": 5_272_650, "2111": 4_977_226,
+               "1111": 4_903_242, "543": 4_771_146}
+    for tag, count in resnets.items():
+        assert summaries[f"cifar_resnet_{tag}"].trainable == count
+
+
+def test_fullbypass8_rows_match_the_paper_table(summaries: dict) -> None:
+    rows = {r.name: r for r in summaries["fullbypass8"].rows}
+    assert rows["conv1"].weights == 2_592 and rows["conv1"].output == (1, 96, 64, 64)
+    assert rows["fire2"].weights == 24_064 and rows["fire2"].weights_without_bypass == 11_776
+    assert (rows["fire2"].squeeze, rows["fire2"].expand1x1, rows["fire2"].expand3x3) == (16, 64, 64)
+    assert rows["conv10"].weights == 102_400
+    assert rows["pool1"].output[2:] == (32, 32) and rows["pool4"].output[2:] == (16, 16)
+    assert rows["pool8"].output[2:] == (8, 8)
+    assert rows["fire9"].output == (1, 512, 8, 8)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_emitted_files_parse_and_reserialize_identically(name: str) -> None:
+    model = committed_model(MODELS[name])
+    for fname, text in model.texts().items():
+        msg = pb.SolverParameter() if fname == "solver.prototxt" else pb.NetParameter()
+        text_format.Parse(text, msg)
+        assert text_format.MessageToString(msg) == text
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_train_val_phases(name: str) -> None:
+    spec = MODELS[name]
+    cfg, _ = resolve(spec)
+    net = build_train_val(spec, cfg)
+    train = filter_net(net, make_state("TRAIN"))
+    test = filter_net(net, make_state("TEST"))
+    train_types = [la.type for la in train.layer]
+    test_types = [la.type for la in test.layer]
+    assert train_types.count("Data") == 1 and test_types.count("Data") == 1
+    assert "Accuracy" not in train_types and "SoftmaxWithLoss" in train_types
+    top5 = [la for la in test.layer if la.type == "Accuracy" and la.accuracy_param.top_k == 5]
+    assert len(top5) == 1
+    train_data = train.layer[0]
+    assert train_data.transform_param.mirror and not test.layer[0].transform_param.mirror
+    assert train_data.data_param.backend == pb.DataParameter.LMDB
+    if spec.data.crop:
+        assert train_data.transform_param.crop_size == cfg.input_size[0]
+    deploy = build_deploy(spec, cfg)
+    types = {la.type for la in deploy.layer}
+    assert deploy.layer[0].type == "Input" and deploy.layer[-1].name == "prob"
+    assert not types & {"Data", "SoftmaxWithLoss", "Accuracy"}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_committed_prototxt_is_up_to_date(name: str) -> None:
+    model = committed_model(MODELS[name])
+    for fname, text in model.texts().items():
+        path = REPO / "prototxt" / name / fname
+        assert path.is_file(), f"{path} missing: run 'make prototxt' and commit prototxt/"
+        assert path.read_text() == text, f"{path} is stale: run 'make prototxt' and commit prototxt/"
+    assert set(FILES) == set(model.texts())
+
+
+def test_no_stray_committed_models() -> None:
+    committed = {p.name for p in (REPO / "prototxt").iterdir() if p.is_dir()}
+    assert committed == set(MODELS), "prototxt/ holds a model the registry no longer has: run 'make prototxt'"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_deploy_loads_in_opencv_and_gives_probabilities(name: str, tmp_path: Path) -> None:
+    spec = MODELS[name]
+    cfg, _ = resolve(spec)
+    deploy = build_deploy(spec, cfg)
+    (tmp_path / "deploy.prototxt").write_text(text_format.MessageToString(deploy))
+    (tmp_path / "w.caffemodel").write_bytes(random_caffemodel(deploy).SerializeToString())
+    net = cv2.dnn.readNetFromCaffe(str(tmp_path / "deploy.prototxt"), str(tmp_path / "w.caffemodel"))
+    h, w = cfg.input_size
+    x = np.random.default_rng(1).normal(0, 50, (1, 3, h, w)).astype(np.float32)
+    net.setInput(x)
+    prob = net.forward().reshape(1, -1)
+    assert prob.shape == (1, cfg.classes)
+    assert np.all(prob >= 0)
+    assert prob.sum() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_solver_is_sized_in_epochs() -> None:
+    spec = MODELS["fullbypass12"]
+    cfg, sched = resolve(spec, train_size=1000, val_size=300, epochs=3, batch_size=64, test_batch_size=100)
+    model = committed_model(spec)
+    assert model.solver.type == "Nesterov" and model.solver.lr_policy == "poly"
+    from squeezecaffe.solvers.emit import build_solver
+
+    s = build_solver(cfg, sched, "net.prototxt", "snap/x", overrides={"base_lr": "0.01", "type": "Adam"})
+    assert iterations_per_epoch(1000, 64) == 16  # ceil(1000/64)
+    assert (s.test_interval, s.snapshot, s.max_iter, s.test_iter[0]) == (16, 16, 48, 3)
+    assert s.base_lr == pytest.approx(0.01) and s.type == "Adam" and s.momentum == pytest.approx(0.9)
+    assert iterations_per_epoch(1000, 64, iter_size=2) == 8
