@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 MODEL ?= fullbypass12
 OUT ?= out
 
-.PHONY: setup demo test test-slow lint prototxt proto summary draw clean
+.PHONY: setup demo test test-slow lint prototxt proto summary draw build-lmdb bench-data clean
 
 # Create .venv and install the package with its dev tools; re-runs only when pyproject.toml changes.
 # torch==2.13.0 is named first so pip takes the CPU wheel instead of a multi-GB CUDA build on machines
@@ -51,6 +51,16 @@ summary: setup
 
 draw: setup
 	$(BIN)/squeezecaffe draw $(MODEL) -o $(OUT)/$(MODEL)/net.png
+
+# JPEG/PNG dataset -> OUT/{train,val,test}_lmdb + mean.binaryproto + labels.txt + manifest.json.
+# make build-lmdb DATA=~/tiny-imagenet-200 OUT=data/tiny [ARGS="--resize 64x64 --encoded"]
+DATA ?=
+build-lmdb: setup
+	@test -n "$(DATA)" || { echo "usage: make build-lmdb DATA=path/to/images OUT=data/name [ARGS=...]"; exit 2; }
+	$(BIN)/squeezecaffe build-lmdb "$(DATA)" "$(OUT)" $(ARGS)
+
+bench-data: setup
+	$(BIN)/python bench/data_tools_bench.py --images 6000 --json $(OUT)/bench_data_tools.json
 
 clean:
 	rm -rf $(OUT) .pytest_cache

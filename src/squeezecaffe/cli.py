@@ -133,6 +133,80 @@ def cmd_draw(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_build_lmdb(args: argparse.Namespace) -> int:
+    from squeezecaffe.data_tools.convert import ConvertOptions, build_lmdb
+    from squeezecaffe.netgen.config import parse_hw
+
+    if args.jobs is not None and args.jobs < 0:
+        raise UserError(f"--jobs {args.jobs}: must be 0 (all cores) or more")
+    options = ConvertOptions(
+        resize=parse_hw(args.resize, "--resize") if args.resize else None, gray=args.gray, encoded=args.encoded,
+        shuffle=args.shuffle, seed=args.seed, jobs=args.jobs or 0, max_skip=args.max_skip, force=args.force,
+        splits=tuple(args.splits.split(",")), progress=not args.quiet)
+    manifest, results = build_lmdb(args.src, args.out, options, root=args.root, classes=args.classes,
+                                   val_fraction=args.val_fraction)
+    for r in results:
+        rate = r.count / r.seconds if r.seconds else 0.0
+        print(f"{r.name}: {r.count} images, {len(r.skipped)} skipped, {r.bytes / 1e6:.1f} MB, "
+              f"{rate:,.0f} images/s -> {Path(args.out) / (r.name + '_lmdb')}")
+    total = sum(r.count for r in results)
+    skipped = sum(len(r.skipped) for r in results)
+    seconds = sum(r.seconds for r in results)
+    print(f"done: {total} images, {manifest.classes} classes, {skipped} skipped (see skipped.txt), "
+          f"{total / seconds if seconds else 0:,.0f} images/s, {sum(r.bytes for r in results) / 1e6:.1f} MB; "
+          f"mean (BGR) {', '.join(f'{v:.2f}' for v in manifest.mean_values)}")
+    return 0
+
+
+def cmd_mean(args: argparse.Namespace) -> int:
+    from squeezecaffe.data_tools.mean import write_mean
+
+    values, json_path = write_mean(args.db, args.output)
+    print(f"mean_value (BGR): {', '.join(f'{v:.4f}' for v in values)}")
+    print(f"wrote {args.output} and {json_path}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from squeezecaffe.data_tools.inspect_db import describe, format_description, load_label_names, save_grid
+
+    print(format_description(describe(args.db), load_label_names(Path(args.db))))
+    if args.grid:
+        print(f"grid: {save_grid(args.db, args.grid, count=args.count)}")
+    return 0
+
+
+def _register_data_verbs(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("build-lmdb", help="image folders / list files -> Caffe LMDBs + mean + labels + manifest")
+    p.add_argument("src", help="Tiny ImageNet root, class-folder root, a list file, or a folder with train.txt/val.txt")
+    p.add_argument("out", help="output data directory (train_lmdb/, val_lmdb/, mean.binaryproto, labels.txt, ...)")
+    p.add_argument("--resize", metavar="HxW", help="resize every image (bilinear), e.g. 64x64")
+    p.add_argument("--gray", action="store_true", help="store 1-channel images")
+    p.add_argument("--encoded", action="store_true", help="store the JPEG/PNG bytes instead of raw pixels")
+    p.add_argument("--shuffle", action="store_true", help="shuffle the record order (seeded by --seed)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, help="decoding processes (default: all cores)")
+    p.add_argument("--max-skip", type=float, default=0.01, help="fail when more than this fraction is broken")
+    p.add_argument("--force", action="store_true", help="replace existing databases in OUT")
+    p.add_argument("--val-fraction", type=float, default=0.0, help="hold out this fraction per class as val")
+    p.add_argument("--root", help="folder the list file's paths are relative to (default: the list's folder)")
+    p.add_argument("--classes", type=int, help="class count for list files (labels must be below it)")
+    p.add_argument("--splits", default="train,val,test", help="which splits to build (default: all present)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_build_lmdb)
+
+    p = sub.add_parser("mean", help="mean image of a database (.binaryproto as compute_image_mean) + per-channel JSON")
+    p.add_argument("db")
+    p.add_argument("-o", "--output", required=True)
+    p.set_defaults(func=cmd_mean)
+
+    p = sub.add_parser("inspect", help="count, shapes, label histogram and encoding of a database")
+    p.add_argument("db")
+    p.add_argument("--grid", help="save a labelled grid of sample images to this PNG")
+    p.add_argument("--count", type=int, default=64, help="images in the grid")
+    p.set_defaults(func=cmd_inspect)
+
+
 Command = Callable[[argparse.Namespace], int]
 
 
@@ -165,13 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_net_overrides(p)
     p.set_defaults(func=cmd_draw)
 
-    for register in _EXTRA_VERBS:
-        register(sub)
+    _register_data_verbs(sub)
     return parser
-
-
-# Later parts of the package add verbs here (data tools, engines, training) without editing the above.
-_EXTRA_VERBS: list[Callable[[argparse._SubParsersAction], None]] = []
 
 
 def main(argv: Sequence[str] | None = None) -> int:

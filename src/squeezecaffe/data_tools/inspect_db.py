@@ -1,0 +1,82 @@
+"""`inspect`: what a database holds (count, shapes, labels, encoding) and a labelled grid of samples."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from squeezecaffe.data_tools.lmdb_io import LmdbReader, datum_to_array
+
+
+def load_label_names(db: Path) -> dict[int, str]:
+    """labels.txt beside the database (build-lmdb writes it), else bare indices."""
+    labels = Path(db).parent / "labels.txt"
+    names = {}
+    if labels.is_file():
+        for line in labels.read_text(encoding="utf-8").splitlines():
+            parts = line.split("\t")
+            if len(parts) >= 2 and parts[0].isdigit():
+                names[int(parts[0])] = parts[2] if len(parts) > 2 else parts[1]
+    return names
+
+
+def describe(db: str | Path) -> dict:
+    reader = LmdbReader(db)
+    labels: Counter[int] = Counter()
+    shapes: Counter[tuple[int, ...]] = Counter()
+    encoded = 0
+    for _, datum in reader.iter_datums():
+        labels[int(datum.label)] += 1
+        if datum.encoded:
+            encoded += 1
+        else:
+            shapes[(datum.channels, datum.height, datum.width)] += 1
+    if encoded:
+        sample = [datum_to_array(reader.datum(i)).shape for i in range(min(len(reader), 64))]
+        for s in sample:
+            shapes[tuple(s)] += 0
+    return {"path": str(db), "count": len(reader), "encoded": encoded, "raw": len(reader) - encoded,
+            "shapes": {"x".join(map(str, k)): v for k, v in shapes.items()},
+            "labels": dict(sorted(labels.items()))}
+
+
+def format_description(info: dict, names: dict[int, str]) -> str:
+    lines = [f"{info['path']}: {info['count']} records ({info['raw']} raw, {info['encoded']} encoded)",
+             "shapes (CxHxW): " + ", ".join(f"{k}" + (f" x{v}" if v else " (sampled)") for k, v in info["shapes"].items())]
+    counts = info["labels"]
+    lines.append(f"labels: {len(counts)} classes, {min(counts.values())}..{max(counts.values())} images per class")
+    for label, n in list(counts.items())[:20]:
+        lines.append(f"  {label:5d} {names.get(label, ''):30.30s} {n}")
+    if len(counts) > 20:
+        lines.append(f"  ... {len(counts) - 20} more")
+    return "\n".join(lines)
+
+
+def save_grid(db: str | Path, out: str | Path, count: int = 64, seed: int = 0) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    reader = LmdbReader(db)
+    names = load_label_names(Path(db))
+    rng = np.random.default_rng(seed)
+    picks = sorted(rng.choice(len(reader), size=min(count, len(reader)), replace=False))
+    cols = int(np.ceil(np.sqrt(len(picks))))
+    rows = int(np.ceil(len(picks) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.4, rows * 1.5), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, i in zip(axes.ravel(), picks, strict=False):
+        img, label = reader[int(i)]
+        shown = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)[:, :, ::-1]  # BGR -> RGB
+        ax.imshow(shown, cmap="gray" if img.shape[0] == 1 else None, vmin=0, vmax=255)
+        ax.set_title(f"{label}: {names.get(label, '')}"[:18], fontsize=6)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

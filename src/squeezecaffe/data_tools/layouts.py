@@ -1,0 +1,194 @@
+"""Dataset layouts -> splits of (relative path, label), with labels = index of the sorted class ids.
+
+Three layouts are recognised:
+- Tiny ImageNet 200 as distributed (wnids.txt, words.txt, train/<wnid>/images, val/ with
+  val_annotations.txt, unlabelled test/images);
+- class folders: root/<class>/**/*.{jpg,jpeg,png,bmp}, or root/{train,val,test}/<class>/...;
+- Caffe list files: `relative/path label` per line (the path may contain spaces).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from squeezecaffe.errors import UserError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+SPLIT_NAMES = ("train", "val", "test")
+
+
+@dataclass
+class Dataset:
+    root: Path  # image paths are relative to this
+    layout: str
+    class_ids: list[str]  # index = label
+    splits: dict[str, list[tuple[str, int]]]
+    class_words: dict[str, str] = field(default_factory=dict)
+    labelled: dict[str, bool] = field(default_factory=dict)  # False for Tiny ImageNet's test split
+
+    @property
+    def classes(self) -> int:
+        return len(self.class_ids)
+
+    def labels_txt(self) -> str:
+        """`index<TAB>class id<TAB>words` per line, the file eval/classify read names from."""
+        return "".join(f"{i}\t{cid}\t{self.class_words.get(cid, cid)}\n" for i, cid in enumerate(self.class_ids))
+
+
+def _images_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def _rel(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a UTF-8 text file") from None
+
+
+def tiny_imagenet(root: Path) -> Dataset:
+    wnids = sorted({line.strip() for line in _read_lines(root / "wnids.txt") if line.strip()})
+    index = {w: i for i, w in enumerate(wnids)}
+    words: dict[str, str] = {}
+    if (root / "words.txt").is_file():
+        for line in _read_lines(root / "words.txt"):
+            wnid, _, text = line.partition("\t")
+            if wnid in index:
+                words[wnid] = text.strip()
+    train = []
+    for wnid in wnids:
+        folder = root / "train" / wnid / "images"
+        if not folder.is_dir():
+            raise UserError(f"{folder}: missing training folder for class {wnid} listed in wnids.txt")
+        files = _images_under(folder)
+        if not files:
+            raise UserError(f"{folder}: class folder holds no images")
+        train += [(_rel(p, root), index[wnid]) for p in files]
+    splits = {"train": train}
+    annotations = root / "val" / "val_annotations.txt"
+    if annotations.is_file():
+        val = []
+        for n, line in enumerate(_read_lines(annotations), start=1):
+            if not line.strip():
+                continue
+            parts = line.split("\t")
+            if len(parts) < 2 or parts[1] not in index:
+                raise UserError(f"{annotations}:{n}: expected 'file<TAB>wnid...' with a wnid from wnids.txt")
+            val.append((f"val/images/{parts[0]}", index[parts[1]]))
+        splits["val"] = sorted(val)
+    labelled = {"train": True, "val": True}
+    if (root / "test" / "images").is_dir():
+        splits["test"] = [(_rel(p, root), 0) for p in _images_under(root / "test" / "images")]
+        labelled["test"] = False
+    return Dataset(root, "tiny-imagenet", wnids, splits, words, labelled)
+
+
+def _class_folder_split(root: Path) -> tuple[list[str], dict[str, list[Path]]]:
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise UserError(f"{root}: no class folders (expected {root}/<class>/*.jpg)")
+    files = {c: _images_under(root / c) for c in classes}
+    for c, items in files.items():
+        if not items:
+            raise UserError(f"{root / c}: class folder holds no images (jpg, jpeg, png, bmp)")
+    return classes, files
+
+
+def class_folders(root: Path, val_fraction: float = 0.0, seed: int = 0) -> Dataset:
+    split_dirs = [s for s in SPLIT_NAMES if (root / s).is_dir()]
+    if "train" in split_dirs:
+        classes, _ = _class_folder_split(root / "train")
+        index = {c: i for i, c in enumerate(classes)}
+        splits = {}
+        for split in split_dirs:
+            split_classes, files = _class_folder_split(root / split)
+            unknown = sorted(set(split_classes) - set(classes))
+            if unknown:
+                raise UserError(f"{root / split}: class folder '{unknown[0]}' does not exist in {root / 'train'}")
+            splits[split] = [(_rel(p, root), index[c]) for c in split_classes for p in files[c]]
+        return Dataset(root, "class-folders", classes, splits, labelled={s: True for s in splits})
+    classes, files = _class_folder_split(root)
+    items = [(_rel(p, root), i) for i, c in enumerate(classes) for p in files[c]]
+    return Dataset(root, "class-folders", classes, stratified_split(items, val_fraction, seed),
+                   labelled={"train": True, "val": True})
+
+
+def stratified_split(items: list[tuple[str, int]], val_fraction: float, seed: int) -> dict[str, list[tuple[str, int]]]:
+    """Hold out `val_fraction` of each class (at least one image where the class has two or more)."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise UserError(f"--val-fraction {val_fraction}: must be in [0, 1)")
+    if val_fraction == 0:
+        return {"train": items}
+    by_class: dict[int, list[tuple[str, int]]] = defaultdict(list)
+    for item in items:
+        by_class[item[1]].append(item)
+    rng = random.Random(seed)
+    train, val = [], []
+    for label in sorted(by_class):
+        group = sorted(by_class[label])
+        rng.shuffle(group)
+        n_val = min(len(group) - 1, max(1, round(len(group) * val_fraction))) if len(group) > 1 else 0
+        val += group[:n_val]
+        train += group[n_val:]
+    return {"train": sorted(train), "val": sorted(val)}
+
+
+def parse_list_file(path: Path, classes: int | None = None) -> list[tuple[str, int]]:
+    """`relative/path label` lines; the label is after the LAST space, so paths may contain spaces."""
+    items = []
+    for n, line in enumerate(_read_lines(path), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        rel, sep, label_text = line.rstrip().rpartition(" ")
+        if not sep or not rel:
+            raise UserError(f"{path}:{n}: expected 'relative/path label', got {line!r}")
+        try:
+            label = int(label_text)
+        except ValueError:
+            raise UserError(f"{path}:{n}: label {label_text!r} is not an integer") from None
+        if label < 0 or (classes is not None and label >= classes):
+            bound = f" (--classes {classes})" if classes is not None else ""
+            raise UserError(f"{path}:{n}: label {label} is outside the class range 0..{(classes or 1) - 1}{bound}")
+        items.append((rel, label))
+    if not items:
+        raise UserError(f"{path}: list file has no entries")
+    return items
+
+
+def list_files(src: Path, root: Path | None, classes: int | None, val_fraction: float, seed: int) -> Dataset:
+    """SRC is one list file (optionally split by --val-fraction), or a folder with train.txt/val.txt/test.txt."""
+    if src.is_dir():
+        lists = {s: src / f"{s}.txt" for s in SPLIT_NAMES if (src / f"{s}.txt").is_file()}
+        splits = {s: parse_list_file(p, classes) for s, p in lists.items()}
+        root = root or src
+    else:
+        splits = stratified_split(parse_list_file(src, classes), val_fraction, seed)
+        root = root or src.parent
+    n_classes = classes or 1 + max(label for items in splits.values() for _, label in items)
+    return Dataset(root, "list-file", [str(i) for i in range(n_classes)], splits,
+                   labelled={s: True for s in splits})
+
+
+def discover(src: str | Path, *, root: str | Path | None = None, classes: int | None = None,
+             val_fraction: float = 0.0, seed: int = 0) -> Dataset:
+    """Recognise the layout of SRC and list its splits."""
+    src = Path(src)
+    if not src.exists():
+        raise UserError(f"{src}: no such file or directory")
+    root_path = Path(root) if root else None
+    if src.is_file():
+        return list_files(src, root_path, classes, val_fraction, seed)
+    if (src / "wnids.txt").is_file():
+        return tiny_imagenet(src)
+    if (src / "train.txt").is_file():
+        return list_files(src, root_path, classes, val_fraction, seed)
+    return class_folders(src, val_fraction, seed)

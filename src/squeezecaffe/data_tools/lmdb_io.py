@@ -1,0 +1,206 @@
+"""LMDB of Caffe Datum records: an atomic writer and a reader safe in DataLoader workers."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import lmdb
+import numpy as np
+
+from squeezecaffe.errors import UserError
+from squeezecaffe.fileio import fsync_dir
+from squeezecaffe.proto import pb
+
+COMMIT_EVERY = 1000  # records per transaction, as convert_imageset
+INITIAL_MAP_SIZE = 1 << 26  # 64 MiB; doubled whenever full
+
+
+def datum_key(index: int, rel_path: str) -> bytes:
+    """convert_imageset's key: zero-padded position, underscore, the path as listed."""
+    return f"{index:08d}_{rel_path}".encode()
+
+
+class AtomicLmdbWriter:
+    """Writes an LMDB under a temporary name beside `final`; `commit()` renames it into place.
+
+    Until commit the final path holds what it held before (nothing, or the previous complete
+    database), whatever happens to this process. The map grows by doubling when full.
+    """
+
+    def __init__(self, final: Path) -> None:
+        self.final = Path(final)
+        self.tmp = self.final.parent / f".{self.final.name}.tmp-{uuid.uuid4().hex[:8]}"
+        self.tmp.mkdir(parents=True)
+        self.map_size = INITIAL_MAP_SIZE
+        # No fsync per transaction: the database is invisible under its temporary name until commit(),
+        # which syncs once before the rename; a crash before that leaves only a temporary to discard.
+        self.env = lmdb.open(str(self.tmp), map_size=self.map_size, subdir=True, meminit=False,
+                             sync=False, metasync=False)
+        self.pending: list[tuple[bytes, bytes]] = []
+        self.count = 0
+        self.bytes = 0
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self.pending.append((key, value))
+        self.count += 1
+        self.bytes += len(value)
+        if len(self.pending) >= COMMIT_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        while self.pending:
+            try:
+                with self.env.begin(write=True) as txn:
+                    txn.cursor().putmulti(self.pending)
+                self.pending.clear()
+            except lmdb.MapFullError:
+                self.map_size *= 2
+                self.env.set_mapsize(self.map_size)
+
+    def commit(self, force: bool = False) -> Path:
+        self.flush()
+        self.env.sync(True)
+        self.env.close()
+        lock = self.tmp / "lock.mdb"
+        if lock.exists():  # readers (and Caffe) make their own
+            lock.unlink()
+        fsync_dir(self.tmp)
+        old = None
+        close_env(self.final)  # a reader of the old database in this process must not keep its files
+        if self.final.exists():
+            if not force:
+                self.abort()
+                raise UserError(f"{self.final}: a database already exists there; pass --force to replace it")
+            old = self.final.parent / f".{self.final.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(self.final, old)
+        os.replace(self.tmp, self.final)
+        fsync_dir(self.final.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return self.final
+
+    def abort(self) -> None:
+        try:
+            self.env.close()
+        finally:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def remove_stale_temporaries(directory: Path) -> None:
+    """Leftovers of a killed run (.<db>.tmp-*, .<db>.old-*) are never complete: drop them."""
+    if directory.is_dir():
+        for p in directory.iterdir():
+            if p.name.startswith(".") and (".tmp-" in p.name or ".old-" in p.name) and p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def datum_to_array(datum: pb.Datum, color: str = "native") -> np.ndarray:
+    """A Datum as a uint8 CxHxW array (Caffe's layout), decoding encoded ones.
+
+    `color`: 'native' keeps the encoded file's channels (Caffe's default), 'color' forces 3 (force_color),
+    'gray' forces 1 (force_gray).
+    """
+    if datum.encoded:
+        flag = {"native": cv2.IMREAD_ANYCOLOR, "color": cv2.IMREAD_COLOR, "gray": cv2.IMREAD_GRAYSCALE}[color]
+        img = cv2.imdecode(np.frombuffer(datum.data, np.uint8), flag)
+        if img is None:
+            raise UserError(f"record with label {datum.label}: encoded image cannot be decoded")
+        return img[None] if img.ndim == 2 else img.transpose(2, 0, 1)
+    if datum.data:
+        arr = np.frombuffer(datum.data, np.uint8).reshape(datum.channels, datum.height, datum.width)
+    else:  # float_data Datums (rare; HDF5-era conversions)
+        arr = np.asarray(datum.float_data, np.float32).reshape(datum.channels, datum.height, datum.width)
+    if color == "gray" and arr.shape[0] == 3:
+        return cv2.cvtColor(arr.transpose(1, 2, 0), cv2.COLOR_BGR2GRAY)[None]
+    if color == "color" and arr.shape[0] == 1:
+        return np.repeat(arr, 3, axis=0)
+    return arr
+
+
+# One read-only environment per database and process. py-lmdb refuses to open the same files twice in a
+# process, and a forked DataLoader worker inherits the parent's handles (which LMDB forbids using after a
+# fork): a child closes what it inherited and opens its own.
+_ENVS: dict[str, tuple[int, lmdb.Environment]] = {}
+
+
+def shared_env(path: Path) -> lmdb.Environment:
+    key = os.path.realpath(path)
+    pid = os.getpid()
+    entry = _ENVS.get(key)
+    if entry is not None and entry[0] == pid:
+        return entry[1]
+    if entry is not None:
+        for other_key, (other_pid, env) in list(_ENVS.items()):
+            if other_pid != pid:
+                with contextlib.suppress(lmdb.Error):
+                    env.close()
+                del _ENVS[other_key]
+    env = lmdb.open(key, readonly=True, lock=False, readahead=False, max_readers=512)
+    _ENVS[key] = (pid, env)
+    return env
+
+
+def close_env(path: Path) -> None:
+    """Release a database's handle in this process (before a plain lmdb.open of it, or a rename)."""
+    entry = _ENVS.pop(os.path.realpath(path), None)
+    if entry is not None and entry[0] == os.getpid():
+        entry[1].close()
+
+
+class LmdbReader:
+    """Random access by index to an LMDB of Datums (ours or Caffe's), raw or encoded.
+
+    Handles live in a per-process cache (see `shared_env`), so one reader object can be handed to
+    several DataLoader workers and several readers of one database can coexist.
+    """
+
+    def __init__(self, path: str | Path, color: str = "native") -> None:
+        self.path = Path(path)
+        if not (self.path / "data.mdb").is_file():
+            raise UserError(f"{self.path}: not an LMDB database (no data.mdb)")
+        self.color = color
+        with self._env().begin() as txn:
+            self.keys: list[bytes] = list(txn.cursor().iternext(keys=True, values=False))
+
+    def _env(self) -> lmdb.Environment:
+        return shared_env(self.path)
+
+    def close(self) -> None:
+        close_env(self.path)
+
+    def __enter__(self) -> LmdbReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def datum(self, index: int) -> pb.Datum:
+        with self._env().begin() as txn:
+            value = txn.get(self.keys[index])
+        datum = pb.Datum()
+        datum.ParseFromString(value)
+        return datum
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+        datum = self.datum(index)
+        return datum_to_array(datum, self.color), int(datum.label)
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, int]]:
+        for _, datum in self.iter_datums():
+            yield datum_to_array(datum, self.color), int(datum.label)
+
+    def iter_datums(self) -> Iterator[tuple[bytes, pb.Datum]]:
+        with self._env().begin() as txn:
+            for key, value in txn.cursor():
+                datum = pb.Datum()
+                datum.ParseFromString(value)
+                yield key, datum

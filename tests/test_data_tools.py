@@ -1,0 +1,264 @@
+"""build-lmdb, mean, inspect and the reader: against real Caffe's tools and against bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import lmdb
+import numpy as np
+import pytest
+from PIL import Image
+
+from squeezecaffe.cli import main
+from squeezecaffe.data_tools.convert import ConvertOptions, build_lmdb
+from squeezecaffe.data_tools.layouts import discover
+from squeezecaffe.data_tools.lmdb_io import LmdbReader
+from squeezecaffe.data_tools.manifest import read_manifest
+from squeezecaffe.errors import UserError
+from squeezecaffe.proto import pb
+from tests.conftest import FIXTURES
+from tests.datasets import pattern_image, write_class_folders, write_tiny_imagenet
+
+CAFFE_LMDB = FIXTURES / "lmdb"
+
+
+def records(db: Path) -> list[tuple[bytes, bytes]]:
+    env = lmdb.open(str(db), readonly=True, lock=False)
+    try:
+        with env.begin() as txn:
+            return list(txn.cursor())
+    finally:
+        env.close()
+
+
+def quiet(**kw) -> ConvertOptions:
+    return ConvertOptions(progress=False, **kw)
+
+
+@pytest.mark.parametrize("mode, flags", [("raw", []), ("resized", ["--resize", "12x12"]), ("encoded", ["--encoded"]),
+                                         ("gray", ["--gray"])])
+def test_equals_convert_imageset_record_for_record(mode, flags, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    code = main(["build-lmdb", str(CAFFE_LMDB / "list.txt"), str(out), "--root", str(CAFFE_LMDB / "images"),
+                 "--splits", "train", "--quiet", *flags])
+    assert code == 0, capsys.readouterr().err
+    assert records(out / "train_lmdb") == records(CAFFE_LMDB / f"{mode}_lmdb")
+
+
+def test_mean_equals_compute_image_mean_byte_for_byte(tmp_path: Path, capsys) -> None:
+    assert main(["mean", str(CAFFE_LMDB / "raw_lmdb"), "-o", str(tmp_path / "m.binaryproto")]) == 0
+    assert (tmp_path / "m.binaryproto").read_bytes() == (CAFFE_LMDB / "raw_mean.binaryproto").read_bytes()
+    values = json.loads((tmp_path / "m.json").read_text())["mean_values_bgr"]
+    blob = pb.BlobProto()
+    blob.ParseFromString((CAFFE_LMDB / "raw_mean.binaryproto").read_bytes())
+    expect = np.asarray(blob.data, np.float64).reshape(3, -1).mean(axis=1)
+    assert values == pytest.approx(expect.tolist(), rel=1e-9)
+    assert "mean_value (BGR)" in capsys.readouterr().out
+
+
+def test_tiny_imagenet_layout_pixels_and_labels(tmp_path: Path) -> None:
+    src = write_tiny_imagenet(tmp_path / "tiny")
+    out = tmp_path / "data"
+    manifest, results = build_lmdb(src, out, quiet(jobs=2))
+    assert manifest.classes == 3 and (manifest.height, manifest.width) == (64, 64)
+    assert {r.name: r.count for r in results} == {"train": 12, "val": 6, "test": 2}
+    ds = discover(src)
+    assert ds.class_ids == sorted(ds.class_ids)
+    labels = (out / "labels.txt").read_text().splitlines()
+    assert labels[0] == f"0\t{ds.class_ids[0]}\tthing 0, object 0"
+    plain = records(out / "train_lmdb")
+    reader = LmdbReader(out / "train_lmdb")
+    for i, (key, value) in enumerate(plain):
+        rel, label = ds.splits["train"][i]
+        assert key == f"{i:08d}_{rel}".encode()
+        datum = pb.Datum()
+        datum.ParseFromString(value)
+        expect = cv2.imread(str(src / rel), cv2.IMREAD_COLOR).transpose(2, 0, 1)
+        img, got_label = reader[i]
+        assert got_label == label == datum.label
+        np.testing.assert_array_equal(img, expect)
+        np.testing.assert_array_equal(np.frombuffer(datum.data, np.uint8).reshape(3, 64, 64), expect)
+    val_labels = [label for _, label in LmdbReader(out / "val_lmdb")]
+    assert sorted(val_labels) == [0, 0, 1, 1, 2, 2]
+    assert read_manifest(out).splits["test"]["labelled"] is False
+
+
+def test_class_folders_stratified_split_and_shuffle(tmp_path: Path) -> None:
+    src = write_class_folders(tmp_path / "cf", classes=3, per_class=10)
+    out = tmp_path / "data"
+    manifest, _ = build_lmdb(src, out, quiet(shuffle=True, seed=3), val_fraction=0.2)
+    assert manifest.split_count("train") == 24 and manifest.split_count("val") == 6
+    val_labels = sorted(label for _, label in LmdbReader(out / "val_lmdb"))
+    assert val_labels == [0, 0, 1, 1, 2, 2]
+    keys = [k for k, _ in records(out / "train_lmdb")]
+    paths = [k.decode().split("_", 1)[1] for k in keys]
+    assert paths != sorted(paths)  # shuffled
+    again = tmp_path / "again"
+    build_lmdb(src, again, quiet(shuffle=True, seed=3), val_fraction=0.2)
+    assert records(again / "train_lmdb") == records(out / "train_lmdb")  # seeded
+
+
+def test_unusual_images_convert_and_broken_ones_are_skipped(tmp_path: Path) -> None:
+    root = tmp_path / "imgs" / "a b ü"  # spaces and unicode in paths
+    root.mkdir(parents=True)
+    base = pattern_image(1, 1, (16, 16))
+    cv2.imwrite(str(root / "gray.png"), cv2.cvtColor(base, cv2.COLOR_BGR2GRAY))
+    cv2.imwrite(str(root / "alpha.png"), np.dstack([base, base[:, :, 0]]))
+    cv2.imwrite(str(root / "deep.png"), base.astype(np.uint16) * 257)
+    buf = io.BytesIO()
+    Image.fromarray(base[:, :, ::-1]).convert("CMYK").save(buf, "JPEG")
+    (root / "cmyk.jpg").write_bytes(buf.getvalue())
+    cv2.imwrite(str(root / "ok.jpg"), base)
+    (root / "zero.jpg").write_bytes(b"")
+    (root / "text.JPEG").write_text("this is not an image")
+    jpg = (root / "ok.jpg").read_bytes()
+    (root / "truncated.jpg").write_bytes(jpg[: len(jpg) * 2 // 3])
+    cv2.imwrite(str(root / "big.png"), pattern_image(1, 2, (20, 20)))
+    out = tmp_path / "data"
+    with pytest.raises(UserError, match="4 of 9 images failed"):
+        build_lmdb(tmp_path / "imgs", out, quiet())
+    assert not (out / "train_lmdb").exists() and not (out / "manifest.json").exists()
+    _, results = build_lmdb(tmp_path / "imgs", out, quiet(max_skip=0.5))
+    assert results[0].count == 5
+    skipped = dict(line.split("\t")[1:] for line in (out / "skipped.txt").read_text().splitlines())
+    assert skipped["a b ü/zero.jpg"] == "empty file (0 bytes)"
+    assert skipped["a b ü/text.JPEG"] == "not a decodable image"
+    assert "truncated" in skipped["a b ü/truncated.jpg"]
+    assert "differs from the database's 16x16; use --resize" in skipped["a b ü/big.png"]
+    with LmdbReader(out / "train_lmdb") as reader:
+        assert all(img.shape == (3, 16, 16) for img, _ in reader)
+    # Every converted pixel is what cv2.imread(IMREAD_COLOR) gives for that file.
+    for key, value in records(out / "train_lmdb"):
+        rel = key.decode().split("_", 1)[1]
+        datum = pb.Datum()
+        datum.ParseFromString(value)
+        expect = cv2.imread(str(tmp_path / "imgs" / rel), cv2.IMREAD_COLOR).transpose(2, 0, 1)
+        np.testing.assert_array_equal(np.frombuffer(datum.data, np.uint8).reshape(expect.shape), expect)
+    gray_out = tmp_path / "gray"
+    build_lmdb(tmp_path / "imgs", gray_out, quiet(max_skip=0.5, gray=True, resize=(8, 8)))
+    assert {img.shape for img, _ in LmdbReader(gray_out / "train_lmdb")} == {(1, 8, 8)}
+
+
+def test_list_file_errors_name_the_line(tmp_path: Path) -> None:
+    (tmp_path / "img.png").write_bytes(cv2.imencode(".png", pattern_image(0, 0, (8, 8)))[1].tobytes())
+    bad_label = tmp_path / "a.txt"
+    bad_label.write_text("img.png 0\nimg.png one\n")
+    with pytest.raises(UserError, match=r"a.txt:2: label 'one' is not an integer"):
+        build_lmdb(bad_label, tmp_path / "o1", quiet())
+    out_of_range = tmp_path / "b.txt"
+    out_of_range.write_text("img.png 0\nimg.png 5\n")
+    with pytest.raises(UserError, match=r"b.txt:2: label 5 is outside the class range 0..2"):
+        build_lmdb(out_of_range, tmp_path / "o2", quiet(), classes=3)
+    missing = tmp_path / "c.txt"
+    missing.write_text("".join("img.png 0\n" for _ in range(20)) + "nope.png 1\n")
+    _, results = build_lmdb(missing, tmp_path / "o3", quiet(max_skip=0.1))
+    assert results[0].count == 20 and results[0].skipped == [("nope.png", "file not found")]
+
+
+def test_empty_class_folder_and_existing_output(tmp_path: Path, capsys) -> None:
+    src = write_class_folders(tmp_path / "cf", classes=2, per_class=3)
+    (src / "empty_class").mkdir()
+    code = main(["build-lmdb", str(src), str(tmp_path / "o"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "empty_class: class folder holds no images" in err and len(err.strip().splitlines()) == 1
+    (src / "empty_class").rmdir()
+    assert main(["build-lmdb", str(src), str(tmp_path / "o"), "--quiet"]) == 0
+    before = records(tmp_path / "o" / "train_lmdb")
+    code = main(["build-lmdb", str(src), str(tmp_path / "o"), "--quiet"])
+    assert code == 2 and "already exists there; pass --force" in capsys.readouterr().err
+    assert records(tmp_path / "o" / "train_lmdb") == before
+    assert main(["build-lmdb", str(src), str(tmp_path / "o"), "--quiet", "--force", "--resize", "8x8"]) == 0
+    assert LmdbReader(tmp_path / "o" / "train_lmdb")[0][0].shape == (3, 8, 8)
+
+
+def _kill_when_writing(cmd: list[str], out: Path) -> bool:
+    """Start the converter, SIGKILL it once its temporary database exists; True if it died mid-write."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        if any(".train_lmdb.tmp-" in p.name for p in out.glob(".*")):
+            time.sleep(0.05)
+            break
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return any(".tmp-" in p.name for p in out.glob(".*"))
+
+
+def test_sigkill_mid_write_leaves_no_partial_database(tmp_path: Path) -> None:
+    """Kill the converter while it writes: the final path holds nothing or the previous complete database."""
+    src = write_class_folders(tmp_path / "cf", classes=4, per_class=1500, size=(32, 32), ext=".jpg")
+    out = tmp_path / "data"
+    cmd = [sys.executable, "-m", "squeezecaffe.cli", "build-lmdb", str(src), str(out), "--quiet", "--jobs", "1"]
+    assert _kill_when_writing(cmd, out), "the converter finished before it could be killed"
+    assert not (out / "train_lmdb").exists()
+    assert not (out / "manifest.json").exists()
+    # A rerun cleans the leftovers and produces the complete database.
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    with LmdbReader(out / "train_lmdb") as reader:
+        assert len(reader) == 6000
+    assert not [p for p in out.iterdir() if ".tmp-" in p.name]
+    # Killed while replacing it (--force, other content): the previous complete database is still there.
+    before = records(out / "train_lmdb")
+    assert _kill_when_writing([*cmd, "--force", "--resize", "16x16"], out)
+    assert records(out / "train_lmdb") == before
+
+
+def test_reader_agrees_with_plain_lmdb_and_survives_workers(tmp_path: Path) -> None:
+    import torch.utils.data as tud
+
+    src = write_class_folders(tmp_path / "cf", classes=2, per_class=6)
+    for encoded in (False, True):
+        out = tmp_path / f"d{encoded}"
+        build_lmdb(src, out, quiet(encoded=encoded))
+        plain = records(out / "train_lmdb")
+        reader = LmdbReader(out / "train_lmdb")
+        assert len(reader) == len(plain) == 12
+        for i, (_, value) in enumerate(plain):
+            datum = pb.Datum()
+            datum.ParseFromString(value)
+            assert datum.encoded == encoded
+            img, label = reader[i]
+            assert label == datum.label
+            if not encoded:
+                np.testing.assert_array_equal(img.ravel(), np.frombuffer(datum.data, np.uint8))
+            else:
+                np.testing.assert_array_equal(img.transpose(1, 2, 0), cv2.imdecode(np.frombuffer(datum.data, np.uint8), -1))
+        loader = tud.DataLoader(reader, batch_size=4, num_workers=2, collate_fn=lambda b: b)
+        seen = [label for batch in loader for _, label in batch]
+        assert seen == [label for _, label in reader]
+        reader.close()
+
+
+def test_inspect_prints_and_draws(tmp_path: Path, capsys) -> None:
+    src = write_tiny_imagenet(tmp_path / "tiny")
+    build_lmdb(src, tmp_path / "d", quiet())
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "d" / "train_lmdb"), "--grid", str(tmp_path / "g.png")]) == 0
+    out = capsys.readouterr().out
+    assert "12 records (12 raw, 0 encoded)" in out and "3x64x64" in out and "thing 1, object 1" in out
+    assert (tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_gen_reads_the_manifest(tmp_path: Path, capsys) -> None:
+    src = write_tiny_imagenet(tmp_path / "tiny", size=(32, 32))
+    build_lmdb(src, tmp_path / "d", quiet())
+    assert main(["gen", "fullbypass8", "--out", str(tmp_path / "net"), "--data", str(tmp_path / "d"),
+                 "--batch-size", "4", "--test-batch-size", "3", "--epochs", "2"]) == 0
+    from squeezecaffe.proto import read_text
+
+    deploy = read_text(tmp_path / "net" / "deploy.prototxt", pb.NetParameter)
+    assert list(deploy.layer[0].input_param.shape[0].dim) == [1, 3, 32, 32]
+    assert next(la for la in deploy.layer if la.name == "conv10").convolution_param.num_output == 3
+    solver = read_text(tmp_path / "net" / "solver.prototxt", pb.SolverParameter)
+    assert (solver.test_interval, solver.max_iter, solver.test_iter[0]) == (3, 6, 2)  # 12/4, x2, ceil(6/3)
+    tv = read_text(tmp_path / "net" / "train_val.prototxt", pb.NetParameter)
+    assert tv.layer[0].data_param.source == str(tmp_path / "d" / "train_lmdb")
