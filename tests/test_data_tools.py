@@ -262,3 +262,22 @@ def test_gen_reads_the_manifest(tmp_path: Path, capsys) -> None:
     assert (solver.test_interval, solver.max_iter, solver.test_iter[0]) == (3, 6, 2)  # 12/4, x2, ceil(6/3)
     tv = read_text(tmp_path / "net" / "train_val.prototxt", pb.NetParameter)
     assert tv.layer[0].data_param.source == str(tmp_path / "d" / "train_lmdb")
+
+
+def test_inspect_and_mean_of_an_empty_database_are_one_line(tmp_path: Path, capsys) -> None:
+    env = lmdb.open(str(tmp_path / "empty_lmdb"))
+    env.close()
+    for argv in (["inspect", str(tmp_path / "empty_lmdb")], ["mean", str(tmp_path / "empty_lmdb"), "-o", str(tmp_path / "m")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "database is empty" in err and len(err.strip().splitlines()) == 1
+    assert main(["inspect", str(tmp_path / "nothing_here")]) == 2
+    assert "not an LMDB database" in capsys.readouterr().err
+
+
+def test_encoded_images_of_several_sizes_get_channel_means(tmp_path: Path) -> None:
+    src = write_class_folders(tmp_path / "cf", classes=2, per_class=2, size=(16, 16))
+    cv2.imwrite(str(src / "class_0" / "wide.png"), pattern_image(0, 9, (16, 24)))
+    manifest, _ = build_lmdb(src, tmp_path / "d", quiet(encoded=True))
+    assert not (tmp_path / "d" / "mean.binaryproto").exists()
+    assert len(manifest.mean_values) == 3 and all(0 < v < 255 for v in manifest.mean_values)

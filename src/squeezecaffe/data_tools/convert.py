@@ -19,11 +19,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from squeezecaffe.data_tools.decode import Decoded, DecodeOptions, make_datum
+from squeezecaffe.data_tools.decode import DecodeOptions, make_datum
 from squeezecaffe.data_tools.layouts import Dataset, discover
 from squeezecaffe.data_tools.lmdb_io import AtomicLmdbWriter, datum_key, remove_stale_temporaries
 from squeezecaffe.data_tools.manifest import DataManifest, write_manifest
-from squeezecaffe.data_tools.mean import write_mean
+from squeezecaffe.data_tools.mean import MixedSizesError, channel_means, write_mean
 from squeezecaffe.errors import UserError
 from squeezecaffe.fileio import atomic_write_text
 
@@ -91,20 +91,19 @@ def convert_split(dataset: Dataset, split: str, out_db: Path, options: ConvertOp
             stream = pool.imap(work, chunks)
         written = 0
         for decoded_chunk in stream:
-            for fields in decoded_chunk:
-                d = Decoded(*fields)
-                rel = items[d.index][0]
-                if d.value is None:
-                    result.skipped.append((rel, d.reason))
+            for index, value, shape, reason in decoded_chunk:
+                rel = items[index][0]
+                if value is None:
+                    result.skipped.append((rel, reason))
                     continue
-                if not options.resize and result.shape is not None and d.shape != result.shape and not options.encoded:
-                    result.skipped.append((rel, f"size {d.shape[1]}x{d.shape[2]} differs from the database's "
+                if not options.resize and result.shape is not None and shape != result.shape and not options.encoded:
+                    result.skipped.append((rel, f"size {shape[1]}x{shape[2]} differs from the database's "
                                                 f"{result.shape[1]}x{result.shape[2]}; use --resize HxW"))
                     continue
-                result.shape = result.shape or d.shape
+                result.shape = result.shape or shape
                 # Keys number the records written, as convert_imageset counts only successful images.
                 key = datum_key(written, rel)
-                writer.put(key, d.value)
+                writer.put(key, value)
                 keys.update(key + b"\n")
                 written += 1
             bar.update(len(decoded_chunk))
@@ -162,8 +161,8 @@ def build_lmdb(src: str | Path, out: str | Path, options: ConvertOptions, *, roo
     atomic_write_text(out / "labels.txt", dataset.labels_txt())
     try:
         mean_values, _ = write_mean(out / "train_lmdb", out / "mean.binaryproto")
-    except UserError:  # encoded images of several sizes: no mean image, per-channel means still work
-        mean_values = _channel_means(out / "train_lmdb")
+    except MixedSizesError:  # encoded images of several sizes: no mean image, per-channel means still work
+        mean_values = channel_means(out / "train_lmdb")
     shape = results[0].shape or (1 if options.gray else 3, 0, 0)
     manifest = DataManifest(
         classes=dataset.classes, channels=shape[0], height=(options.resize or shape[1:])[0],
@@ -178,17 +177,3 @@ def build_lmdb(src: str | Path, out: str | Path, options: ConvertOptions, *, roo
     write_manifest(out, manifest)
     return manifest, results
 
-
-def _channel_means(db: Path) -> list[float]:
-    """Per-channel means of a database whose images differ in size (encoded, no --resize)."""
-    import numpy as np
-
-    from squeezecaffe.data_tools.lmdb_io import LmdbReader
-
-    sums, pixels = None, 0
-    with LmdbReader(db, color="color") as reader:
-        for img, _ in reader:
-            s = img.reshape(img.shape[0], -1).sum(axis=1, dtype=np.float64)
-            sums = s if sums is None else sums + s
-            pixels += img.shape[1] * img.shape[2]
-    return [float(v / pixels) for v in sums]

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from squeezecaffe.data_tools.lmdb_io import LmdbReader, datum_to_array
+from squeezecaffe.errors import UserError
 
 
 def load_label_names(db: Path) -> dict[int, str]:
@@ -24,6 +25,8 @@ def load_label_names(db: Path) -> dict[int, str]:
 
 def describe(db: str | Path) -> dict:
     reader = LmdbReader(db)
+    if not len(reader):
+        raise UserError(f"{db}: database is empty")
     labels: Counter[int] = Counter()
     shapes: Counter[tuple[int, ...]] = Counter()
     encoded = 0
@@ -33,18 +36,18 @@ def describe(db: str | Path) -> dict:
             encoded += 1
         else:
             shapes[(datum.channels, datum.height, datum.width)] += 1
-    if encoded:
-        sample = [datum_to_array(reader.datum(i)).shape for i in range(min(len(reader), 64))]
-        for s in sample:
-            shapes[tuple(s)] += 0
+    # Encoded records carry no size: decode the first 64 to show what they hold.
+    sampled = sorted({datum_to_array(reader.datum(i)).shape for i in range(min(len(reader), 64))}) if encoded else []
     return {"path": str(db), "count": len(reader), "encoded": encoded, "raw": len(reader) - encoded,
             "shapes": {"x".join(map(str, k)): v for k, v in shapes.items()},
+            "sampled_encoded_shapes": ["x".join(map(str, k)) for k in sampled],
             "labels": dict(sorted(labels.items()))}
 
 
 def format_description(info: dict, names: dict[int, str]) -> str:
     lines = [f"{info['path']}: {info['count']} records ({info['raw']} raw, {info['encoded']} encoded)",
-             "shapes (CxHxW): " + ", ".join(f"{k}" + (f" x{v}" if v else " (sampled)") for k, v in info["shapes"].items())]
+             "shapes (CxHxW): " + ", ".join([f"{k} x{v}" for k, v in info["shapes"].items()]
+                                            + [f"{k} (sampled, encoded)" for k in info["sampled_encoded_shapes"]])]
     counts = info["labels"]
     lines.append(f"labels: {len(counts)} classes, {min(counts.values())}..{max(counts.values())} images per class")
     for label, n in list(counts.items())[:20]:

@@ -13,6 +13,10 @@ from squeezecaffe.fileio import atomic_write_text
 from squeezecaffe.proto import pb, write_binary
 
 
+class MixedSizesError(UserError):
+    """The database holds images of several sizes (encoded, no --resize): no mean image exists."""
+
+
 def compute_mean(db: str | Path) -> tuple[pb.BlobProto, list[float], int]:
     """(mean BlobProto, per-channel means, image count).
 
@@ -28,7 +32,7 @@ def compute_mean(db: str | Path) -> tuple[pb.BlobProto, list[float], int]:
             if total is None:
                 total = np.zeros_like(img, dtype=np.float32)
             elif img.shape != total.shape:
-                raise UserError(f"{db}: record {key.decode(errors='replace')} is {img.shape}, earlier ones "
+                raise MixedSizesError(f"{db}: record {key.decode(errors='replace')} is {img.shape}, earlier ones "
                                 f"{total.shape}; a mean image needs one size (rebuild with --resize)")
             total += img
             count += 1
@@ -51,3 +55,16 @@ def write_mean(db: str | Path, out: str | Path) -> tuple[list[float], Path]:
     atomic_write_text(json_path, json.dumps({"mean_values_bgr": per_channel, "images": count,
                                              "shape": [blob.channels, blob.height, blob.width]}, indent=2) + "\n")
     return per_channel, json_path
+
+
+def channel_means(db: str | Path) -> list[float]:
+    """Per-channel means (BGR) over every pixel, for databases whose images differ in size."""
+    sums, pixels = None, 0
+    with LmdbReader(db, color="color") as reader:
+        for img, _ in reader:
+            s = img.reshape(img.shape[0], -1).sum(axis=1, dtype=np.float64)
+            sums = s if sums is None else sums + s
+            pixels += img.shape[1] * img.shape[2]
+    if sums is None:
+        raise UserError(f"{db}: database is empty")
+    return [float(v / pixels) for v in sums]
