@@ -242,8 +242,17 @@ def infer_net(
 
     `data_shape` (N, C, H, W) sizes Data layers whose image size lives in the database.
     """
-    filtered = filter_net(net, make_state(phase))
-    blobs: dict[str, Shape] = net_input_shapes(net)
+    return infer_layers(filter_net(net, make_state(phase)), where=where, data_shape=data_shape)
+
+
+def infer_layers(
+    filtered: pb.NetParameter,
+    where: str = "net",
+    data_shape: Shape | None = None,
+    data_shapes: dict[str, Shape] | None = None,
+) -> list[LayerInfo]:
+    """`infer_net` over a net already filtered to one NetState; `data_shapes` sizes Data layers by name."""
+    blobs: dict[str, Shape] = net_input_shapes(filtered)
     inferer = _Inferer(where)
     infos = []
     for layer in filtered.layer:
@@ -251,8 +260,9 @@ def infer_net(
             bottoms = [blobs[b] for b in layer.bottom]
         except KeyError as exc:
             raise inferer.fail(layer, f"bottom blob {exc.args[0]!r} is not produced by any earlier layer") from None
-        info = inferer.infer(layer, bottoms, data_shape)
-        for top, shape in zip(layer.top, info.top_shapes, strict=False):
-            blobs[top] = shape
+        shape = (data_shapes or {}).get(layer.name, data_shape)
+        info = inferer.infer(layer, bottoms, shape)
+        for top, top_shape in zip(layer.top, info.top_shapes, strict=False):
+            blobs[top] = top_shape
         infos.append(info)
     return infos

@@ -1,0 +1,98 @@
+"""Caffe's DataTransformer on uint8 CHW (BGR) arrays, independent of any framework.
+
+out = (pixel - mean) * scale, where the mean is the full-size mean image at the crop's offset
+(mean_file) or one value per channel (mean_value); then the crop is mirrored. TRAIN crops at a
+random offset and mirrors with probability 1/2 when `mirror` is set; TEST crops at the centre and
+never mirrors, exactly as DataTransformer::Transform does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from squeezecaffe.errors import UserError
+from squeezecaffe.proto import pb, read_binary
+
+
+def blob_to_array(blob: pb.BlobProto) -> np.ndarray:
+    """A BlobProto's values shaped by `shape` or by the legacy num/channels/height/width."""
+    if blob.HasField("shape"):
+        shape = tuple(int(d) for d in blob.shape.dim)
+    else:
+        shape = tuple(int(v) for v in (blob.num, blob.channels, blob.height, blob.width))
+    values = blob.double_data if len(blob.double_data) else blob.data
+    arr = np.asarray(values, dtype=np.float64 if len(blob.double_data) else np.float32)
+    if arr.size != int(np.prod(shape)):
+        raise UserError(f"blob holds {arr.size} values for shape {'x'.join(map(str, shape))}")
+    return arr.reshape(shape)
+
+
+def read_mean_file(path: str | Path) -> np.ndarray:
+    """A compute_image_mean .binaryproto as a float32 CxHxW array."""
+    arr = blob_to_array(read_binary(path, pb.BlobProto)).astype(np.float32)
+    if arr.ndim == 4 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 3:
+        raise UserError(f"{path}: mean blob has shape {arr.shape}, expected 1xCxHxW")
+    return arr
+
+
+class DataTransformer:
+    def __init__(self, tp: pb.TransformationParameter, phase: int, where: str = "transform_param",
+                 base_dir: Path | None = None) -> None:
+        self.train = phase == pb.TRAIN
+        self.scale = np.float32(tp.scale)
+        self.mirror = tp.mirror
+        self.crop = int(tp.crop_size)
+        self.where = where
+        self.mean_image: np.ndarray | None = None
+        self.mean_values: np.ndarray | None = None
+        if tp.HasField("mean_file") and len(tp.mean_value):
+            raise UserError(f"{where}: give mean_file or mean_value, not both")
+        if tp.HasField("mean_file"):
+            path = Path(tp.mean_file)
+            if not path.is_absolute() and base_dir is not None and not path.exists():
+                path = base_dir / path
+            self.mean_image = read_mean_file(path)
+        elif len(tp.mean_value):
+            self.mean_values = np.asarray(tp.mean_value, np.float32)
+
+    def output_shape(self, channels: int, height: int, width: int) -> tuple[int, int, int]:
+        if self.crop:
+            if self.crop > height or self.crop > width:
+                raise UserError(f"{self.where}: crop_size {self.crop} is larger than the images ({height}x{width})")
+            return channels, self.crop, self.crop
+        return channels, height, width
+
+    def __call__(self, img: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+        """Transform one uint8 CxHxW image; `rng` draws the TRAIN crop offset and the mirror coin."""
+        c, h, w = img.shape
+        h_off = w_off = 0
+        oh, ow = h, w
+        if self.crop:
+            oh = ow = self.crop
+            if self.train:
+                h_off = int(rng.integers(h - oh + 1))
+                w_off = int(rng.integers(w - ow + 1))
+            else:
+                h_off, w_off = (h - oh) // 2, (w - ow) // 2
+            if oh > h or ow > w:
+                raise UserError(f"{self.where}: crop_size {self.crop} is larger than an image ({h}x{w})")
+        do_mirror = self.mirror and bool(rng.integers(2))
+        out = img[:, h_off : h_off + oh, w_off : w_off + ow].astype(np.float32)
+        if self.mean_image is not None:
+            if self.mean_image.shape != (c, h, w):
+                raise UserError(f"{self.where}: mean image is {'x'.join(map(str, self.mean_image.shape))}, "
+                                f"the data {c}x{h}x{w}")
+            out -= self.mean_image[:, h_off : h_off + oh, w_off : w_off + ow]
+        elif self.mean_values is not None:
+            if len(self.mean_values) not in (1, c):
+                raise UserError(f"{self.where}: {len(self.mean_values)} mean_value for {c} channels")
+            out -= self.mean_values.reshape(-1, 1, 1)
+        if self.scale != 1:
+            out *= self.scale
+        if do_mirror:
+            out = out[:, :, ::-1]
+        return np.ascontiguousarray(out)

@@ -1,0 +1,428 @@
+"""Caffe layers as PyTorch modules, each reproducing Caffe's forward and backward arithmetic.
+
+Every layer takes the list of its bottom tensors and returns the list of its tops, and owns its
+parameter blobs in Caffe's order and layout (`self.blobs`), so a .caffemodel maps onto it without
+transposes. Autograd supplies the backward pass except where Caffe's gradient is not the derivative
+of its forward (SoftmaxWithLoss ignores its probability clamp; Eltwise MAX sends a tie to the first
+bottom), which get their own autograd functions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from squeezecaffe.errors import UserError
+from squeezecaffe.netgen.inference import LayerInfo, conv_geometry, pool_geometry, pool_out
+from squeezecaffe.proto import pb
+
+FLT_MIN = 1.17549435e-38  # Caffe clamps probabilities to this before the log
+
+
+@dataclass
+class LayerContext:
+    """What a layer needs to know about the net it lives in."""
+
+    phase: int  # pb.TRAIN or pb.TEST
+    where: str  # the prototxt, for messages
+    rng_seed: int = 0  # mixed with the net's step counter for Dropout masks
+
+
+class CaffeLayer(nn.Module):
+    """Base: a layer's parameter blobs (Caffe order) and its forward over bottoms -> tops."""
+
+    def __init__(self, lp: pb.LayerParameter, info: LayerInfo, ctx: LayerContext) -> None:
+        super().__init__()
+        self.lp = lp
+        self.info = info
+        self.ctx = ctx
+        self.blobs = nn.ParameterList(
+            nn.Parameter(torch.zeros(p.shape), requires_grad=p.trainable) for p in info.params
+        )
+
+    def fail(self, msg: str) -> UserError:
+        return UserError(f"{self.ctx.where}: layer '{self.lp.name}' ({self.lp.type}): {msg}")
+
+    def forward(self, bottoms: list[Tensor]) -> list[Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+LAYERS: dict[str, type[CaffeLayer]] = {}
+
+
+def register(*types: str) -> Callable[[type[CaffeLayer]], type[CaffeLayer]]:
+    def deco(cls: type[CaffeLayer]) -> type[CaffeLayer]:
+        for t in types:
+            LAYERS[t] = cls
+        return cls
+
+    return deco
+
+
+def _axis(axis: int, ndim: int) -> int:
+    return axis + ndim if axis < 0 else axis
+
+
+def wide(t: Tensor) -> Tensor:
+    """Half-precision tensors (autocast) widened to fp32 for softmax and losses; fp32/fp64 kept."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+# --------------------------------------------------------------------------- learned layers
+
+
+@register("Convolution")
+class Convolution(CaffeLayer):
+    def __init__(self, lp, info, ctx):
+        super().__init__(lp, info, ctx)
+        p = lp.convolution_param
+        _, self.stride, self.pad, self.dilation = conv_geometry(p)
+        self.group = p.group
+        self.has_bias = p.bias_term
+
+    def forward(self, bottoms):
+        bias = self.blobs[1] if self.has_bias else None
+        weight = self.blobs[0]
+        x = bottoms[0]
+        if x.dtype != weight.dtype:  # autocast handles bf16; keep plain calls dtype-consistent
+            weight = weight.to(x.dtype)
+            bias = bias.to(x.dtype) if bias is not None else None
+        return [F.conv2d(x, weight, bias, self.stride, self.pad, self.dilation, self.group)]
+
+
+@register("InnerProduct")
+class InnerProduct(CaffeLayer):
+    def __init__(self, lp, info, ctx):
+        super().__init__(lp, info, ctx)
+        p = lp.inner_product_param
+        self.axis = p.axis
+        self.transpose = p.transpose
+        self.has_bias = p.bias_term
+        self.num_output = p.num_output
+
+    def forward(self, bottoms):
+        x = bottoms[0]
+        axis = _axis(self.axis, x.dim())
+        flat = x.reshape(*x.shape[:axis], -1)
+        weight = self.blobs[0].t() if self.transpose else self.blobs[0]
+        bias = self.blobs[1] if self.has_bias else None
+        return [F.linear(flat, weight, bias)]
+
+
+@register("BatchNorm")
+class BatchNorm(CaffeLayer):
+    """Caffe's BatchNorm: no affine part; blobs = [mean_sum, var_sum, scale_factor].
+
+    TRAIN (unless use_global_stats): normalise with the batch statistics (variance biased) and fold
+    them into the running sums: factor = lambda*factor + 1, mean_sum = lambda*mean_sum + mean,
+    var_sum = lambda*var_sum + m/(m-1)*var. TEST: mean = mean_sum/factor, var = var_sum/factor.
+    """
+
+    def __init__(self, lp, info, ctx):
+        super().__init__(lp, info, ctx)
+        p = lp.batch_norm_param
+        self.use_global_stats = p.use_global_stats if p.HasField("use_global_stats") else ctx.phase == pb.TEST
+        self.fraction = p.moving_average_fraction
+        self.eps = p.eps
+
+    def forward(self, bottoms):
+        x = bottoms[0]
+        in_dtype = x.dtype
+        x = x.to(self.blobs[0].dtype)  # statistics in the master precision, even under bf16 autocast
+        shape = [1, x.shape[1]] + [1] * (x.dim() - 2)
+        if self.use_global_stats:
+            factor = self.blobs[2].detach()[0]
+            scale = torch.where(factor == 0, torch.zeros_like(factor), 1.0 / factor)
+            mean = (self.blobs[0].detach() * scale).view(shape)
+            var = (self.blobs[1].detach() * scale).view(shape)
+            centred = x - mean
+        else:
+            dims = [0, *range(2, x.dim())]
+            mean = x.mean(dim=dims, keepdim=True)
+            centred = x - mean
+            var = (centred * centred).mean(dim=dims, keepdim=True)
+            with torch.no_grad():
+                m = x.numel() // x.shape[1]
+                correction = m / (m - 1) if m > 1 else 1.0
+                self.blobs[2].mul_(self.fraction).add_(1.0)
+                self.blobs[0].mul_(self.fraction).add_(mean.detach().flatten())
+                self.blobs[1].mul_(self.fraction).add_(var.detach().flatten(), alpha=correction)
+        out = centred / torch.sqrt(var + self.eps)
+        return [out.to(in_dtype)]
+
+
+def _param_view(blob: Tensor, x: Tensor, axis: int) -> Tensor:
+    """A scale/bias blob shaped to broadcast over x starting at `axis`."""
+    return blob.view(*([1] * axis), *blob.shape, *([1] * (x.dim() - axis - blob.dim())))
+
+
+@register("Scale")
+class Scale(CaffeLayer):
+    """y = x * scale (+ bias); scale is a blob (one bottom) or the second bottom."""
+
+    def __init__(self, lp, info, ctx):
+        super().__init__(lp, info, ctx)
+        p = lp.scale_param
+        self.axis = p.axis
+        self.has_bias = p.bias_term
+        self.scale_from_bottom = len(lp.bottom) > 1
+
+    def forward(self, bottoms):
+        x = bottoms[0]
+        axis = _axis(self.axis, x.dim())
+        scale = bottoms[1] if self.scale_from_bottom else self.blobs[0]
+        y = x * _param_view(scale.to(x.dtype), x, axis)
+        if self.has_bias:
+            y = y + _param_view(self.blobs[-1].to(x.dtype), x, axis)
+        return [y]
+
+
+# --------------------------------------------------------------------------- activations and pooling
+
+
+@register("ReLU")
+class ReLU(CaffeLayer):
+    def __init__(self, lp, info, ctx):
+        super().__init__(lp, info, ctx)
+        self.slope = lp.relu_param.negative_slope
+
+    def forward(self, bottoms):
+        x = bottoms[0]
+        return [F.leaky_relu(x, self.slope) if self.slope else F.relu(x)]
+
+
+@register("Pooling")
+class Pooling(CaffeLayer):
+    """MAX/AVE pooling with Caffe's ceil rounding, last-window rule and AVE divisor.
+
+    PyTorch's ceil_mode applies the same output-size rule and the same AVE divisor (window clipped
+    to H + pad) as Caffe, but only accepts pad <= kernel/2; for larger pads (Caffe allows up to
+    kernel-1) the padding is applied explicitly and the output cut to Caffe's size, which keeps
+    both the windows and the divisors unchanged.
+    """
+
+    def __init__(self, lp, info, ctx):
+        super().__init__(lp, info, ctx)
+        p = lp.pooling_param
+        if p.pool == pb.PoolingParameter.STOCHASTIC:
+            raise self.fail("STOCHASTIC pooling is not supported by the torch engine")
+        self.method = p.pool
+        self.param = p
+
+    def forward(self, bottoms):
+        x = bottoms[0]
+        (kh, kw), (sh, sw), (ph, pw) = pool_geometry(self.param, (x.shape[2], x.shape[3]))
+        if ph * 2 <= kh and pw * 2 <= kw:
+            if self.method == pb.PoolingParameter.MAX:
+                return [F.max_pool2d(x, (kh, kw), (sh, sw), (ph, pw), ceil_mode=True)]
+            return [F.avg_pool2d(x, (kh, kw), (sh, sw), (ph, pw), ceil_mode=True, count_include_pad=True)]
+        oh, ow = pool_out(x.shape[2], kh, sh, ph), pool_out(x.shape[3], kw, sw, pw)
+        fill = -math.inf if self.method == pb.PoolingParameter.MAX else 0.0
+        padded = F.pad(x, (pw, pw, ph, ph), value=fill)
+        if self.method == pb.PoolingParameter.MAX:
+            y = F.max_pool2d(padded, (kh, kw), (sh, sw), 0, ceil_mode=True)
+        else:
+            y = F.avg_pool2d(padded, (kh, kw), (sh, sw), 0, ceil_mode=True)
+        return [y[:, :, :oh, :ow]]
+
+
+@register("Dropout")
+class Dropout(CaffeLayer):
+    """Inverted dropout: TRAIN x*mask/(1-ratio), TEST identity.
+
+    The mask comes from a generator seeded by (net seed, step counter, layer index), so a run resumed
+    from a snapshot draws the masks an uninterrupted run would have drawn.
+    """
+
+    def __init__(self, lp, info, ctx):
+        super().__init__(lp, info, ctx)
+        self.ratio = lp.dropout_param.dropout_ratio
+        self.step_key = 0  # set by the net before each forward
+        self.index = 0
+
+    def forward(self, bottoms):
+        x = bottoms[0]
+        if self.ctx.phase != pb.TRAIN or self.ratio == 0:
+            return [x]
+        gen = torch.Generator(device=x.device)
+        gen.manual_seed(hash((self.ctx.rng_seed, self.step_key, self.index)) & 0x7FFF_FFFF_FFFF_FFFF)
+        keep = torch.rand(x.shape, generator=gen, device=x.device) >= self.ratio
+        return [x * keep.to(x.dtype) * (1.0 / (1.0 - self.ratio))]
+
+
+# --------------------------------------------------------------------------- structure
+
+
+@register("Concat")
+class Concat(CaffeLayer):
+    def forward(self, bottoms):
+        p = self.lp.concat_param
+        axis = p.concat_dim if p.HasField("concat_dim") else p.axis
+        return [torch.cat(bottoms, dim=_axis(axis, bottoms[0].dim()))]
+
+
+class _FirstMax(torch.autograd.Function):
+    """max(a, b) whose gradient goes to `a` on ties, as Caffe's Eltwise MAX (strict > picks later bottoms)."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        take_b = b > a
+        ctx.save_for_backward(take_b)
+        return torch.where(take_b, b, a)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (take_b,) = ctx.saved_tensors
+        zero = torch.zeros_like(grad)
+        return torch.where(take_b, zero, grad), torch.where(take_b, grad, zero)
+
+
+@register("Eltwise")
+class Eltwise(CaffeLayer):
+    def __init__(self, lp, info, ctx):
+        super().__init__(lp, info, ctx)
+        p = lp.eltwise_param
+        self.op = p.operation
+        self.coeff = list(p.coeff) or [1.0] * len(lp.bottom)
+        if self.op == pb.EltwiseParameter.SUM and len(self.coeff) != len(lp.bottom):
+            raise self.fail(f"{len(self.coeff)} coeff for {len(lp.bottom)} bottoms")
+
+    def forward(self, bottoms):
+        if self.op == pb.EltwiseParameter.SUM:
+            out = bottoms[0] if self.coeff[0] == 1 else bottoms[0] * self.coeff[0]
+            for c, b in zip(self.coeff[1:], bottoms[1:], strict=True):
+                out = out + (b if c == 1 else b * c)
+            return [out]
+        out = bottoms[0]
+        for b in bottoms[1:]:
+            out = out * b if self.op == pb.EltwiseParameter.PROD else _FirstMax.apply(out, b)
+        return [out]
+
+
+@register("Flatten")
+class Flatten(CaffeLayer):
+    def forward(self, bottoms):
+        p = self.lp.flatten_param
+        x = bottoms[0]
+        return [torch.flatten(x, _axis(p.axis, x.dim()), _axis(p.end_axis, x.dim()))]
+
+
+@register("Split")
+class Split(CaffeLayer):
+    def forward(self, bottoms):
+        return [bottoms[0]] * len(self.lp.top)
+
+
+@register("Softmax")
+class Softmax(CaffeLayer):
+    def forward(self, bottoms):
+        x = bottoms[0]
+        return [torch.softmax(wide(x), dim=_axis(self.lp.softmax_param.axis, x.dim())).to(x.dtype)]
+
+
+# --------------------------------------------------------------------------- losses and metrics
+
+
+def _loss_normalizer(lp: pb.LayerParameter, outer: int, inner: int, valid: int) -> float:
+    """Caffe's LossLayer normalisation (the legacy `normalize` bool maps to VALID / BATCH_SIZE)."""
+    p = lp.loss_param
+    mode = p.normalization
+    if p.HasField("normalize") and not p.HasField("normalization"):
+        mode = pb.LossParameter.VALID if p.normalize else pb.LossParameter.BATCH_SIZE
+    value = {
+        pb.LossParameter.FULL: outer * inner,
+        pb.LossParameter.VALID: valid,
+        pb.LossParameter.BATCH_SIZE: outer,
+        pb.LossParameter.NONE: 1,
+    }[mode]
+    return max(1.0, float(value))
+
+
+class _SoftmaxLoss(torch.autograd.Function):
+    """Caffe's SoftmaxWithLoss: loss = -sum log(max(p_label, FLT_MIN)) / normalizer;
+    gradient (p - onehot) / normalizer at valid positions (the clamp does not enter the gradient)."""
+
+    @staticmethod
+    def forward(ctx, logits, labels, axis, ignore_label, normalizer):
+        prob = torch.softmax(wide(logits), dim=axis)
+        lab = labels.long()
+        valid = torch.ones_like(lab, dtype=torch.bool) if ignore_label is None else lab != ignore_label
+        safe = torch.where(valid, lab, torch.zeros_like(lab))
+        picked = prob.gather(axis, safe.unsqueeze(axis)).squeeze(axis)
+        nll = -torch.log(picked.clamp_min(FLT_MIN))
+        loss = torch.where(valid, nll, torch.zeros_like(nll)).sum() / normalizer
+        ctx.save_for_backward(prob, safe, valid)
+        ctx.axis, ctx.normalizer, ctx.in_dtype = axis, normalizer, logits.dtype
+        return loss.to(wide(logits).dtype), prob.to(logits.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_prob):
+        prob, safe, valid = ctx.saved_tensors
+        grad = prob.clone()
+        grad.scatter_add_(ctx.axis, safe.unsqueeze(ctx.axis), -torch.ones_like(prob).narrow(ctx.axis, 0, 1))
+        grad = grad * valid.unsqueeze(ctx.axis).to(grad.dtype)
+        grad = grad * (grad_loss.to(grad.dtype) / ctx.normalizer)
+        return grad.to(ctx.in_dtype), None, None, None, None
+
+
+@register("SoftmaxWithLoss")
+class SoftmaxWithLoss(CaffeLayer):
+    def forward(self, bottoms):
+        logits, labels = bottoms
+        axis = _axis(self.lp.softmax_param.axis, logits.dim())
+        outer = math.prod(logits.shape[:axis])
+        inner = math.prod(logits.shape[axis + 1 :])
+        if labels.numel() != outer * inner:
+            raise self.fail(f"{labels.numel()} labels for {outer * inner} predictions")
+        labels = labels.reshape(*logits.shape[:axis], *logits.shape[axis + 1 :])
+        ignore = self.lp.loss_param.ignore_label if self.lp.loss_param.HasField("ignore_label") else None
+        valid = outer * inner if ignore is None else int((labels.long() != ignore).sum())
+        normalizer = _loss_normalizer(self.lp, outer, inner, valid)
+        loss, prob = _SoftmaxLoss.apply(logits, labels, axis, ignore, normalizer)
+        return [loss, prob][: len(self.lp.top)]
+
+
+@register("Accuracy")
+class Accuracy(CaffeLayer):
+    """Caffe's rule: a prediction is right when fewer than top_k classes score strictly higher
+    than the true class (so ties count in the prediction's favour)."""
+
+    def forward(self, bottoms):
+        scores, labels = wide(bottoms[0].detach()), bottoms[1].detach()
+        p = self.lp.accuracy_param
+        axis = _axis(p.axis, scores.dim())
+        classes = scores.shape[axis]
+        scores = scores.movedim(axis, -1).reshape(-1, classes)
+        lab = labels.reshape(-1).long()
+        valid = lab != p.ignore_label if p.HasField("ignore_label") else torch.ones_like(lab, dtype=torch.bool)
+        safe = torch.where(valid, lab, torch.zeros_like(lab))
+        true_score = scores.gather(1, safe[:, None])
+        correct = ((scores > true_score).sum(1) < p.top_k) & valid
+        count = int(valid.sum())
+        acc = correct.sum().float() / max(count, 1)
+        tops = [acc.to(bottoms[0].dtype)]
+        if len(self.lp.top) > 1:
+            per_class_n = torch.bincount(safe[valid], minlength=classes).float()
+            per_class_ok = torch.bincount(safe[correct], minlength=classes).float()
+            per_class = torch.where(per_class_n > 0, per_class_ok / per_class_n.clamp_min(1), torch.zeros_like(per_class_n))
+            tops.append(per_class.to(bottoms[0].dtype))
+        return tops
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@register("Input")
+class Input(CaffeLayer):
+    """Tops are fed by the caller; the net checks them against input_param's shapes."""
+
+    def forward(self, bottoms):  # pragma: no cover - the net feeds Input tops directly
+        raise RuntimeError("Input layers are fed by CaffeNet.forward")
+
+
+SUPPORTED_TYPES = sorted([*LAYERS, "Data"])

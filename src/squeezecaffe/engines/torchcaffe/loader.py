@@ -1,0 +1,122 @@
+"""Batches for a Caffe Data layer: LMDB records in database order, transformed as Caffe does.
+
+Caffe's Data layer reads the database sequentially and wraps around at the end; batch k holds
+records k*B .. k*B+B-1 (mod the size). We keep that order, and draw each record's random crop and
+mirror from a generator seeded by (seed, record position), so batches are the same for any number
+of worker processes and a resumed run can seek straight to the position an uninterrupted run
+would have reached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from squeezecaffe.data_tools.lmdb_io import LmdbReader
+from squeezecaffe.data_tools.transform import DataTransformer
+from squeezecaffe.errors import UserError
+from squeezecaffe.proto import pb
+
+
+def resolve_source(source: str, base_dir: Path | None) -> Path:
+    """data_param.source as Caffe reads it (relative to the working directory), else beside the prototxt."""
+    path = Path(source)
+    if (path / "data.mdb").is_file() or path.is_absolute() or base_dir is None:
+        return path
+    beside = base_dir / path
+    return beside if (beside / "data.mdb").is_file() else path
+
+
+class _Records(Dataset):
+    """Record position -> (transformed float32 CxHxW image, label)."""
+
+    def __init__(self, reader: LmdbReader, transformer: DataTransformer, seed: int) -> None:
+        self.reader, self.transformer, self.seed = reader, transformer, seed
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def __getitem__(self, position: int) -> tuple[np.ndarray, int]:
+        img, label = self.reader[position % len(self.reader)]
+        rng = np.random.default_rng([self.seed, position])
+        return self.transformer(img, rng), label
+
+
+class _SequentialBatches(Sampler[list[int]]):
+    """Endless batches of consecutive record positions from `start` (mutable between iterations)."""
+
+    def __init__(self, batch_size: int, start: int = 0) -> None:
+        self.batch_size, self.start = batch_size, start
+
+    def __iter__(self) -> Iterator[list[int]]:
+        pos = self.start
+        while True:
+            yield list(range(pos, pos + self.batch_size))
+            pos += self.batch_size
+
+
+def _collate(samples: list[tuple[np.ndarray, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    shapes = {s[0].shape for s in samples}
+    if len(shapes) > 1:
+        raise UserError(f"images of different sizes in one batch ({sorted(shapes)}): set crop_size or rebuild "
+                        "the database with --resize")
+    data = torch.from_numpy(np.stack([s[0] for s in samples]))
+    labels = torch.tensor([s[1] for s in samples], dtype=torch.float32)
+    return data, labels
+
+
+class DataLayerLoader:
+    """The batches one Data layer produces, with worker processes, pinned memory and prefetch."""
+
+    def __init__(self, lp: pb.LayerParameter, phase: int, seed: int = 0, workers: int = 0, pin_memory: bool = False,
+                 prefetch: int = 4, base_dir: Path | None = None, where: str = "net") -> None:
+        dp = lp.data_param
+        name = f"{where}: layer '{lp.name}' (Data)"
+        if not dp.source:
+            raise UserError(f"{name}: data_param.source is not set")
+        if dp.batch_size <= 0:
+            raise UserError(f"{name}: data_param.batch_size must be > 0")
+        tp = lp.transform_param
+        color = "gray" if tp.force_gray else "color" if tp.force_color else "native"
+        source = resolve_source(dp.source, base_dir)
+        try:
+            self.reader = LmdbReader(source, color=color)
+        except UserError as exc:
+            raise UserError(f"{name}: {exc}") from None
+        if len(self.reader) == 0:
+            raise UserError(f"{name}: database {source} is empty")
+        self.transformer = DataTransformer(tp, phase, where=f"{name} transform_param", base_dir=base_dir)
+        first, _ = self.reader[0]
+        self.batch_size = int(dp.batch_size)
+        self.shape = (self.batch_size, *self.transformer.output_shape(*first.shape))
+        self.source = source
+        self.sampler = _SequentialBatches(self.batch_size)
+        self.loader = DataLoader(
+            _Records(self.reader, self.transformer, seed), batch_sampler=self.sampler, num_workers=workers,
+            collate_fn=_collate, pin_memory=pin_memory, prefetch_factor=prefetch if workers else None,
+            persistent_workers=workers > 0,
+        )
+        self._it: Iterator | None = None
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    @property
+    def position(self) -> int:
+        return self.sampler.start
+
+    def seek(self, position: int) -> None:
+        """Continue from record `position` (counted from the start of the run, before wrapping)."""
+        self.sampler.start = position
+        self._it = None
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._it is None:
+            self._it = iter(self.loader)
+        batch = next(self._it)
+        self.sampler.start += self.batch_size  # the position of the next batch (the iterator runs ahead)
+        return batch

@@ -1,0 +1,266 @@
+"""Caffe's Solver loop on a CaffeNet: iter_size accumulation, clipping, regularisation, the update
+rules of `updates.py`, tests, snapshots and exact restore.
+
+One iteration, as Solver::Step and SGDSolver::ApplyUpdate order it: clear the diffs; test if
+iter % test_interval == 0 (and iter > 0 or test_initialization); iter_size forward/backward passes;
+clip the accumulated diffs by their global L2 norm; divide by iter_size; add weight decay; compute the
+update with lr = policy(iter) * lr_mult; w -= update; iter += 1; snapshot if iter % snapshot == 0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from squeezecaffe.engines.torchcaffe.fillers import fill_net
+from squeezecaffe.engines.torchcaffe.net import CaffeNet, DataOptions
+from squeezecaffe.engines.torchcaffe.options import EngineOptions
+from squeezecaffe.engines.torchcaffe.updates import compute_update, history_slots, solver_type
+from squeezecaffe.engines.torchcaffe.weights import blob_shape, blob_values, load_caffemodel, save_caffemodel, tensor_to_blob
+from squeezecaffe.errors import UserError
+from squeezecaffe.proto import pb, read_binary, read_text, write_binary
+from squeezecaffe.solvers.lr_policy import learning_rate, multistep_current_step
+
+# feed(phase, iteration, pass) -> tensors for the net's Input blobs (nets with Data layers need none)
+Feed = Callable[[str, int, int], Mapping[str, Tensor]]
+
+
+@dataclass
+class IterationStats:
+    iter: int  # the iteration just completed (counting from 1)
+    loss: float  # the objective averaged over iter_size passes
+    lr: float  # the base rate used for this update (before lr_mult)
+    outputs: dict[str, float] = field(default_factory=dict)  # scalar train-net outputs, averaged over passes
+
+
+def _resolve(path: str, base_dir: Path | None) -> Path:
+    """Paths in a solver are relative to the working directory in Caffe; fall back to the solver's folder."""
+    p = Path(path)
+    if p.exists() or p.is_absolute() or base_dir is None:
+        return p
+    return base_dir / p if (base_dir / p).exists() else p
+
+
+class Solver:
+    def __init__(self, sp: pb.SolverParameter, *, where: str = "solver", base_dir: Path | None = None,
+                 options: EngineOptions | None = None, feed: Feed | None = None, seed: int | None = None) -> None:
+        self.sp = sp
+        self.where = where
+        self.base_dir = base_dir
+        self.options = options or EngineOptions()
+        self.feed = feed
+        self.kind = solver_type(sp)
+        if sp.iter_size < 1:
+            raise UserError(f"{where}: iter_size must be >= 1")
+        if sp.regularization_type not in ("L1", "L2"):
+            raise UserError(f"{where}: regularization_type '{sp.regularization_type}' (use L1 or L2)")
+        self.seed = seed if seed is not None else (sp.random_seed if sp.random_seed >= 0 else 0)
+        device = self.options.torch_device()
+        data = DataOptions(seed=self.seed, workers=self.options.workers, pin_memory=device.type == "cuda",
+                           prefetch=self.options.prefetch)
+        train_param, train_where = self._train_net_param()
+        self.train_net = CaffeNet(train_param, "TRAIN", stages=tuple(sp.train_state.stage), level=sp.train_state.level,
+                                  where=train_where, base_dir=base_dir, data=data)
+        fill_net(self.train_net, self.seed)
+        self.test_nets = []
+        for i, (param, test_where) in enumerate(self._test_net_params()):
+            state = sp.test_state[i] if i < len(sp.test_state) else pb.NetState()
+            test_data = DataOptions(seed=self.seed + 1 + i, workers=self.options.workers,
+                                    pin_memory=data.pin_memory, prefetch=data.prefetch)
+            net = CaffeNet(param, "TEST", stages=tuple(state.stage), level=state.level, where=test_where,
+                           base_dir=base_dir, data=test_data)
+            net.share_weights_from(self.train_net)
+            self.test_nets.append(net)
+        for net in [self.train_net, *self.test_nets]:
+            self.options.apply(net)
+        self.params = self.train_net.learnable()
+        for _, _, blob, lr_mult, _ in self.params:
+            # Caffe computes no gradient for a blob with lr_mult 0 (its diff stays zero)
+            blob.requires_grad_(lr_mult != 0 and blob.requires_grad)
+        slots = history_slots(self.kind)
+        self.history = [torch.zeros_like(p[2]) for _ in range(slots) for p in self.params]
+        self.iter = 0
+        self.current_step = 0
+        self.base_lr = sp.base_lr
+        self.test_callback: Callable[[int, list[dict[str, float]]], None] | None = None
+        self.last_test: list[dict[str, float]] | None = None
+
+    # ------------------------------------------------------------------ nets
+    @classmethod
+    def from_file(cls, path: str | Path, **kwargs) -> Solver:
+        path = Path(path)
+        return cls(read_text(path, pb.SolverParameter), where=str(path), base_dir=path.parent, **kwargs)
+
+    def _train_net_param(self) -> tuple[pb.NetParameter, str]:
+        sp = self.sp
+        if sp.HasField("train_net_param"):
+            return sp.train_net_param, f"{self.where} train_net_param"
+        if sp.HasField("train_net"):
+            return self._read_net(sp.train_net)
+        if sp.HasField("net_param"):
+            return sp.net_param, f"{self.where} net_param"
+        if sp.HasField("net"):
+            return self._read_net(sp.net)
+        raise UserError(f"{self.where}: no net given (set net, net_param, train_net or train_net_param)")
+
+    def _read_net(self, name: str) -> tuple[pb.NetParameter, str]:
+        path = _resolve(name, self.base_dir)
+        return read_text(path, pb.NetParameter), str(path)
+
+    def _test_net_params(self) -> list[tuple[pb.NetParameter, str]]:
+        sp = self.sp
+        nets = [self._read_net(n) for n in sp.test_net]
+        nets += [(p, f"{self.where} test_net_param") for p in sp.test_net_param]
+        generic = len(sp.test_iter) - len(nets)
+        if generic > 0:
+            if sp.HasField("net_param"):
+                nets += [(sp.net_param, f"{self.where} net_param")] * generic
+            elif sp.HasField("net"):
+                nets += [self._read_net(sp.net)] * generic
+        if len(nets) != len(sp.test_iter):
+            raise UserError(f"{self.where}: {len(sp.test_iter)} test_iter values for {len(nets)} test nets")
+        return nets
+
+    # ------------------------------------------------------------------ the loop
+    def learning_rate(self) -> float:
+        sp = pb.SolverParameter()
+        sp.CopyFrom(self.sp)
+        sp.base_lr = self.base_lr
+        if sp.lr_policy == "multistep":
+            self.current_step = multistep_current_step(sp, self.iter, self.current_step)
+        return learning_rate(sp, self.iter, self.current_step)
+
+    def _inputs(self, phase: str, it: int, k: int) -> Mapping[str, Tensor]:
+        return self.feed(phase, it, k) if self.feed is not None else {}
+
+    def step(self, iters: int, callback: Callable[[IterationStats], None] | None = None) -> None:
+        stop = self.iter + iters
+        sp = self.sp
+        while self.iter < stop:
+            for _, _, blob, _, _ in self.params:
+                blob.grad = None
+            if sp.test_interval and self.iter % sp.test_interval == 0 and (self.iter > 0 or sp.test_initialization):
+                self.test_all()
+            self.train_net.train()
+            loss = 0.0
+            outputs: dict[str, float] = {}
+            for k in range(sp.iter_size):
+                self.train_net.step_key = self.iter * sp.iter_size + k
+                result = self.train_net(self._inputs("TRAIN", self.iter, k))
+                if result.loss.requires_grad:
+                    result.loss.backward()
+                loss += float(result.loss.detach())
+                for name in self.train_net.output_blobs:
+                    t = result.blobs[name]
+                    if t.numel() == 1:
+                        outputs[name] = outputs.get(name, 0.0) + float(t.detach()) / sp.iter_size
+            rate = self.learning_rate()
+            self.apply_update(rate)
+            self.iter += 1
+            if callback is not None:
+                callback(IterationStats(self.iter, loss / sp.iter_size, rate, outputs))
+            if sp.snapshot and self.iter % sp.snapshot == 0:
+                self.snapshot()
+
+    def solve(self, callback: Callable[[IterationStats], None] | None = None,
+              test_callback: Callable[[int, list[dict[str, float]]], None] | None = None) -> None:
+        """Run to max_iter as Caffe's Solver::Solve: final snapshot and a final test."""
+        self.test_callback = test_callback
+        self.step(max(0, self.sp.max_iter - self.iter), callback)
+        if self.sp.snapshot_after_train and (not self.sp.snapshot or self.iter % self.sp.snapshot != 0):
+            self.snapshot()
+        if self.sp.test_interval and self.iter % self.sp.test_interval == 0:
+            self.test_all()
+
+    @torch.no_grad()
+    def apply_update(self, rate: float) -> None:
+        sp = self.sp
+        diffs = [blob.grad if blob.grad is not None else torch.zeros_like(blob) for _, _, blob, _, _ in self.params]
+        if sp.clip_gradients >= 0:
+            l2norm = math.sqrt(sum(float((d.double() ** 2).sum()) for d in diffs))
+            if l2norm > sp.clip_gradients:
+                for d in diffs:
+                    d.mul_(sp.clip_gradients / l2norm)
+        n = len(self.params)
+        for i, ((_, _, blob, lr_mult, decay_mult), diff) in enumerate(zip(self.params, diffs, strict=True)):
+            if sp.iter_size > 1:
+                diff.mul_(1.0 / sp.iter_size)
+            local_decay = sp.weight_decay * decay_mult
+            if local_decay:
+                if sp.regularization_type == "L2":
+                    diff.add_(blob, alpha=local_decay)
+                else:
+                    diff.add_(torch.sign(blob), alpha=local_decay)
+            hist = [self.history[i + s * n] for s in range(history_slots(self.kind))]
+            compute_update(self.kind, sp, diff, hist, rate * lr_mult, self.iter)
+            blob.sub_(diff)
+
+    @torch.no_grad()
+    def test(self, index: int = 0) -> dict[str, float]:
+        """Mean of each scalar output of test net `index` over test_iter batches (from the start of its data)."""
+        net = self.test_nets[index]
+        net.eval()
+        net.seek_data(0)
+        sums: dict[str, float] = {}
+        for k in range(self.sp.test_iter[index]):
+            result = net(self._inputs("TEST", self.iter, k))
+            for name in net.output_blobs:
+                t = result.blobs[name]
+                if t.numel() == 1:
+                    sums[name] = sums.get(name, 0.0) + float(t)
+        return {name: v / self.sp.test_iter[index] for name, v in sums.items()}
+
+    def test_all(self) -> list[dict[str, float]]:
+        results = [self.test(i) for i in range(len(self.test_nets))]
+        self.last_test = results
+        if self.test_callback is not None:
+            self.test_callback(self.iter, results)
+        return results
+
+    # ------------------------------------------------------------------ snapshots
+    def snapshot_prefix(self) -> str:
+        if self.sp.snapshot_prefix:
+            return self.sp.snapshot_prefix
+        return str(Path(self.where).with_suffix(""))
+
+    def snapshot(self) -> tuple[Path, Path]:
+        """`<prefix>_iter_N.caffemodel` then `.solverstate`, each written atomically."""
+        stem = f"{self.snapshot_prefix()}_iter_{self.iter}"
+        model = save_caffemodel(self.train_net, stem + ".caffemodel")
+        state = pb.SolverState(iter=self.iter, learned_net=stem + ".caffemodel", current_step=self.current_step)
+        state.history.extend(tensor_to_blob(h) for h in self.history)
+        return model, write_binary(stem + ".solverstate", state)
+
+    def restore(self, path: str | Path) -> None:
+        """Continue from a .solverstate (ours or Caffe's): weights, history, iteration, data position."""
+        path = Path(path)
+        state = read_binary(path, pb.SolverState)
+        if state.learned_net:
+            candidates = [Path(state.learned_net), path.parent / Path(state.learned_net).name,
+                          path.with_suffix(".caffemodel")]
+            model = next((c for c in candidates if c.is_file()), None)
+            if model is None:
+                raise UserError(f"{path}: its weights file {state.learned_net} was not found (looked beside it too)")
+            load_caffemodel(self.train_net, model)
+        if len(state.history) != len(self.history):
+            raise UserError(f"{path}: {len(state.history)} history blobs, this {self.kind} solver on this net needs "
+                            f"{len(self.history)}")
+        for i, (blob, h) in enumerate(zip(state.history, self.history, strict=True)):
+            if blob_shape(blob) != tuple(h.shape):
+                raise UserError(f"{path}: history blob {i} has shape {'x'.join(map(str, blob_shape(blob)))}, "
+                                f"expected {'x'.join(map(str, h.shape))}")
+            with torch.no_grad():
+                h.copy_(torch.from_numpy(blob_values(blob).reshape(h.shape)).to(h.dtype))
+        self.iter = state.iter
+        self.current_step = state.current_step
+        # Caffe restarts its Data layers at the first record; we continue where an uninterrupted run would be.
+        self.train_net.seek_data(self.iter * self.sp.iter_size * self.train_net.batch_size())
+
+    def load_weights(self, path: str | Path) -> None:
+        """Initialise from a .caffemodel (fine-tuning): layers matched by name, the rest keep their fillers."""
+        load_caffemodel(self.train_net, path)
