@@ -47,6 +47,15 @@ def mlp_grads(params, x, labels):
     return loss, [dh.T @ x, dh.sum(0), dy.T @ h, dy.sum(0)]
 
 
+def summed_grads(params, batches, it):
+    """The gradients of both iter_size passes of iteration `it`, summed (before Caffe's division)."""
+    total = [np.zeros_like(p) for p in params]
+    for k in range(2):
+        _, g = mlp_grads(params, *batches[(it, k)])
+        total = [a + b for a, b in zip(total, g, strict=True)]
+    return total
+
+
 def caffe_reference(kind, params, batches, sp, lr_changes):
     """Caffe's SGDSolver arithmetic in float64: Normalize, Regularize, ComputeUpdateValue, Update."""
     lr_mult, decay_mult = [1, 2, 1, 1], [1, 0, 1, 1]
@@ -147,10 +156,7 @@ def test_adaptive_solvers_follow_caffes_formulas(kind):
     slots = 2 if kind in ("AdaDelta", "Adam") else 1
     hist = [[np.zeros_like(p) for _ in range(slots)] for p in params]
     for it in range(4):
-        grads = [np.zeros_like(p) for p in params]
-        for k in range(2):
-            _, g = mlp_grads(params, *solver.batches[(it, k)])
-            grads = [a + b for a, b in zip(grads, g, strict=True)]
+        grads = summed_grads(params, solver.batches, it)
         rate = sp.base_lr * (1 - it / sp.max_iter) ** sp.power
         for i, (lr_mult, decay_mult) in enumerate([(1, 1), (2, 0), (1, 1), (1, 1)]):
             g = grads[i] / 2 + sp.weight_decay * decay_mult * params[i]
@@ -164,10 +170,7 @@ def test_adaptive_solvers_follow_caffes_formulas(kind):
 def test_clip_gradients_scales_the_accumulated_diffs_before_normalisation():
     solver = mlp_solver("SGD", "clip_gradients: 0.05")
     params = solver_params(solver)
-    grads = [np.zeros_like(p) for p in params]
-    for k in range(2):
-        _, g = mlp_grads(params, *solver.batches[(0, k)])
-        grads = [a + b for a, b in zip(grads, g, strict=True)]
+    grads = summed_grads(params, solver.batches, 0)
     norm = math.sqrt(sum(float((g * g).sum()) for g in grads))
     assert norm > 0.05  # the clip is active
     grads = [g * 0.05 / norm for g in grads]
@@ -181,10 +184,7 @@ def test_clip_gradients_scales_the_accumulated_diffs_before_normalisation():
 def test_l1_regularisation_adds_the_sign():
     solver = mlp_solver("SGD", 'regularization_type: "L1"')
     params = solver_params(solver)
-    grads = [np.zeros_like(p) for p in params]
-    for k in range(2):
-        _, g = mlp_grads(params, *solver.batches[(0, k)])
-        grads = [a + b for a, b in zip(grads, g, strict=True)]
+    grads = summed_grads(params, solver.batches, 0)
     solver.step(1)
     want = params[0] - 0.1 * (grads[0] / 2 + 0.01 * np.sign(params[0]))
     np.testing.assert_allclose(solver_params(solver)[0], want, rtol=1e-6)
