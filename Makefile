@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 MODEL ?= fullbypass12
 OUT ?= out
 
-.PHONY: setup demo test test-slow lint prototxt proto summary draw build-lmdb bench-data clean
+.PHONY: setup demo test test-slow lint prototxt proto summary draw train build-lmdb bench-data clean
 
 # Create .venv and install the package with its dev tools; re-runs only when pyproject.toml changes.
 # torch==2.13.0 is named first so pip takes the CPU wheel instead of a multi-GB CUDA build on machines
@@ -55,6 +55,10 @@ draw: setup
 # JPEG/PNG dataset -> OUT/{train,val,test}_lmdb + mean.binaryproto + labels.txt + manifest.json.
 # make build-lmdb DATA=~/tiny-imagenet-200 OUT=data/tiny [ARGS="--resize 64x64 --encoded"]
 DATA ?=
+train: setup
+	@test -n "$(MODEL)" -a -n "$(DATA)" || { echo "usage: make train MODEL=fullbypass12 DATA=data/dir [ENGINE=auto|torch|caffe] [DEVICE=cpu|cuda] [EPOCHS=N] [ARGS=...]"; exit 2; }
+	$(BIN)/squeezecaffe train "$(MODEL)" --data "$(DATA)" --engine "$(or $(ENGINE),auto)" --device "$(or $(DEVICE),cpu)" $(if $(EPOCHS),--epochs $(EPOCHS)) $(ARGS)
+
 build-lmdb: setup
 	@test -n "$(DATA)" || { echo "usage: make build-lmdb DATA=path/to/images OUT=data/name [ARGS=...]"; exit 2; }
 	$(BIN)/squeezecaffe build-lmdb "$(DATA)" "$(OUT)" $(ARGS)

@@ -240,9 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_draw)
 
     _register_data_verbs(sub)
-    from squeezecaffe.cli_engine import register_engine_verbs
+    from squeezecaffe.cli_engine import register_engine_verbs, register_train_verbs
 
     register_engine_verbs(sub)
+    register_train_verbs(sub)
     return parser
 
 

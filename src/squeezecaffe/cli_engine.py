@@ -197,3 +197,70 @@ def register_engine_verbs(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=2, help="data loader processes per Data layer")
     _add_device_options(p)
     p.set_defaults(func=cmd_solve)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import time
+
+    from squeezecaffe.train.runner import TrainConfig, Trainer, prepare_run
+
+    if args.resume:
+        trainer = Trainer(Path(args.resume), progress=not args.quiet)
+        trainer.resume()
+        return trainer.run()
+    plateau = {"min_delta": args.min_delta, "patience": args.patience,
+               "factors": [float(f) for f in args.factors.split(",")], "min_lr": args.min_lr,
+               "cooldown": args.cooldown, "stop_after": args.stop_after}
+    from squeezecaffe.cli import _parse_overrides
+
+    cfg = TrainConfig(model=args.model, solver=args.solver, data=args.data, epochs=args.epochs,
+                      batch_size=args.batch_size, test_batch_size=args.test_batch_size, input=args.input,
+                      classes=args.classes, solver_set=_parse_overrides(args.solver_set), engine=args.engine,
+                      device=args.device, amp=args.amp, channels_last=args.channels_last, workers=args.workers,
+                      seed=args.seed, keep=args.keep, weights=args.weights, plateau=plateau)
+    name = args.model or Path(args.solver or "run").stem
+    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    prepare_run(cfg, run_dir)
+    return Trainer(run_dir, progress=not args.quiet).run()
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from squeezecaffe.train.plots import plot_runs
+
+    print(plot_runs([Path(r) for r in args.runs], Path(args.output)))
+    return 0
+
+
+def register_train_verbs(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model on a build-lmdb data directory, epoch by epoch, with the "
+                                     "plateau LR controller, snapshots, resume, logs and plots")
+    p.add_argument("model", nargs="?", help="registered model name (or use --solver)")
+    p.add_argument("--data", help="data directory written by build-lmdb")
+    p.add_argument("--solver", help="a hand-written solver.prototxt instead of a generated one (like caffe train)")
+    p.add_argument("--run-dir", help="run directory (default runs/<model>-<timestamp>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest complete snapshot")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--test-batch-size", type=int)
+    p.add_argument("--input", help="network input HxW")
+    p.add_argument("--classes", type=int, help="must equal the dataset's (checked)")
+    p.add_argument("--solver-set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--weights", help="initialise from a .caffemodel")
+    p.add_argument("--engine", default="auto", help="auto, torch or caffe")
+    p.add_argument("--workers", type=int, default=2, help="data loader processes")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--keep", type=int, default=3, help="snapshots kept (plus best.caffemodel)")
+    p.add_argument("--min-delta", type=float, default=0.01, help="top-1 gain (fraction) that counts as progress")
+    p.add_argument("--patience", type=int, default=2, help="epochs without progress before an LR drop")
+    p.add_argument("--factors", default="5,2", help="LR divisors, cycled")
+    p.add_argument("--min-lr", type=float, default=0.0)
+    p.add_argument("--cooldown", type=int, default=0)
+    p.add_argument("--stop-after", type=int, help="stop after this many drops without improvement")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_device_options(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("plot", help="training curves of one or several runs (overlaid) to a PNG")
+    p.add_argument("runs", nargs="+")
+    p.add_argument("-o", "--output", required=True)
+    p.set_defaults(func=cmd_plot)

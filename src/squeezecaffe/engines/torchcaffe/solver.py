@@ -138,7 +138,9 @@ class Solver:
     def _inputs(self, phase: str, it: int, k: int) -> Mapping[str, Tensor]:
         return self.feed(phase, it, k) if self.feed is not None else {}
 
-    def step(self, iters: int, callback: Callable[[IterationStats], None] | None = None) -> None:
+    def step(self, iters: int, callback: Callable[[IterationStats], None] | None = None,
+             should_stop: Callable[[], bool] | None = None) -> None:
+        """Run `iters` iterations; `should_stop` is asked after each one (an interrupt ends the step early)."""
         stop = self.iter + iters
         sp = self.sp
         while self.iter < stop:
@@ -166,6 +168,8 @@ class Solver:
                 callback(IterationStats(self.iter, loss / sp.iter_size, rate, outputs))
             if sp.snapshot and self.iter % sp.snapshot == 0:
                 self.snapshot()
+            if should_stop is not None and should_stop():
+                break
 
     def solve(self, callback: Callable[[IterationStats], None] | None = None,
               test_callback: Callable[[int, list[dict[str, float]]], None] | None = None) -> None:

@@ -1,0 +1,54 @@
+"""Training logs: `log.csv` (one row per display interval and one per epoch) and the raw text log.
+
+Column names follow what Caffe's tools/extra/parse_log.py wrote (NumIters, Seconds, LearningRate,
+loss), so existing scripts and habits carry over; epoch rows add the validation figures and the
+controller's decision. Rows are appended and flushed as they happen; on resume the rows past the
+restored iteration are dropped so the file reads like one uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from squeezecaffe.fileio import atomic_write_text
+
+COLUMNS = ["Phase", "Epoch", "NumIters", "Seconds", "LearningRate", "LRScale", "loss", "val_loss", "val_top1",
+           "val_top5", "images_per_s", "event"]
+
+
+class RunLog:
+    def __init__(self, run_dir: Path, echo: bool = True) -> None:
+        self.csv_path = run_dir / "log.csv"
+        self.raw_path = run_dir / "train.log"
+        self.echo = echo
+        if not self.csv_path.exists():
+            atomic_write_text(self.csv_path, ",".join(COLUMNS) + "\n")
+
+    def truncate_after(self, iteration: int) -> None:
+        """Drop rows logged after `iteration` (they belong to the run that was interrupted)."""
+        rows = read_log(self.csv_path)
+        kept = [r for r in rows if int(r["NumIters"]) <= iteration]
+        lines = [",".join(COLUMNS)] + [",".join(r.get(c, "") for c in COLUMNS) for r in kept]
+        atomic_write_text(self.csv_path, "\n".join(lines) + "\n")
+
+    def row(self, **values) -> None:
+        with self.csv_path.open("a", newline="") as f:
+            csv.writer(f).writerow([_fmt(values.get(c, "")) for c in COLUMNS])
+
+    def line(self, text: str) -> None:
+        if self.echo:
+            print(text, flush=True)
+        with self.raw_path.open("a", encoding="utf-8") as f:
+            f.write(text + "\n")
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def read_log(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))

@@ -1,0 +1,104 @@
+"""The plateau LR-drop controller: a pure state machine fed one validation top-1 per epoch.
+
+An epoch improves when top1 >= anchor + min_delta; then the anchor moves to top1 and the plateau
+counter resets. Otherwise the counter grows, and when it reaches `patience` the LR scale is divided
+by the next factor of the cycle (5, 2, 5, 2, ...) and the counter resets. The engine multiplies
+base_lr by the scale; the LR policy (poly) keeps decaying on top. No engine, clock or file here, so
+the decisions can be unit-tested and replayed exactly after a resume (state_dict / load_state_dict).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class PlateauOptions:
+    min_delta: float = 0.01  # absolute top-1 (a fraction): smaller gains count as no gain
+    patience: int = 2  # epochs without gain before a drop
+    factors: tuple[float, ...] = (5.0, 2.0)  # divisors, cycled
+    min_lr: float = 0.0  # the scale never takes base_lr below this
+    base_lr: float = 1.0  # to turn min_lr into a floor on the scale
+    cooldown: int = 0  # epochs after a drop that do not count towards the next plateau
+    stop_after: int | None = None  # stop after this many drops in a row without any improvement
+
+    def __post_init__(self) -> None:
+        self.factors = tuple(float(f) for f in self.factors)
+        if self.patience < 1:
+            raise ValueError("patience must be >= 1")
+        if not self.factors or any(f <= 1 for f in self.factors):
+            raise ValueError("factors must be > 1")
+
+
+@dataclass
+class PlateauController:
+    options: PlateauOptions = field(default_factory=PlateauOptions)
+    anchor: float = -math.inf
+    counter: int = 0
+    drops: int = 0
+    drops_without_gain: int = 0
+    cooldown_left: int = 0
+    scale: float = 1.0
+    epochs: int = 0
+    history: list[dict] = field(default_factory=list)  # one entry per update: epoch, top1, event, scale
+    stop: bool = False
+
+    def update(self, top1: float) -> float:
+        """Feed one epoch's validation top-1 (a fraction); returns the LR scale for the next epoch."""
+        opt = self.options
+        self.epochs += 1
+        event = ""
+        if top1 >= self.anchor + opt.min_delta:
+            self.anchor = top1
+            self.counter = 0
+            self.drops_without_gain = 0
+            event = "improved"
+        elif self.cooldown_left > 0:
+            self.cooldown_left -= 1
+            event = "cooldown"
+        else:
+            self.counter += 1
+            event = f"plateau {self.counter}/{opt.patience}"
+            if self.counter >= opt.patience:
+                factor = opt.factors[self.drops % len(opt.factors)]
+                floor = opt.min_lr / opt.base_lr if opt.base_lr > 0 else 0.0
+                new_scale = max(self.scale / factor, floor)
+                self.counter = 0
+                self.cooldown_left = opt.cooldown
+                if new_scale < self.scale * (1 - 1e-9):  # not already at the floor
+                    self.scale = new_scale
+                    self.drops += 1
+                    self.drops_without_gain += 1
+                    event = f"lr / {factor:g}"
+                else:
+                    event = "at min_lr"
+                if opt.stop_after is not None and self.drops_without_gain >= opt.stop_after:
+                    self.stop = True
+                    event += "; stop"
+        self.history.append({"epoch": self.epochs, "top1": top1, "event": event, "scale": self.scale})
+        return self.scale
+
+    @property
+    def last_event(self) -> str:
+        return self.history[-1]["event"] if self.history else ""
+
+    def state_dict(self) -> dict:
+        state = asdict(self)
+        state["options"]["factors"] = list(self.options.factors)
+        state["anchor"] = None if math.isinf(self.anchor) else self.anchor
+        return state
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> PlateauController:
+        ctl = cls()
+        ctl.load_state_dict(state)
+        return ctl
+
+    def load_state_dict(self, state: dict) -> None:
+        state = dict(state)
+        self.options = PlateauOptions(**state.pop("options"))
+        anchor = state.pop("anchor")
+        self.anchor = -math.inf if anchor is None else float(anchor)
+        for key, value in state.items():
+            setattr(self, key, value)

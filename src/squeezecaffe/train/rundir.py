@@ -1,0 +1,129 @@
+"""A training run's directory: config, provenance, snapshots with their markers, logs.
+
+A snapshot is complete when its marker `<prefix>_iter_N.json` exists: the marker is written last,
+atomically, after the .caffemodel and .solverstate (each atomic too) and holds the controller state.
+`--resume` only ever considers snapshots with a marker, so a SIGKILL at any moment leaves at worst
+an unreferenced temporary file, never a truncated snapshot that would be picked up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from squeezecaffe import __version__
+from squeezecaffe.errors import UserError
+from squeezecaffe.fileio import atomic_write_bytes, atomic_write_text
+
+CONFIG = "config.json"
+PROVENANCE = "run.json"
+LOG_CSV = "log.csv"
+RAW_LOG = "train.log"
+
+
+def write_json(path: Path, data: dict) -> Path:
+    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found (is this a run directory?)") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc})") from None
+
+
+def make_run_dir(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"{path}: cannot write the run directory ({exc.strerror})") from None
+    return path.resolve()
+
+
+def _git_commit() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def provenance(engine: str, device: str) -> dict:
+    """What produced a run: code version, engine, device, libraries, host, command line."""
+    import cv2
+    import google.protobuf
+    import numpy
+    import torch
+
+    info = {
+        "squeezecaffe": __version__, "git_commit": _git_commit(), "engine": engine, "device": device,
+        "python": sys.version.split()[0], "torch": torch.__version__, "numpy": numpy.__version__,
+        "protobuf": google.protobuf.__version__, "opencv": cv2.__version__, "host": platform.node(),
+        "platform": platform.platform(), "cpus": os.cpu_count(), "argv": sys.argv,
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+_MARKER = re.compile(r"_iter_(\d+)\.json$")
+
+
+def snapshot_markers(prefix: str) -> list[tuple[int, Path]]:
+    """(iteration, marker) of every snapshot with a marker, oldest first."""
+    folder, stem = Path(prefix).parent, Path(prefix).name
+    if not folder.is_dir():
+        return []
+    found = []
+    for p in folder.glob(f"{stem}_iter_*.json"):
+        m = _MARKER.search(p.name)
+        if m:
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def latest_complete(prefix: str) -> dict | None:
+    """The newest snapshot whose marker and both files exist (the marker is read back to be sure)."""
+    for _, marker in reversed(snapshot_markers(prefix)):
+        try:
+            info = json.loads(marker.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        if Path(info["caffemodel"]).is_file() and Path(info["solverstate"]).is_file():
+            return info
+    return None
+
+
+def prune_snapshots(prefix: str, keep: int) -> None:
+    """Keep the newest `keep` complete snapshots; the marker goes first so a half-pruned one is ignored."""
+    markers = snapshot_markers(prefix)
+    for it, marker in markers[: max(0, len(markers) - keep)]:
+        marker.unlink(missing_ok=True)
+        for suffix in (".caffemodel", ".solverstate"):
+            Path(f"{prefix}_iter_{it}{suffix}").unlink(missing_ok=True)
+
+
+def copy_atomic(src: Path, dst: Path) -> Path:
+    return atomic_write_bytes(dst, Path(src).read_bytes())
+
+
+def remove_stale(folder: Path) -> None:
+    """Temporaries of a killed atomic write (.name.XXXX.tmp) are never complete files."""
+    if folder.is_dir():
+        for p in folder.glob(".*.tmp"):
+            p.unlink(missing_ok=True)

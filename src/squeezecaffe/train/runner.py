@@ -1,0 +1,261 @@
+"""`squeezecaffe train`: epoch-by-epoch training with the plateau controller, snapshots, resume, logs.
+
+Per epoch: one epoch of solver iterations; a whole-database validation (loss, top-1, top-5); the
+controller's decision (a new LR scale for the next epoch); a snapshot (.caffemodel, .solverstate, then
+the marker holding the controller state); best.caffemodel when top-1 improved; a log row. The Solver
+object does the iterations with Caffe's semantics; its own test and snapshot schedule is switched off
+here because the run does both per epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from squeezecaffe.engines.torchcaffe.net import CaffeNet, DataOptions
+from squeezecaffe.engines.torchcaffe.options import EngineOptions
+from squeezecaffe.engines.torchcaffe.solver import IterationStats, Solver
+from squeezecaffe.errors import UserError
+from squeezecaffe.proto import pb, read_text
+from squeezecaffe.train import rundir
+from squeezecaffe.train.evaluate import evaluate
+from squeezecaffe.train.logs import RunLog
+from squeezecaffe.train.plateau import PlateauController, PlateauOptions
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs to be rebuilt; saved as config.json so --resume needs no command line."""
+
+    model: str | None = None
+    solver: str | None = None  # a hand-written solver.prototxt instead of a generated one
+    data: str | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    test_batch_size: int | None = None
+    input: str | None = None
+    classes: int | None = None
+    solver_set: dict[str, str] = field(default_factory=dict)
+    engine: str = "auto"
+    device: str = "cpu"
+    amp: str | None = None
+    channels_last: bool = False
+    workers: int = 2
+    seed: int = 42
+    keep: int = 3
+    weights: str | None = None
+    plateau: dict = field(default_factory=dict)  # PlateauOptions fields except base_lr
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _pick_engine(name: str) -> str:
+    if name in ("auto", "torch"):
+        return "torch"
+    if name == "caffe":
+        raise UserError("--engine caffe: the pycaffe engine is not available in this build yet (issue #5); "
+                        "use --engine torch")
+    raise UserError(f"--engine {name}: choose auto, torch or caffe")
+
+
+def prepare_run(cfg: TrainConfig, run_dir: Path) -> Path:
+    """Create the run directory with its prototxt, config.json and run.json; returns solver.prototxt."""
+    from squeezecaffe.netgen.config import parse_hw, resolve
+    from squeezecaffe.netgen.emit import generate, write_generated
+    from squeezecaffe.netgen.registry import get_model
+
+    engine = _pick_engine(cfg.engine)
+    run_dir = rundir.make_run_dir(run_dir)
+    if cfg.solver:
+        solver_path = Path(cfg.solver).resolve()
+        if not solver_path.is_file():
+            raise UserError(f"{cfg.solver}: solver file not found")
+        sp = read_text(solver_path, pb.SolverParameter)
+        net = sp.net or sp.train_net
+        if net and not (Path(net).exists() or (solver_path.parent / net).exists()):
+            raise UserError(f"{cfg.solver}: its net file {net} does not exist")
+    else:
+        if not cfg.model:
+            raise UserError("give a MODEL name or --solver")
+        if not cfg.data:
+            raise UserError("--data DIR is needed (a directory written by 'squeezecaffe build-lmdb')")
+        spec = get_model(cfg.model)
+        from squeezecaffe.data_tools.manifest import read_manifest
+
+        manifest = read_manifest(cfg.data)
+        if cfg.classes is not None and cfg.classes != manifest.classes:
+            raise UserError(f"--classes {cfg.classes} but {cfg.data} holds {manifest.classes} classes")
+        if not manifest.splits.get("val", {}).get("count"):
+            raise UserError(f"{cfg.data}: no validation split (rebuild with --val-fraction, or give val images)")
+        net_cfg, sched = resolve(spec, input_size=parse_hw(cfg.input) if cfg.input else None,
+                                 batch_size=cfg.batch_size, test_batch_size=cfg.test_batch_size, epochs=cfg.epochs,
+                                 data_dir=str(Path(cfg.data).resolve()))
+        model = generate(spec, run_dir, net_cfg, sched, cfg.solver_set,
+                         snapshot_prefix=str(run_dir / "snapshots" / spec.name))
+        write_generated(model, run_dir)
+        solver_path = run_dir / "solver.prototxt"
+    rundir.write_json(run_dir / rundir.CONFIG, {**asdict(cfg), "solver_path": str(solver_path)})
+    rundir.write_json(run_dir / rundir.PROVENANCE, rundir.provenance(engine, cfg.device))
+    return solver_path
+
+
+class Trainer:
+    def __init__(self, run_dir: Path, echo: bool = True, progress: bool = True) -> None:
+        self.run_dir = Path(run_dir).resolve()
+        raw = rundir.read_json(self.run_dir / rundir.CONFIG)
+        self.solver_path = Path(raw.pop("solver_path"))
+        self.cfg = TrainConfig(**raw)
+        self.progress = progress
+        self.log = RunLog(self.run_dir, echo)
+        options = EngineOptions(device=self.cfg.device, amp=self.cfg.amp, channels_last=self.cfg.channels_last,
+                                workers=self.cfg.workers)
+        self.solver = Solver.from_file(self.solver_path, options=options, seed=self.cfg.seed)
+        sp = self.solver.sp
+        self.max_iter = sp.max_iter
+        self.prefix = sp.snapshot_prefix or str(self.run_dir / "snapshots" / "run")
+        if not sp.snapshot_prefix or self.cfg.solver:
+            self.prefix = str(self.run_dir / "snapshots" / self.solver_path.stem)
+        sp.snapshot_prefix = self.prefix
+        sp.test_interval = 0  # validation and snapshots happen per epoch here
+        sp.snapshot = 0
+        train_loader = next(iter(self.solver.train_net.loaders.values()), None)
+        if train_loader is None:
+            raise UserError(f"{self.solver_path}: the TRAIN net has no Data layer to define an epoch")
+        self.iters_per_epoch = max(1, math.ceil(len(train_loader) / (train_loader.batch_size * sp.iter_size)))
+        self.images_per_iter = train_loader.batch_size * sp.iter_size
+        self.val_net = self._val_net()
+        self.controller = PlateauController(PlateauOptions(**self.cfg.plateau, base_lr=sp.base_lr))
+        self.best_top1 = -1.0
+        self.interrupted = False
+        self.window: list[float] = []
+        self.t0 = time.time()
+        if self.cfg.weights:
+            self.solver.load_weights(self.cfg.weights)
+
+    def _val_net(self) -> CaffeNet:
+        tests = self.solver._test_net_params() if len(self.solver.sp.test_iter) else []
+        param, where = tests[0] if tests else self.solver._train_net_param()
+        net = CaffeNet(param, "TEST", where=where, base_dir=self.solver_path.parent,
+                       data=DataOptions(seed=self.cfg.seed, workers=self.cfg.workers))
+        net.share_weights_from(self.solver.train_net)
+        self.solver.options.apply(net)
+        return net
+
+    # ------------------------------------------------------------------ resume
+    def resume(self) -> int:
+        rundir.remove_stale(Path(self.prefix).parent)
+        info = rundir.latest_complete(self.prefix)
+        if info is None:
+            raise UserError(f"{self.run_dir}: no complete snapshot to resume from")
+        self.solver.restore(info["solverstate"])
+        self.controller.load_state_dict(info["controller"])
+        self.best_top1 = info["best_top1"]
+        self.solver.base_lr = self.solver.sp.base_lr * self.controller.scale
+        self.log.truncate_after(self.solver.iter)
+        self.log.line(f"resumed from {info['solverstate']} (iteration {self.solver.iter}, lr scale "
+                      f"{self.controller.scale:g})")
+        return self.solver.iter
+
+    # ------------------------------------------------------------------ snapshots
+    def snapshot(self, epoch_done: bool) -> dict:
+        model, state = self.solver.snapshot()
+        info = {"iter": self.solver.iter, "epoch": self.solver.iter / self.iters_per_epoch, "epoch_done": epoch_done,
+                "caffemodel": str(model), "solverstate": str(state), "controller": self.controller.state_dict(),
+                "best_top1": self.best_top1}
+        rundir.write_json(Path(f"{self.prefix}_iter_{self.solver.iter}.json"), info)  # the marker: written last
+        rundir.prune_snapshots(self.prefix, max(1, self.cfg.keep))
+        return info
+
+    # ------------------------------------------------------------------ the loop
+    def _on_iteration(self, stats: IterationStats, bar) -> None:
+        if not math.isfinite(stats.loss):
+            raise FloatingPointError(stats.iter - 1)
+        self.window.append(stats.loss)
+        display = self.solver.sp.display or 20
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats.loss:.4f}", lr=f"{stats.lr:.3g}")
+        if (stats.iter - 1) % display == 0 or stats.iter == self.max_iter:
+            loss = sum(self.window) / len(self.window)
+            self.window = []
+            self.log.row(Phase="train", Epoch=f"{stats.iter / self.iters_per_epoch:.3f}", NumIters=stats.iter,
+                         Seconds=time.time() - self.t0, LearningRate=stats.lr, LRScale=self.controller.scale, loss=loss)
+
+    def _handle_signal(self, signum, frame) -> None:
+        self.interrupted = True
+
+    def run(self) -> int:
+        handlers = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            return self._run()
+        finally:
+            for s, h in handlers.items():
+                signal.signal(s, h)
+
+    def _run(self) -> int:
+        solver = self.solver
+        epochs = math.ceil(self.max_iter / self.iters_per_epoch)
+        self.log.line(f"training {self.solver_path} for {epochs} epochs x {self.iters_per_epoch} iterations "
+                      f"({self.images_per_iter} images each) on {solver.options.device}; run dir {self.run_dir}")
+        while solver.iter < self.max_iter:
+            epoch = solver.iter // self.iters_per_epoch
+            end = min((epoch + 1) * self.iters_per_epoch, self.max_iter)
+            bar = tqdm(total=end - solver.iter, desc=f"epoch {epoch + 1}/{epochs}", unit="it", leave=False,
+                       disable=not self.progress)
+            started, start_iter = time.time(), solver.iter
+            try:
+                solver.step(end - solver.iter, lambda s, bar=bar: self._on_iteration(s, bar), lambda: self.interrupted)
+            except FloatingPointError as exc:
+                bar.close()
+                return self._diverged(int(exc.args[0]))
+            bar.close()
+            rate = (solver.iter - start_iter) * self.images_per_iter / max(time.time() - started, 1e-9)
+            if self.interrupted:
+                self.snapshot(epoch_done=False)
+                self.log.line(f"interrupted at iteration {solver.iter}; snapshot written. Resume with:\n"
+                              f"  squeezecaffe train --resume {self.run_dir}")
+                return 0
+            result = evaluate(self.val_net)
+            scale = self.controller.update(result.top1)
+            solver.base_lr = solver.sp.base_lr * scale
+            improved = result.top1 > self.best_top1
+            if improved:
+                self.best_top1 = result.top1
+            info = self.snapshot(epoch_done=True)
+            if improved:
+                rundir.copy_atomic(Path(info["caffemodel"]), self.run_dir / "best.caffemodel")
+            event = self.controller.last_event
+            self.log.row(Phase="val", Epoch=epoch + 1, NumIters=solver.iter, Seconds=time.time() - self.t0,
+                         LearningRate=solver.learning_rate(), LRScale=scale, val_loss=result.loss,
+                         val_top1=result.top1, val_top5=result.top5, images_per_s=rate, event=event)
+            self.log.line(f"epoch {epoch + 1}/{epochs}: iteration {solver.iter}, val loss {result.loss:.4f}, "
+                          f"top-1 {100 * result.top1:.2f}%, top-5 {100 * result.top5:.2f}% ({result.count} images), "
+                          f"{rate:.0f} images/s, lr scale {scale:g} ({event})")
+            if self.controller.stop:
+                self.log.line("stopping: the controller saw no improvement after its last drops")
+                break
+        self.finish()
+        return 0
+
+    def _diverged(self, iteration: int) -> int:
+        info = rundir.latest_complete(self.prefix)
+        where = "no snapshot was taken before it"
+        if info is not None:
+            rundir.copy_atomic(Path(info["caffemodel"]), self.run_dir / "last_good.caffemodel")
+            where = f"the last good weights (iteration {info['iter']}) are in {self.run_dir / 'last_good.caffemodel'}"
+        raise UserError(f"iteration {iteration}: the training loss is not finite; {where}. Try a lower learning "
+                        "rate (e.g. --solver-set base_lr=<half the current one>)")
+
+    def finish(self) -> None:
+        from squeezecaffe.train.plots import plot_runs
+
+        plot = plot_runs([self.run_dir], self.run_dir / "curves.png")
+        self.log.line(f"done: {self.solver.iter} iterations, best val top-1 {100 * self.best_top1:.2f}%, "
+                      f"{time.time() - self.t0:.0f} s; best.caffemodel, log.csv and {plot.name} in {self.run_dir}")

@@ -1,0 +1,74 @@
+"""The plateau controller driven by scripted accuracy sequences."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from squeezecaffe.train.plateau import PlateauController, PlateauOptions
+
+
+def scales(seq, **options) -> list[float]:
+    ctl = PlateauController(PlateauOptions(**options))
+    return [ctl.update(a) for a in seq]
+
+
+def test_steady_gains_never_drop():
+    assert scales([0.1, 0.12, 0.2, 0.3, 0.31, 0.4]) == [1.0] * 6
+
+
+def test_a_two_epoch_plateau_divides_by_5_then_the_next_by_2_then_5():
+    seq = [0.30, 0.305, 0.309,  # two epochs without a 1-point gain -> /5
+           0.309, 0.309,  # again -> /2
+           0.30, 0.30]  # again -> /5
+    assert scales(seq) == [1, 1, 0.2, 0.2, 0.1, 0.1, 0.02]
+
+
+def test_gains_below_min_delta_count_as_no_gain_and_the_anchor_stays():
+    # 0.5 -> 0.509 -> 0.518: each step < 1 point from the anchor 0.5, but the second is 1.8 points above it
+    assert scales([0.5, 0.509, 0.518]) == [1, 1, 1]
+    assert scales([0.5, 0.509, 0.5095]) == [1, 1, 0.2]
+
+
+def test_drop_then_recovery_resets_the_counter():
+    ctl = PlateauController()
+    for a in [0.4, 0.4, 0.4]:
+        ctl.update(a)
+    assert ctl.scale == 0.2 and ctl.last_event == "lr / 5"
+    ctl.update(0.45)  # recovery
+    assert ctl.last_event == "improved" and ctl.counter == 0
+    ctl.update(0.45)
+    assert ctl.scale == 0.2  # one flat epoch is not a plateau
+    ctl.update(0.45)
+    assert ctl.scale == 0.1
+
+
+def test_resume_mid_plateau_makes_the_same_decisions():
+    seq = [0.2, 0.3, 0.3, 0.3, 0.31, 0.35, 0.35, 0.35, 0.35, 0.36]
+    straight = scales(seq)
+    first = PlateauController()
+    out = [first.update(a) for a in seq[:3]]  # stops one epoch into a plateau
+    assert first.counter == 1
+    resumed = PlateauController.from_state_dict(json.loads(json.dumps(first.state_dict())))
+    out += [resumed.update(a) for a in seq[3:]]
+    assert out == straight
+    assert resumed.history[:3] == first.history
+
+
+def test_min_lr_cooldown_and_stop_after():
+    assert scales([0.5] * 7, base_lr=0.1, min_lr=0.01) == [1, 1, 0.2, 0.2, 0.1, 0.1, 0.1]
+    assert scales([0.5] * 6, cooldown=1) == [1, 1, 0.2, 0.2, 0.2, 0.1]
+    ctl = PlateauController(PlateauOptions(stop_after=2))
+    for a in [0.5, 0.5, 0.5, 0.5]:
+        ctl.update(a)
+        assert not ctl.stop
+    ctl.update(0.5)
+    assert ctl.stop and ctl.last_event.endswith("stop")
+
+
+def test_bad_options_are_refused():
+    with pytest.raises(ValueError, match="factors must be > 1"):
+        PlateauOptions(factors=(1.0,))
+    with pytest.raises(ValueError, match="patience"):
+        PlateauOptions(patience=0)

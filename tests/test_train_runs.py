@@ -1,0 +1,153 @@
+"""`squeezecaffe train` end to end on a tiny generated dataset: accuracy, logs, plots, snapshots, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from squeezecaffe.data_tools.convert import ConvertOptions, build_lmdb
+from squeezecaffe.engines.torchcaffe.net import load_net
+from squeezecaffe.engines.torchcaffe.weights import load_caffemodel
+from squeezecaffe.proto import pb, read_binary
+from squeezecaffe.train.logs import read_log
+from squeezecaffe.train.rundir import latest_complete
+from tests.datasets import write_class_folders
+from tests.test_cli import run
+
+TRAIN = ["train", "cifar_resnet_1111", "--epochs", "3", "--batch-size", "16", "--workers", "0", "--quiet",
+         "--solver-set", "base_lr=0.01"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("train_data")
+    src = write_class_folders(root / "images", classes=4, per_class=40, size=(32, 32), ext=".jpg")
+    build_lmdb(src, root / "data", ConvertOptions(jobs=1, progress=False), val_fraction=0.25)
+    return root / "data"
+
+
+@pytest.fixture(scope="module")
+def finished_run(data, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("runs") / "full"
+    from squeezecaffe.cli import main
+
+    assert main([*TRAIN, "--data", str(data), "--run-dir", str(run_dir)]) == 0
+    return run_dir
+
+
+def test_three_epochs_learn_and_leave_logs_plots_and_loadable_snapshots(finished_run: Path):
+    rows = read_log(finished_run / "log.csv")
+    epochs = [r for r in rows if r["Phase"] == "val"]
+    assert [r["Epoch"] for r in epochs] == ["1", "2", "3"]
+    assert float(epochs[-1]["val_top1"]) >= 0.6  # chance is 0.25
+    assert {"NumIters", "Seconds", "LearningRate", "loss"} <= set(rows[0])
+    assert (finished_run / "curves.png").stat().st_size > 10_000
+    assert "epoch 3/3" in (finished_run / "train.log").read_text()
+    provenance = json.loads((finished_run / "run.json").read_text())
+    assert provenance["engine"] == "torch" and provenance["torch"] == torch.__version__
+    info = latest_complete(str(finished_run / "snapshots" / "cifar_resnet_1111"))
+    assert info["iter"] == 24 and info["controller"]["epochs"] == 3
+    net = load_net(finished_run / "deploy.prototxt")
+    assert not load_caffemodel(net, finished_run / "best.caffemodel").missing
+    assert not load_caffemodel(net, info["caffemodel"]).missing
+
+
+def test_resume_from_epoch_2_gives_the_same_epoch_3_weights(finished_run: Path, tmp_path: Path, capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(finished_run, copy)
+    prefix = finished_run / "snapshots" / "cifar_resnet_1111"
+    for suffix in (".json", ".caffemodel", ".solverstate"):
+        (copy / "snapshots" / f"cifar_resnet_1111_iter_24{suffix}").unlink()
+    # the copied config points at the original run's prototxt paths: rewrite them to the copy's
+    for name in ("config.json", "solver.prototxt"):
+        p = copy / name
+        p.write_text(p.read_text().replace(str(finished_run), str(copy)))
+    code, out, err = run(capsys, "train", "--resume", str(copy), "--quiet")
+    assert code == 0, err
+    assert "resumed from" in out and "iteration 16" in out
+    a = (copy / "snapshots" / "cifar_resnet_1111_iter_24.caffemodel").read_bytes()
+    b = Path(f"{prefix}_iter_24.caffemodel").read_bytes()
+    assert a.replace(str(copy).encode(), b"") == b.replace(str(finished_run).encode(), b"")
+    epochs = [r for r in read_log(copy / "log.csv") if r["Phase"] == "val"]
+    assert [r["Epoch"] for r in epochs] == ["1", "2", "3"]  # no duplicate rows after the resume
+
+
+def test_sigkill_never_leaves_a_snapshot_that_resume_would_pick(data: Path, tmp_path: Path):
+    run_dir = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "squeezecaffe.cli", *TRAIN, "--epochs", "40", "--data", str(data),
+           "--run-dir", str(run_dir)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    prefix = str(run_dir / "snapshots" / "cifar_resnet_1111")
+    deadline = time.time() + 120
+    try:
+        while latest_complete(prefix) is None and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(np.random.default_rng().uniform(0.0, 1.5))  # land anywhere, snapshot writes included
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    info = latest_complete(prefix)
+    assert info is not None
+    net = load_net(run_dir / "train_val.prototxt", "TRAIN")
+    for marker in (run_dir / "snapshots").glob("*.json"):  # every snapshot with a marker is whole
+        done = json.loads(marker.read_text())
+        load_caffemodel(net, done["caffemodel"])  # written before the marker; pruning drops the marker first
+        assert read_binary(done["solverstate"], pb.SolverState).iter == done["iter"]
+
+
+def test_sigint_snapshots_and_prints_the_resume_command(data: Path, tmp_path: Path):
+    run_dir = tmp_path / "interrupted"
+    cmd = [sys.executable, "-m", "squeezecaffe.cli", *TRAIN, "--epochs", "40", "--data", str(data),
+           "--run-dir", str(run_dir)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.time() + 120
+    while not (run_dir / "log.csv").exists() or len(read_log(run_dir / "log.csv")) < 1:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert f"squeezecaffe train --resume {run_dir}" in out
+    info = latest_complete(str(run_dir / "snapshots" / "cifar_resnet_1111"))
+    assert info is not None and not info["epoch_done"]
+
+
+def test_bad_inputs_are_one_line(data: Path, tmp_path: Path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = run(capsys, "train", "cifar_resnet_1111", "--data", str(empty), "--run-dir", str(tmp_path / "r1"))
+    assert code == 2 and "no dataset manifest" in err and err.count("\n") == 1
+    code, _, err = run(capsys, "train", "cifar_resnet_1111", "--data", str(data), "--classes", "10",
+                       "--run-dir", str(tmp_path / "r2"))
+    assert code == 2 and "--classes 10 but" in err and "holds 4 classes" in err
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, _, err = run(capsys, "train", "cifar_resnet_1111", "--data", str(data), "--run-dir", str(blocker / "run"))
+    assert code == 2 and "cannot write the run directory" in err
+    solver = tmp_path / "solver.prototxt"
+    solver.write_text('net: "missing_net.prototxt" base_lr: 0.01 max_iter: 10')
+    code, _, err = run(capsys, "train", "--solver", str(solver), "--run-dir", str(tmp_path / "r3"))
+    assert code == 2 and "missing_net.prototxt does not exist" in err
+    code, _, err = run(capsys, "train", "--resume", str(tmp_path / "nowhere"))
+    assert code == 2 and "config.json: not found" in err
+
+
+def test_plot_overlays_runs(finished_run: Path, tmp_path: Path, capsys):
+    code, _, _ = run(capsys, "plot", str(finished_run), str(finished_run), "-o", str(tmp_path / "cmp.png"))
+    assert code == 0 and (tmp_path / "cmp.png").stat().st_size > 10_000
+
+
+def test_a_diverging_run_stops_naming_the_iteration(data: Path, tmp_path: Path, capsys):
+    code, _, err = run(capsys, *TRAIN[:-1], "base_lr=1e20", "--data", str(data), "--run-dir", str(tmp_path / "nan"))
+    assert code == 2 and "iteration 1: the training loss is not finite" in err and "lower learning rate" in err
