@@ -34,6 +34,21 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
+def ensure_writable_dir(path: str | os.PathLike, what: str = "cannot write there") -> Path:
+    """Create `path` if needed and prove it takes files, before any long work starts (one-line error)."""
+    from squeezecaffe.errors import UserError
+
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"{path}: {what} ({exc.strerror})") from None
+    return path
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 

@@ -25,7 +25,7 @@ from squeezecaffe.data_tools.lmdb_io import AtomicLmdbWriter, datum_key, remove_
 from squeezecaffe.data_tools.manifest import DataManifest, write_manifest
 from squeezecaffe.data_tools.mean import MixedSizesError, channel_means, write_mean
 from squeezecaffe.errors import UserError
-from squeezecaffe.fileio import atomic_write_text
+from squeezecaffe.fileio import atomic_write_text, ensure_writable_dir
 
 
 @dataclass
@@ -141,13 +141,7 @@ def build_lmdb(src: str | Path, out: str | Path, options: ConvertOptions, *, roo
     splits = [s for s in options.splits if dataset.splits.get(s)]
     if "train" not in splits:
         raise UserError(f"{src}: no training images found")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.touch()
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"{out}: cannot write there ({exc.strerror})") from None
+    ensure_writable_dir(out)
     existing = [out / f"{s}_lmdb" for s in splits if (out / f"{s}_lmdb").exists()]
     if existing and not options.force:
         raise UserError(f"{existing[0]}: a database already exists there; pass --force to replace it")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from squeezecaffe import __version__
 from squeezecaffe.errors import UserError
-from squeezecaffe.fileio import atomic_write_bytes, atomic_write_text
+from squeezecaffe.fileio import atomic_write_bytes, atomic_write_text, ensure_writable_dir
 
 CONFIG = "config.json"
 PROVENANCE = "run.json"
@@ -40,14 +40,7 @@ def read_json(path: Path) -> dict:
 
 
 def make_run_dir(path: Path) -> Path:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{os.getpid()}"
-        probe.touch()
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"{path}: cannot write the run directory ({exc.strerror})") from None
-    return path.resolve()
+    return ensure_writable_dir(path, "cannot write the run directory").resolve()
 
 
 def _git_commit() -> str | None:
