@@ -279,6 +279,14 @@ def test_accuracy_counts_ties_for_the_prediction(top_k, ignore):
     res = net({"x": torch.tensor(x), "label": torch.tensor(labels)})
     assert res.blobs["acc"].item() == pytest.approx(accuracy(x, labels, top_k, ignore))
     assert res.loss.item() == 0  # accuracy is not a loss
+    per_class_net = make_net(f'layer {{ name: "acc" type: "Accuracy" bottom: "x" bottom: "label" top: "acc" '
+                             f'top: "per_class" accuracy_param {{ top_k: {top_k} {ig} }} }}',
+                             {"x": x.shape, "label": labels.shape})
+    per_class = per_class_net({"x": torch.tensor(x), "label": torch.tensor(labels)}).blobs["per_class"].numpy()
+    for c in range(5):  # the optional second top: accuracy among the records of each class
+        rows = labels == c
+        want = accuracy(x[rows], labels[rows], top_k, ignore) if rows.any() and c != ignore else 0.0
+        assert per_class[c] == pytest.approx(want)
 
 
 def test_softmax_axis():

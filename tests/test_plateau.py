@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from squeezecaffe.errors import UserError
 from squeezecaffe.train.plateau import PlateauController, PlateauOptions
 
 
@@ -68,7 +69,7 @@ def test_min_lr_cooldown_and_stop_after():
 
 
 def test_bad_options_are_refused():
-    with pytest.raises(ValueError, match="factors must be > 1"):
+    with pytest.raises(UserError, match="factors 1: each must be > 1"):
         PlateauOptions(factors=(1.0,))
-    with pytest.raises(ValueError, match="patience"):
+    with pytest.raises(UserError, match="patience 0"):
         PlateauOptions(patience=0)

@@ -141,6 +141,13 @@ def test_bad_inputs_are_one_line(data: Path, tmp_path: Path, capsys):
     assert code == 2 and "missing_net.prototxt does not exist" in err
     code, _, err = run(capsys, "train", "--resume", str(tmp_path / "nowhere"))
     assert code == 2 and "config.json: not found" in err
+    for flags, message in ((["--factors", "5,x"], "expected numbers separated by commas"),
+                           (["--factors", "1"], "factors 1: each must be > 1"),
+                           (["--engine", "caffe"], "pycaffe engine is not available")):
+        code, _, err = run(capsys, "train", "cifar_resnet_1111", "--data", str(data), *flags,
+                           "--run-dir", str(tmp_path / "r4"))
+        assert code == 2 and message in err and err.count("\n") == 1
+        assert not (tmp_path / "r4").exists()  # refused before the run directory was made
 
 
 def test_plot_overlays_runs(finished_run: Path, tmp_path: Path, capsys):

@@ -54,12 +54,20 @@ def _parse_overrides(items: Sequence[str]) -> dict[str, str]:
     return out
 
 
+def is_model_name(target: str) -> bool:
+    """A verb's target is a registered model unless it looks like a prototxt path (an unknown name then
+    fails with the list of models, not with 'file not found')."""
+    from squeezecaffe.netgen.registry import MODELS
+
+    return target in MODELS or not (target.endswith(".prototxt") or Path(target).exists())
+
+
 def _load_net_or_model(target: str, args: argparse.Namespace):
     """A registered model name (its deploy net) or a path to any prototxt; returns (net, data_shape)."""
-    from squeezecaffe.netgen.registry import MODELS, get_model
+    from squeezecaffe.netgen.registry import get_model
     from squeezecaffe.proto import pb, read_text
 
-    if target in MODELS or not (target.endswith(".prototxt") or Path(target).exists()):
+    if is_model_name(target):
         from squeezecaffe.netgen.builder import build_deploy
 
         spec = get_model(target)

@@ -40,10 +40,11 @@ def _read_input(spec: str):
 
 def _net_param(target: str, args: argparse.Namespace, deploy: bool):
     """(NetParameter, where, base_dir) for a registered model name or a prototxt path."""
-    from squeezecaffe.netgen.registry import MODELS, get_model
+    from squeezecaffe.cli import is_model_name
+    from squeezecaffe.netgen.registry import get_model
     from squeezecaffe.proto import pb, read_text
 
-    if target in MODELS or not (target.endswith(".prototxt") or Path(target).exists()):
+    if is_model_name(target):
         from squeezecaffe.netgen.builder import build_deploy, build_train_val
         from squeezecaffe.netgen.config import resolve
 
@@ -208,11 +209,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         trainer = Trainer(Path(args.resume), progress=not args.quiet)
         trainer.resume()
         return trainer.run()
-    plateau = {"min_delta": args.min_delta, "patience": args.patience,
-               "factors": [float(f) for f in args.factors.split(",")], "min_lr": args.min_lr,
+    try:
+        factors = [float(f) for f in args.factors.split(",")]
+    except ValueError:
+        raise UserError(f"--factors {args.factors}: expected numbers separated by commas, e.g. 5,2") from None
+    plateau = {"min_delta": args.min_delta, "patience": args.patience, "factors": factors, "min_lr": args.min_lr,
                "cooldown": args.cooldown, "stop_after": args.stop_after}
     from squeezecaffe.cli import _parse_overrides
+    from squeezecaffe.train.plateau import PlateauOptions
 
+    PlateauOptions(**plateau)  # reject bad controller options before anything is written
     cfg = TrainConfig(model=args.model, solver=args.solver, data=args.data, epochs=args.epochs,
                       batch_size=args.batch_size, test_batch_size=args.test_batch_size, input=args.input,
                       classes=args.classes, solver_set=_parse_overrides(args.solver_set), engine=args.engine,

@@ -34,6 +34,16 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
+def resolve_beside(path: str | os.PathLike, base_dir: Path | None) -> Path:
+    """A path from a prototxt: Caffe reads it relative to the working directory; when nothing is
+    there, try it relative to the prototxt's folder (`base_dir`), so a run directory can move."""
+    p = Path(path)
+    if p.exists() or p.is_absolute() or base_dir is None:
+        return p
+    beside = Path(base_dir) / p
+    return beside if beside.exists() else p
+
+
 def ensure_writable_dir(path: str | os.PathLike, what: str = "cannot write there") -> Path:
     """Create `path` if needed and prove it takes files, before any long work starts (one-line error)."""
     from squeezecaffe.errors import UserError

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from squeezecaffe.errors import UserError
+from squeezecaffe.fileio import resolve_beside
 from squeezecaffe.proto import pb, read_binary
 
 
@@ -52,10 +53,7 @@ class DataTransformer:
         if tp.HasField("mean_file") and len(tp.mean_value):
             raise UserError(f"{where}: give mean_file or mean_value, not both")
         if tp.HasField("mean_file"):
-            path = Path(tp.mean_file)
-            if not path.is_absolute() and base_dir is not None and not path.exists():
-                path = base_dir / path
-            self.mean_image = read_mean_file(path)
+            self.mean_image = read_mean_file(resolve_beside(tp.mean_file, base_dir))
         elif len(tp.mean_value):
             self.mean_values = np.asarray(tp.mean_value, np.float32)
 

@@ -19,10 +19,10 @@ def multistep_current_step(solver: pb.SolverParameter, it: int, current_step: in
     return current_step
 
 
-def learning_rate(solver: pb.SolverParameter, it: int, current_step: int = 0) -> float:
-    """The rate at iteration `it` (before any LR scale a training controller applies on top)."""
+def learning_rate(solver: pb.SolverParameter, it: int, current_step: int = 0, base_lr: float | None = None) -> float:
+    """The rate at iteration `it`; `base_lr` replaces solver.base_lr (a training controller's scaled rate)."""
     policy = solver.lr_policy
-    base = solver.base_lr
+    base = solver.base_lr if base_lr is None else base_lr
     if policy == "fixed":
         return base
     if policy == "step":

@@ -9,6 +9,7 @@ SoftmaxWithLoss layer.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -36,8 +37,6 @@ def logits_blob(net: CaffeNet) -> tuple[str, str]:
 
 @torch.no_grad()
 def evaluate(net: CaffeNet) -> EvalResult:
-    import time
-
     if len(net.loaders) != 1:
         raise UserError(f"{net.where}: evaluation needs exactly one Data layer in the TEST net")
     loader = next(iter(net.loaders.values()))

@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+from squeezecaffe.errors import UserError
+
 
 @dataclass
 class PlateauOptions:
@@ -26,9 +28,9 @@ class PlateauOptions:
     def __post_init__(self) -> None:
         self.factors = tuple(float(f) for f in self.factors)
         if self.patience < 1:
-            raise ValueError("patience must be >= 1")
+            raise UserError(f"patience {self.patience}: must be >= 1")
         if not self.factors or any(f <= 1 for f in self.factors):
-            raise ValueError("factors must be > 1")
+            raise UserError(f"factors {','.join(f'{f:g}' for f in self.factors)}: each must be > 1")
 
 
 @dataclass

@@ -52,10 +52,6 @@ class TrainConfig:
     plateau: dict = field(default_factory=dict)  # PlateauOptions fields except base_lr
 
 
-class Interrupted(Exception):
-    pass
-
-
 def _pick_engine(name: str) -> str:
     if name in ("auto", "torch"):
         return "torch"
@@ -119,9 +115,9 @@ class Trainer:
         self.solver = Solver.from_file(self.solver_path, options=options, seed=self.cfg.seed)
         sp = self.solver.sp
         self.max_iter = sp.max_iter
-        self.prefix = sp.snapshot_prefix or str(self.run_dir / "snapshots" / "run")
-        if not sp.snapshot_prefix or self.cfg.solver:
-            self.prefix = str(self.run_dir / "snapshots" / self.solver_path.stem)
+        # snapshots always live in the run directory (a hand-written solver's prefix may point anywhere)
+        generated = not self.cfg.solver and sp.snapshot_prefix
+        self.prefix = sp.snapshot_prefix if generated else str(self.run_dir / "snapshots" / self.solver_path.stem)
         sp.snapshot_prefix = self.prefix
         sp.test_interval = 0  # validation and snapshots happen per epoch here
         sp.snapshot = 0
@@ -140,8 +136,8 @@ class Trainer:
             self.solver.load_weights(self.cfg.weights)
 
     def _val_net(self) -> CaffeNet:
-        tests = self.solver._test_net_params() if len(self.solver.sp.test_iter) else []
-        param, where = tests[0] if tests else self.solver._train_net_param()
+        tests = self.solver.test_net_params() if len(self.solver.sp.test_iter) else []
+        param, where = tests[0] if tests else self.solver.train_net_param()
         net = CaffeNet(param, "TEST", where=where, base_dir=self.solver_path.parent,
                        data=DataOptions(seed=self.cfg.seed, workers=self.cfg.workers))
         net.share_weights_from(self.solver.train_net)

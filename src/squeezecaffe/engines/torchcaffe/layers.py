@@ -10,6 +10,7 @@ bottom), which get their own autograd functions.
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,7 +31,8 @@ class LayerContext:
 
     phase: int  # pb.TRAIN or pb.TEST
     where: str  # the prototxt, for messages
-    rng_seed: int = 0  # mixed with the net's step counter for Dropout masks
+    rng_seed: int = 0  # mixed with the step key for Dropout masks
+    step_key: int = 0  # set by the net before each forward (the solver sets it from iter and pass)
 
 
 class CaffeLayer(nn.Module):
@@ -87,12 +89,7 @@ class Convolution(CaffeLayer):
 
     def forward(self, bottoms):
         bias = self.blobs[1] if self.has_bias else None
-        weight = self.blobs[0]
-        x = bottoms[0]
-        if x.dtype != weight.dtype:  # autocast handles bf16; keep plain calls dtype-consistent
-            weight = weight.to(x.dtype)
-            bias = bias.to(x.dtype) if bias is not None else None
-        return [F.conv2d(x, weight, bias, self.stride, self.pad, self.dilation, self.group)]
+        return [F.conv2d(bottoms[0], self.blobs[0], bias, self.stride, self.pad, self.dilation, self.group)]
 
 
 @register("InnerProduct")
@@ -235,22 +232,22 @@ class Pooling(CaffeLayer):
 class Dropout(CaffeLayer):
     """Inverted dropout: TRAIN x*mask/(1-ratio), TEST identity.
 
-    The mask comes from a generator seeded by (net seed, step counter, layer index), so a run resumed
+    The mask comes from a generator seeded by (net seed, step key, layer name), so a run resumed
     from a snapshot draws the masks an uninterrupted run would have drawn.
     """
 
     def __init__(self, lp, info, ctx):
         super().__init__(lp, info, ctx)
         self.ratio = lp.dropout_param.dropout_ratio
-        self.step_key = 0  # set by the net before each forward
-        self.index = 0
+        # str hashes are salted per process; a CRC of the name is stable across runs
+        self.name_key = zlib.crc32(lp.name.encode())
 
     def forward(self, bottoms):
         x = bottoms[0]
         if self.ctx.phase != pb.TRAIN or self.ratio == 0:
             return [x]
         gen = torch.Generator(device=x.device)
-        gen.manual_seed(hash((self.ctx.rng_seed, self.step_key, self.index)) & 0x7FFF_FFFF_FFFF_FFFF)
+        gen.manual_seed(hash((self.ctx.rng_seed, self.ctx.step_key, self.name_key)) & 0x7FFF_FFFF_FFFF_FFFF)
         keep = torch.rand(x.shape, generator=gen, device=x.device) >= self.ratio
         return [x * keep.to(x.dtype) * (1.0 / (1.0 - self.ratio))]
 
@@ -425,4 +422,14 @@ class Input(CaffeLayer):
         raise RuntimeError("Input layers are fed by CaffeNet.forward")
 
 
-SUPPORTED_TYPES = sorted([*LAYERS, "Data"])
+@register("Data")
+class DataLayer(CaffeLayer):
+    """A Data layer: the net attaches its DataLayerLoader and moves the batches to its device."""
+
+    loader = None  # a DataLayerLoader, set by the net
+
+    def forward(self, bottoms):  # pragma: no cover - the net pulls batches itself
+        raise RuntimeError("Data layers are fed by CaffeNet.forward")
+
+
+SUPPORTED_TYPES = sorted(LAYERS)

@@ -19,16 +19,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from squeezecaffe.data_tools.lmdb_io import LmdbReader
 from squeezecaffe.data_tools.transform import DataTransformer
 from squeezecaffe.errors import UserError
+from squeezecaffe.fileio import resolve_beside
 from squeezecaffe.proto import pb
-
-
-def resolve_source(source: str, base_dir: Path | None) -> Path:
-    """data_param.source as Caffe reads it (relative to the working directory), else beside the prototxt."""
-    path = Path(source)
-    if (path / "data.mdb").is_file() or path.is_absolute() or base_dir is None:
-        return path
-    beside = base_dir / path
-    return beside if (beside / "data.mdb").is_file() else path
 
 
 class _Records(Dataset):
@@ -82,7 +74,7 @@ class DataLayerLoader:
             raise UserError(f"{name}: data_param.batch_size must be > 0")
         tp = lp.transform_param
         color = "gray" if tp.force_gray else "color" if tp.force_color else "native"
-        source = resolve_source(dp.source, base_dir)
+        source = resolve_beside(dp.source, base_dir)
         try:
             self.reader = LmdbReader(source, color=color)
         except UserError as exc:

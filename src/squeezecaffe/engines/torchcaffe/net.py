@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from squeezecaffe.engines.torchcaffe.layers import LAYERS, SUPPORTED_TYPES, CaffeLayer, Dropout, LayerContext
+from squeezecaffe.engines.torchcaffe.layers import LAYERS, SUPPORTED_TYPES, DataLayer, LayerContext
 from squeezecaffe.engines.torchcaffe.loader import DataLayerLoader
 from squeezecaffe.errors import UserError
 from squeezecaffe.netgen.inference import infer_layers, net_input_shapes
@@ -33,15 +33,6 @@ class DataOptions:
     workers: int = 0
     pin_memory: bool = False
     prefetch: int = 4
-
-
-class DataLayer(CaffeLayer):
-    """A Data layer: its tops come from a DataLayerLoader, moved to the net's device."""
-
-    loader: DataLayerLoader
-
-    def forward(self, bottoms):  # pragma: no cover - the net pulls batches itself
-        raise RuntimeError("Data layers are fed by CaffeNet.forward")
 
 
 def default_loss_weights(lp: pb.LayerParameter) -> list[float]:
@@ -70,7 +61,7 @@ class CaffeNet(nn.Module):
         self.state = make_state(phase, level, stages)
         self.filtered = filter_net(param, self.state)
         self._check_supported()
-        ctx = LayerContext(phase=self.state.phase, where=where, rng_seed=(data or DataOptions()).seed)
+        self.ctx = ctx = LayerContext(phase=self.state.phase, where=where, rng_seed=(data or DataOptions()).seed)
         self.loaders: dict[str, DataLayerLoader] = {}
         data_shapes = {}
         for lp in self.filtered.layer:
@@ -84,19 +75,19 @@ class CaffeNet(nn.Module):
         infos = infer_layers(filtered, where=where, data_shapes=data_shapes)
         self.layer_names = [lp.name for lp in self.filtered.layer]
         modules = []
-        for i, (lp, info) in enumerate(zip(self.filtered.layer, infos, strict=True)):
-            cls = DataLayer if lp.type == "Data" else LAYERS[lp.type]
-            module = cls(lp, info, ctx)
+        for lp, info in zip(self.filtered.layer, infos, strict=True):
+            module = LAYERS[lp.type](lp, info, ctx)
             if isinstance(module, DataLayer):
                 module.loader = self.loaders[lp.name]
-            if isinstance(module, Dropout):
-                module.index = i
             modules.append(module)
         self.layers = nn.ModuleList(modules)
-        self.input_shapes = self._declared_inputs(filtered)
+        # the shapes shape inference gave the Input tops (and the legacy `input:` fields)
+        self.input_shapes = dict(net_input_shapes(filtered))
+        for lp, info in zip(self.filtered.layer, infos, strict=True):
+            if lp.type == "Input":
+                self.input_shapes.update(zip(lp.top, info.top_shapes, strict=False))
         self.loss_weights = [default_loss_weights(lp) for lp in self.filtered.layer]
         self.output_blobs = self._outputs()
-        self.step_key = 0  # advanced per forward; seeds Dropout masks
         self.channels_last = False
         self.autocast_dtype: torch.dtype | None = None
 
@@ -104,7 +95,7 @@ class CaffeNet(nn.Module):
     def _check_supported(self) -> None:
         names: dict[str, str] = {}
         for lp in self.filtered.layer:
-            if lp.type not in LAYERS and lp.type != "Data":
+            if lp.type not in LAYERS:
                 raise UserError(f"{self.where}: layer '{lp.name}' has type '{lp.type}', which the torch engine does not "
                                 f"support (supported: {', '.join(SUPPORTED_TYPES)})")
             for spec in lp.param:
@@ -129,15 +120,14 @@ class CaffeNet(nn.Module):
                         lp.input_param.shape.add().dim.extend(int(v) for v in d)
         return net
 
-    @staticmethod
-    def _declared_inputs(net: pb.NetParameter) -> dict[str, tuple[int, ...]]:
-        shapes: dict[str, tuple[int, ...]] = dict(net_input_shapes(net))  # the legacy `input:` fields
-        for lp in net.layer:
-            if lp.type == "Input":
-                declared = [tuple(int(d) for d in s.dim) for s in lp.input_param.shape]
-                for i, top in enumerate(lp.top):
-                    shapes[top] = declared[i] if len(declared) > 1 else declared[0]
-        return shapes
+    @property
+    def step_key(self) -> int:
+        """Advanced per forward; seeds Dropout masks (the solver sets it from iteration and pass)."""
+        return self.ctx.step_key
+
+    @step_key.setter
+    def step_key(self, value: int) -> None:
+        self.ctx.step_key = value
 
     def _outputs(self) -> list[str]:
         """Blobs no later layer reads: Caffe's net outputs (losses, accuracies, probabilities)."""
@@ -216,9 +206,6 @@ class CaffeNet(nn.Module):
             blobs[name] = self._prepare(torch.as_tensor(inputs[name]))
         autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype)
                     if self.autocast_dtype is not None else contextlib.nullcontext())
-        for module in self.layers:
-            if isinstance(module, Dropout):
-                module.step_key = self.step_key
         with autocast:
             for lp, module in zip(self.filtered.layer, self.layers, strict=True):
                 if lp.type == "Input":

@@ -23,6 +23,7 @@ from squeezecaffe.engines.torchcaffe.options import EngineOptions
 from squeezecaffe.engines.torchcaffe.updates import compute_update, history_slots, solver_type
 from squeezecaffe.engines.torchcaffe.weights import blob_shape, blob_values, load_caffemodel, save_caffemodel, tensor_to_blob
 from squeezecaffe.errors import UserError
+from squeezecaffe.fileio import resolve_beside
 from squeezecaffe.proto import pb, read_binary, read_text, write_binary
 from squeezecaffe.solvers.lr_policy import learning_rate, multistep_current_step
 
@@ -36,14 +37,6 @@ class IterationStats:
     loss: float  # the objective averaged over iter_size passes
     lr: float  # the base rate used for this update (before lr_mult)
     outputs: dict[str, float] = field(default_factory=dict)  # scalar train-net outputs, averaged over passes
-
-
-def _resolve(path: str, base_dir: Path | None) -> Path:
-    """Paths in a solver are relative to the working directory in Caffe; fall back to the solver's folder."""
-    p = Path(path)
-    if p.exists() or p.is_absolute() or base_dir is None:
-        return p
-    return base_dir / p if (base_dir / p).exists() else p
 
 
 class Solver:
@@ -63,12 +56,12 @@ class Solver:
         device = self.options.torch_device()
         data = DataOptions(seed=self.seed, workers=self.options.workers, pin_memory=device.type == "cuda",
                            prefetch=self.options.prefetch)
-        train_param, train_where = self._train_net_param()
+        train_param, train_where = self.train_net_param()
         self.train_net = CaffeNet(train_param, "TRAIN", stages=tuple(sp.train_state.stage), level=sp.train_state.level,
                                   where=train_where, base_dir=base_dir, data=data)
         fill_net(self.train_net, self.seed)
         self.test_nets = []
-        for i, (param, test_where) in enumerate(self._test_net_params()):
+        for i, (param, test_where) in enumerate(self.test_net_params()):
             state = sp.test_state[i] if i < len(sp.test_state) else pb.NetState()
             test_data = DataOptions(seed=self.seed + 1 + i, workers=self.options.workers,
                                     pin_memory=data.pin_memory, prefetch=data.prefetch)
@@ -96,44 +89,41 @@ class Solver:
         path = Path(path)
         return cls(read_text(path, pb.SolverParameter), where=str(path), base_dir=path.parent, **kwargs)
 
-    def _train_net_param(self) -> tuple[pb.NetParameter, str]:
+    def train_net_param(self) -> tuple[pb.NetParameter, str]:
         sp = self.sp
         if sp.HasField("train_net_param"):
             return sp.train_net_param, f"{self.where} train_net_param"
         if sp.HasField("train_net"):
-            return self._read_net(sp.train_net)
+            return self.read_net(sp.train_net)
         if sp.HasField("net_param"):
             return sp.net_param, f"{self.where} net_param"
         if sp.HasField("net"):
-            return self._read_net(sp.net)
+            return self.read_net(sp.net)
         raise UserError(f"{self.where}: no net given (set net, net_param, train_net or train_net_param)")
 
-    def _read_net(self, name: str) -> tuple[pb.NetParameter, str]:
-        path = _resolve(name, self.base_dir)
+    def read_net(self, name: str) -> tuple[pb.NetParameter, str]:
+        path = resolve_beside(name, self.base_dir)
         return read_text(path, pb.NetParameter), str(path)
 
-    def _test_net_params(self) -> list[tuple[pb.NetParameter, str]]:
+    def test_net_params(self) -> list[tuple[pb.NetParameter, str]]:
         sp = self.sp
-        nets = [self._read_net(n) for n in sp.test_net]
+        nets = [self.read_net(n) for n in sp.test_net]
         nets += [(p, f"{self.where} test_net_param") for p in sp.test_net_param]
         generic = len(sp.test_iter) - len(nets)
         if generic > 0:
             if sp.HasField("net_param"):
                 nets += [(sp.net_param, f"{self.where} net_param")] * generic
             elif sp.HasField("net"):
-                nets += [self._read_net(sp.net)] * generic
+                nets += [self.read_net(sp.net)] * generic
         if len(nets) != len(sp.test_iter):
             raise UserError(f"{self.where}: {len(sp.test_iter)} test_iter values for {len(nets)} test nets")
         return nets
 
     # ------------------------------------------------------------------ the loop
     def learning_rate(self) -> float:
-        sp = pb.SolverParameter()
-        sp.CopyFrom(self.sp)
-        sp.base_lr = self.base_lr
-        if sp.lr_policy == "multistep":
-            self.current_step = multistep_current_step(sp, self.iter, self.current_step)
-        return learning_rate(sp, self.iter, self.current_step)
+        if self.sp.lr_policy == "multistep":
+            self.current_step = multistep_current_step(self.sp, self.iter, self.current_step)
+        return learning_rate(self.sp, self.iter, self.current_step, base_lr=self.base_lr)
 
     def _inputs(self, phase: str, it: int, k: int) -> Mapping[str, Tensor]:
         return self.feed(phase, it, k) if self.feed is not None else {}
@@ -186,7 +176,7 @@ class Solver:
         sp = self.sp
         diffs = [blob.grad if blob.grad is not None else torch.zeros_like(blob) for _, _, blob, _, _ in self.params]
         if sp.clip_gradients >= 0:
-            l2norm = math.sqrt(sum(float((d.double() ** 2).sum()) for d in diffs))
+            l2norm = math.sqrt(float(torch.stack([d.double().square().sum() for d in diffs]).sum()))  # one sync
             if l2norm > sp.clip_gradients:
                 for d in diffs:
                     d.mul_(sp.clip_gradients / l2norm)

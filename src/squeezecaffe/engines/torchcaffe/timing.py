@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from squeezecaffe.engines.torchcaffe.layers import Input
-from squeezecaffe.engines.torchcaffe.net import CaffeNet, DataLayer
+from squeezecaffe.engines.torchcaffe.layers import DataLayer, Input
+from squeezecaffe.engines.torchcaffe.net import CaffeNet
 from squeezecaffe.proto import pb
 
 
