@@ -21,6 +21,33 @@ def fixtures() -> Path:
     return FIXTURES
 
 
+# A model trained in the suite: 3 epochs of a small ResNet on 4 learnable classes of 32x32 JPEGs.
+TRAIN = ["train", "cifar_resnet_1111", "--epochs", "3", "--batch-size", "16", "--workers", "0", "--quiet",
+         "--solver-set", "base_lr=0.01"]
+CLASS_WORDS = ("red stripes", "green stripes", "blue stripes", "red low stripes")
+
+
+@pytest.fixture(scope="session")
+def data(tmp_path_factory) -> Path:
+    from squeezecaffe.data_tools.convert import ConvertOptions, build_lmdb
+    from tests.datasets import write_class_folders
+
+    root = tmp_path_factory.mktemp("train_data")
+    src = write_class_folders(root / "images", classes=4, per_class=40, size=(32, 32), ext=".jpg")
+    (src / "words.txt").write_text("".join(f"class_{i}\t{w}\n" for i, w in enumerate(CLASS_WORDS)))
+    build_lmdb(src, root / "data", ConvertOptions(jobs=1, progress=False), val_fraction=0.25)
+    return root / "data"
+
+
+@pytest.fixture(scope="session")
+def finished_run(data, tmp_path_factory) -> Path:
+    from squeezecaffe.cli import main
+
+    run_dir = tmp_path_factory.mktemp("runs") / "full"
+    assert main([*TRAIN, "--data", str(data), "--run-dir", str(run_dir)]) == 0
+    return run_dir
+
+
 def random_caffemodel(net: pb.NetParameter, seed: int = 0) -> pb.NetParameter:
     """A .caffemodel-shaped NetParameter with random blobs, written with nothing but protobuf.
 

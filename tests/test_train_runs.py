@@ -12,37 +12,18 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
-from squeezecaffe.data_tools.convert import ConvertOptions, build_lmdb
 from squeezecaffe.engines.torchcaffe.net import load_net
 from squeezecaffe.engines.torchcaffe.weights import load_caffemodel
 from squeezecaffe.proto import pb, read_binary
 from squeezecaffe.train.logs import read_log
 from squeezecaffe.train.rundir import latest_complete
-from tests.datasets import write_class_folders
+from tests.conftest import TRAIN
 from tests.test_cli import run
 
-TRAIN = ["train", "cifar_resnet_1111", "--epochs", "3", "--batch-size", "16", "--workers", "0", "--quiet",
-         "--solver-set", "base_lr=0.01"]
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("train_data")
-    src = write_class_folders(root / "images", classes=4, per_class=40, size=(32, 32), ext=".jpg")
-    build_lmdb(src, root / "data", ConvertOptions(jobs=1, progress=False), val_fraction=0.25)
-    return root / "data"
-
-
-@pytest.fixture(scope="module")
-def finished_run(data, tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("runs") / "full"
-    from squeezecaffe.cli import main
-
-    assert main([*TRAIN, "--data", str(data), "--run-dir", str(run_dir)]) == 0
-    return run_dir
+# `data` (4 classes of 32x32 JPEGs, a quarter held out) and `finished_run` (3 epochs of TRAIN on it)
+# are session fixtures in conftest.py, shared with the eval/classify/report tests.
 
 
 def test_three_epochs_learn_and_leave_logs_plots_and_loadable_snapshots(finished_run: Path):

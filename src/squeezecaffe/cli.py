@@ -143,6 +143,7 @@ def cmd_draw(args: argparse.Namespace) -> int:
 
 def cmd_build_lmdb(args: argparse.Namespace) -> int:
     from squeezecaffe.data_tools.convert import ConvertOptions, build_lmdb
+    from squeezecaffe.data_tools.layouts import parse_limits
     from squeezecaffe.netgen.config import parse_hw
 
     if args.jobs is not None and args.jobs < 0:
@@ -152,7 +153,7 @@ def cmd_build_lmdb(args: argparse.Namespace) -> int:
         shuffle=args.shuffle, seed=args.seed, jobs=args.jobs or 0, max_skip=args.max_skip, force=args.force,
         splits=tuple(args.splits.split(",")), progress=not args.quiet)
     manifest, results = build_lmdb(args.src, args.out, options, root=args.root, classes=args.classes,
-                                   val_fraction=args.val_fraction)
+                                   val_fraction=args.val_fraction, limits=parse_limits(args.limit))
     for r in results:
         rate = r.count / r.seconds if r.seconds else 0.0
         print(f"{r.name}: {r.count} images, {len(r.skipped)} skipped, {r.bytes / 1e6:.1f} MB, "
@@ -184,6 +185,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_fashion_mnist(args: argparse.Namespace) -> int:
+    from squeezecaffe.data_tools.fashion_mnist import export_pngs, is_exported
+
+    reused = is_exported(Path(args.out)) and not args.force
+    info = export_pngs(args.out, args.src, jobs=args.jobs or 0, force=args.force)
+    state = "already there" if reused else "wrote"
+    print(f"{state}: {args.out} (train {info['train']}, test {info['test']} PNG images in 10 class folders; "
+          f"names in words.txt)")
+    return 0
+
+
 def _register_data_verbs(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("build-lmdb", help="image folders / list files -> Caffe LMDBs + mean + labels + manifest")
     p.add_argument("src", help="Tiny ImageNet root, class-folder root, a list file, or a folder with train.txt/val.txt")
@@ -196,12 +208,24 @@ def _register_data_verbs(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--jobs", type=int, help="decoding processes (default: all cores)")
     p.add_argument("--max-skip", type=float, default=0.01, help="fail when more than this fraction is broken")
     p.add_argument("--force", action="store_true", help="replace existing databases in OUT")
-    p.add_argument("--val-fraction", type=float, default=0.0, help="hold out this fraction per class as val")
+    p.add_argument("--val-fraction", type=float, default=0.0,
+                   help="hold out this fraction of train per class as val (where SRC has no val split)")
+    p.add_argument("--limit", action="append", default=[], metavar="SPLIT=N",
+                   help="keep a stratified, seeded subset of N images of SPLIT, e.g. train=20000 (repeatable)")
     p.add_argument("--root", help="folder the list file's paths are relative to (default: the list's folder)")
     p.add_argument("--classes", type=int, help="class count for list files (labels must be below it)")
     p.add_argument("--splits", default="train,val,test", help="which splits to build (default: all present)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_build_lmdb)
+
+    p = sub.add_parser("import-fashion-mnist",
+                       help="Fashion-MNIST IDX files -> OUT/{train,test}/<class>/*.png + words.txt")
+    p.add_argument("out", help="output folder (reused when a finished export is already there)")
+    p.add_argument("--src", default="/usr/share/datasets/fashion-mnist",
+                   help="folder of the four IDX(.gz) files (default: Debian's dataset-fashion-mnist)")
+    p.add_argument("--jobs", type=int, help="writer processes (default: all cores)")
+    p.add_argument("--force", action="store_true", help="replace OUT")
+    p.set_defaults(func=cmd_import_fashion_mnist)
 
     p = sub.add_parser("mean", help="mean image of a database (.binaryproto as compute_image_mean) + per-channel JSON")
     p.add_argument("db")
@@ -248,10 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_draw)
 
     _register_data_verbs(sub)
+    from squeezecaffe.cli_deploy import register_deploy_verbs
     from squeezecaffe.cli_engine import register_engine_verbs, register_train_verbs
 
     register_engine_verbs(sub)
     register_train_verbs(sub)
+    register_deploy_verbs(sub)
     return parser
 
 

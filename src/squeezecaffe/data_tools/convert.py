@@ -135,8 +135,9 @@ def convert_split(dataset: Dataset, split: str, out_db: Path, options: ConvertOp
 
 
 def build_lmdb(src: str | Path, out: str | Path, options: ConvertOptions, *, root: str | Path | None = None,
-               classes: int | None = None, val_fraction: float = 0.0) -> tuple[DataManifest, list[SplitResult]]:
-    dataset = discover(src, root=root, classes=classes, val_fraction=val_fraction, seed=options.seed)
+               classes: int | None = None, val_fraction: float = 0.0,
+               limits: dict[str, int] | None = None) -> tuple[DataManifest, list[SplitResult]]:
+    dataset = discover(src, root=root, classes=classes, val_fraction=val_fraction, seed=options.seed, limits=limits)
     out = Path(out)
     splits = [s for s in options.splits if dataset.splits.get(s)]
     if "train" not in splits:
@@ -167,7 +168,7 @@ def build_lmdb(src: str | Path, out: str | Path, options: ConvertOptions, *, roo
         mean_values=mean_values, encoded=options.encoded, layout=dataset.layout,
         options={"resize": list(options.resize) if options.resize else None, "gray": options.gray,
                  "encoded": options.encoded, "shuffle": options.shuffle, "seed": options.seed,
-                 "source": str(Path(src).resolve())})
+                 "val_fraction": val_fraction, "limits": limits or {}, "source": str(Path(src).resolve())})
     write_manifest(out, manifest)
     return manifest, results
 

@@ -54,22 +54,36 @@ def image_to_datum(img: np.ndarray, label: int) -> pb.Datum:
                     data=np.ascontiguousarray(chw).tobytes(), label=label, encoded=False)
 
 
-def make_datum(path: Path, label: int, index: int, opts: DecodeOptions) -> Decoded:
+def read_image(path: Path, gray: bool, resize: tuple[int, int] | None = None) -> tuple[np.ndarray | None, bytes, str]:
+    """(image, file bytes, "") as build-lmdb decodes a file, or (None, bytes, why it cannot be used).
+
+    Shared by the converter and by classify, so an image is prepared the same way for training and
+    for prediction (same flags, same resize).
+    """
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        return Decoded(index, None, None, "file not found")
+        return None, b"", "file not found"
+    except IsADirectoryError:
+        return None, b"", "is a directory"
     except OSError as exc:
-        return Decoded(index, None, None, f"cannot read ({exc.strerror})")
+        return None, b"", f"cannot read ({exc.strerror})"
     if not data:
-        return Decoded(index, None, None, "empty file (0 bytes)")
-    img = decode_image(data, opts.gray)
+        return None, data, "empty file (0 bytes)"
+    img = decode_image(data, gray)
     if img is None:
         reason = "truncated JPEG (no end-of-image marker)" if _looks_truncated(data) else "not a decodable image"
-        return Decoded(index, None, None, reason)
-    if opts.resize:
-        h, w = opts.resize
+        return None, data, reason
+    if resize:
+        h, w = resize
         img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
+    return img, data, ""
+
+
+def make_datum(path: Path, label: int, index: int, opts: DecodeOptions) -> Decoded:
+    img, data, reason = read_image(path, opts.gray, opts.resize)
+    if img is None:
+        return Decoded(index, None, None, reason)
     shape = (1 if img.ndim == 2 else img.shape[2], img.shape[0], img.shape[1])
     if not opts.encoded:
         return Decoded(index, image_to_datum(img, label).SerializeToString(), shape)

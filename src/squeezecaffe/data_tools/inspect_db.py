@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from squeezecaffe.data_tools.layouts import read_labels
 from squeezecaffe.data_tools.lmdb_io import LmdbReader, datum_to_array
 from squeezecaffe.errors import UserError
 
@@ -14,13 +15,7 @@ from squeezecaffe.errors import UserError
 def load_label_names(db: Path) -> dict[int, str]:
     """labels.txt beside the database (build-lmdb writes it), else bare indices."""
     labels = Path(db).parent / "labels.txt"
-    names = {}
-    if labels.is_file():
-        for line in labels.read_text(encoding="utf-8").splitlines():
-            parts = line.split("\t")
-            if len(parts) >= 2 and parts[0].isdigit():
-                names[int(parts[0])] = parts[2] if len(parts) > 2 else parts[1]
-    return names
+    return {c.index: c.name for c in read_labels(labels)} if labels.is_file() else {}
 
 
 def describe(db: str | Path) -> dict:

@@ -3,8 +3,12 @@
 Three layouts are recognised:
 - Tiny ImageNet 200 as distributed (wnids.txt, words.txt, train/<wnid>/images, val/ with
   val_annotations.txt, unlabelled test/images);
-- class folders: root/<class>/**/*.{jpg,jpeg,png,bmp}, or root/{train,val,test}/<class>/...;
+- class folders: root/<class>/**/*.{jpg,jpeg,png,bmp}, or root/{train,val,test}/<class>/..., with an
+  optional root/words.txt (`folder<TAB>human-readable name`, Tiny ImageNet's format);
 - Caffe list files: `relative/path label` per line (the path may contain spaces).
+
+Any layout without a val split can have one held out of train (`val_fraction`, seeded, stratified),
+and any split can be cut to a stratified subset (`limits`).
 """
 
 from __future__ import annotations
@@ -38,6 +42,34 @@ class Dataset:
         return "".join(f"{i}\t{cid}\t{self.class_words.get(cid, cid)}\n" for i, cid in enumerate(self.class_ids))
 
 
+@dataclass(frozen=True)
+class ClassLabel:
+    index: int
+    id: str  # folder name / wnid: what a predictions file names
+    name: str  # human-readable words
+
+
+def read_labels(path: str | Path) -> list[ClassLabel]:
+    """labels.txt as build-lmdb writes it (`index<TAB>class id<TAB>words`); indices must run 0..n-1."""
+    path = Path(path)
+    labels = []
+    for n, line in enumerate(_read_lines(path), start=1):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if not parts[0].strip().isdigit() or int(parts[0]) != len(labels):
+            raise UserError(f"{path}:{n}: expected '{len(labels)}<TAB>class id<TAB>words'")
+        cid = parts[1].strip() if len(parts) > 1 and parts[1].strip() else parts[0].strip()
+        name = parts[2].strip() if len(parts) > 2 and parts[2].strip() else cid
+        labels.append(ClassLabel(len(labels), cid, name))
+    return labels
+
+
+def numbered_labels(count: int) -> list[ClassLabel]:
+    """Stand-in names where a model comes with no labels.txt."""
+    return [ClassLabel(i, str(i), str(i)) for i in range(count)]
+
+
 def _images_under(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
@@ -55,15 +87,23 @@ def _read_lines(path: Path) -> list[str]:
         raise UserError(f"{path}: not a UTF-8 text file") from None
 
 
+def read_words(path: Path, class_ids: list[str]) -> dict[str, str]:
+    """`class id<TAB>words` lines (Tiny ImageNet's words.txt lists all of WordNet: keep only our classes)."""
+    if not path.is_file():
+        return {}
+    wanted = set(class_ids)
+    words = {}
+    for line in _read_lines(path):
+        cid, _, text = line.partition("\t")
+        if cid in wanted and text.strip():
+            words[cid] = text.strip()
+    return words
+
+
 def tiny_imagenet(root: Path) -> Dataset:
     wnids = sorted({line.strip() for line in _read_lines(root / "wnids.txt") if line.strip()})
     index = {w: i for i, w in enumerate(wnids)}
-    words: dict[str, str] = {}
-    if (root / "words.txt").is_file():
-        for line in _read_lines(root / "words.txt"):
-            wnid, _, text = line.partition("\t")
-            if wnid in index:
-                words[wnid] = text.strip()
+    words = read_words(root / "words.txt", wnids)
     train = []
     for wnid in wnids:
         folder = root / "train" / wnid / "images"
@@ -103,7 +143,7 @@ def _class_folder_split(root: Path) -> tuple[list[str], dict[str, list[Path]]]:
     return classes, files
 
 
-def class_folders(root: Path, val_fraction: float = 0.0, seed: int = 0) -> Dataset:
+def class_folders(root: Path) -> Dataset:
     split_dirs = [s for s in SPLIT_NAMES if (root / s).is_dir()]
     if "train" in split_dirs:
         classes, _ = _class_folder_split(root / "train")
@@ -115,19 +155,15 @@ def class_folders(root: Path, val_fraction: float = 0.0, seed: int = 0) -> Datas
             if unknown:
                 raise UserError(f"{root / split}: class folder '{unknown[0]}' does not exist in {root / 'train'}")
             splits[split] = [(_rel(p, root), index[c]) for c in split_classes for p in files[c]]
-        return Dataset(root, "class-folders", classes, splits, labelled={s: True for s in splits})
-    classes, files = _class_folder_split(root)
-    items = [(_rel(p, root), i) for i, c in enumerate(classes) for p in files[c]]
-    return Dataset(root, "class-folders", classes, stratified_split(items, val_fraction, seed),
-                   labelled={"train": True, "val": True})
+    else:
+        classes, files = _class_folder_split(root)
+        splits = {"train": [(_rel(p, root), i) for i, c in enumerate(classes) for p in files[c]]}
+    return Dataset(root, "class-folders", classes, splits, read_words(root / "words.txt", classes),
+                   labelled={s: True for s in splits})
 
 
 def stratified_split(items: list[tuple[str, int]], val_fraction: float, seed: int) -> dict[str, list[tuple[str, int]]]:
     """Hold out `val_fraction` of each class (at least one image where the class has two or more)."""
-    if not 0.0 <= val_fraction < 1.0:
-        raise UserError(f"--val-fraction {val_fraction}: must be in [0, 1)")
-    if val_fraction == 0:
-        return {"train": items}
     by_class: dict[int, list[tuple[str, int]]] = defaultdict(list)
     for item in items:
         by_class[item[1]].append(item)
@@ -164,31 +200,75 @@ def parse_list_file(path: Path, classes: int | None = None) -> list[tuple[str, i
     return items
 
 
-def list_files(src: Path, root: Path | None, classes: int | None, val_fraction: float, seed: int) -> Dataset:
-    """SRC is one list file (optionally split by --val-fraction), or a folder with train.txt/val.txt/test.txt."""
+def stratified_subset(items: list[tuple[str, int]], count: int, seed: int) -> list[tuple[str, int]]:
+    """`count` items with every class in its share (seeded); the survivors keep their order.
+
+    Each class's items are shuffled and item j of a class of n gets the key (j + 0.5) / n; the
+    `count` smallest keys are the same fraction of every class, to within one image.
+    """
+    if count >= len(items):
+        return list(items)
+    by_class: dict[int, list[int]] = defaultdict(list)
+    for i, (_, label) in enumerate(items):
+        by_class[label].append(i)
+    rng = random.Random(seed)
+    keyed = []
+    for label in sorted(by_class):
+        members = by_class[label]
+        rng.shuffle(members)
+        keyed += [((j + 0.5) / len(members), label, i) for j, i in enumerate(members)]
+    keep = sorted(i for _, _, i in sorted(keyed)[:count])
+    return [items[i] for i in keep]
+
+
+def list_files(src: Path, root: Path | None, classes: int | None) -> Dataset:
+    """SRC is one list file, or a folder with train.txt/val.txt/test.txt."""
     if src.is_dir():
         lists = {s: src / f"{s}.txt" for s in SPLIT_NAMES if (src / f"{s}.txt").is_file()}
         splits = {s: parse_list_file(p, classes) for s, p in lists.items()}
         root = root or src
     else:
-        splits = stratified_split(parse_list_file(src, classes), val_fraction, seed)
+        splits = {"train": parse_list_file(src, classes)}
         root = root or src.parent
     n_classes = classes or 1 + max(label for items in splits.values() for _, label in items)
     return Dataset(root, "list-file", [str(i) for i in range(n_classes)], splits,
                    labelled={s: True for s in splits})
 
 
+def parse_limits(items: list[str]) -> dict[str, int]:
+    """['train=20000', 'val=2000'] -> {'train': 20000, 'val': 2000} (the --limit option)."""
+    limits = {}
+    for item in items:
+        split, sep, text = item.partition("=")
+        if not sep or split not in SPLIT_NAMES or not text.isdigit() or int(text) <= 0:
+            raise UserError(f"--limit '{item}': expected SPLIT=N with SPLIT one of {', '.join(SPLIT_NAMES)} "
+                            "and N a positive integer")
+        limits[split] = int(text)
+    return limits
+
+
 def discover(src: str | Path, *, root: str | Path | None = None, classes: int | None = None,
-             val_fraction: float = 0.0, seed: int = 0) -> Dataset:
-    """Recognise the layout of SRC and list its splits."""
+             val_fraction: float = 0.0, seed: int = 0, limits: dict[str, int] | None = None) -> Dataset:
+    """Recognise the layout of SRC and list its splits; hold out val, then cut splits to their limits."""
     src = Path(src)
     if not src.exists():
         raise UserError(f"{src}: no such file or directory")
+    if not 0.0 <= val_fraction < 1.0:
+        raise UserError(f"--val-fraction {val_fraction}: must be in [0, 1)")
     root_path = Path(root) if root else None
-    if src.is_file():
-        return list_files(src, root_path, classes, val_fraction, seed)
-    if (src / "wnids.txt").is_file():
-        return tiny_imagenet(src)
-    if (src / "train.txt").is_file():
-        return list_files(src, root_path, classes, val_fraction, seed)
-    return class_folders(src, val_fraction, seed)
+    if src.is_file() or (src / "train.txt").is_file():
+        dataset = list_files(src, root_path, classes)
+    elif (src / "wnids.txt").is_file():
+        dataset = tiny_imagenet(src)
+    else:
+        dataset = class_folders(src)
+    if val_fraction > 0:
+        if dataset.splits.get("val"):
+            raise UserError(f"{src}: already has a val split; --val-fraction holds one out of train only "
+                            "where there is none")
+        dataset.splits.update(stratified_split(dataset.splits.get("train", []), val_fraction, seed))
+        dataset.labelled["val"] = True
+    for split, count in (limits or {}).items():
+        if split in dataset.splits:
+            dataset.splits[split] = stratified_subset(dataset.splits[split], count, seed)
+    return dataset

@@ -55,6 +55,17 @@ def _git_commit() -> str | None:
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
+def cpu_name() -> str:
+    """The processor's marketing name (Linux), else what the platform module knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def provenance(engine: str, device: str) -> dict:
     """What produced a run: code version, engine, device, libraries, host, command line."""
     import cv2
@@ -66,7 +77,7 @@ def provenance(engine: str, device: str) -> dict:
         "squeezecaffe": __version__, "git_commit": _git_commit(), "engine": engine, "device": device,
         "python": sys.version.split()[0], "torch": torch.__version__, "numpy": numpy.__version__,
         "protobuf": google.protobuf.__version__, "opencv": cv2.__version__, "host": platform.node(),
-        "platform": platform.platform(), "cpus": os.cpu_count(), "argv": sys.argv,
+        "platform": platform.platform(), "cpus": os.cpu_count(), "cpu": cpu_name(), "argv": sys.argv,
     }
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)

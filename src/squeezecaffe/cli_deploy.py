@@ -1,0 +1,138 @@
+"""Command-line verbs for trained models: `eval`, `classify` and `report`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("weights", help="a run directory (its best.caffemodel) or a .caffemodel")
+    p.add_argument("--net", help="deploy.prototxt the weights belong to (default: the run's)")
+    p.add_argument("--model", help="registered model whose deploy net the weights belong to")
+    p.add_argument("--engine", default="torch", help="torch (default), opencv (OpenCV dnn) or caffe")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (torch engine)")
+    p.add_argument("--mean-value", help="B,G,R mean to subtract when neither a run nor --data says it")
+    p.add_argument("--batch-size", type=int, default=100)
+
+
+def _prepare(args: argparse.Namespace, data: str | None, out_dir: Path | None):
+    from squeezecaffe.deploy.artifacts import resolve_artifacts
+    from squeezecaffe.deploy.preprocess import Preprocessor
+    from squeezecaffe.deploy.runtimes import make_runtime
+    from squeezecaffe.errors import UserError
+
+    if args.batch_size <= 0:
+        raise UserError(f"--batch-size {args.batch_size}: must be positive")
+    art = resolve_artifacts(args.weights, net=args.net, model=args.model, data=data, mean_value=args.mean_value,
+                            out_dir=out_dir)
+    for note in art.notes:
+        print(f"note: {note}", file=sys.stderr)
+    return art, Preprocessor(art), make_runtime(args.engine, art, args.device)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from squeezecaffe.deploy.evaluation import evaluate_model, format_eval, open_source
+
+    out_dir = Path(args.out) if args.out else None
+    art, pre, runtime = _prepare(args, args.data, out_dir)
+    source = open_source(art, args.data, args.split, pre)
+    if out_dir is None:
+        base = art.run_dir / "eval" if art.run_dir else Path(f"eval-{art.weights.stem}")
+        out_dir = base / (source.name if args.engine == "torch" else f"{source.name}-{args.engine}")
+    result = evaluate_model(art, runtime, source, pre, out_dir, args.batch_size, args.errors, not args.quiet)
+    print(format_eval(result))
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from squeezecaffe.deploy.classify import classify_files, expand_inputs, format_prediction, write_predictions
+    from squeezecaffe.errors import UserError
+
+    if args.top <= 0:
+        raise UserError(f"--top {args.top}: must be positive")
+    art, pre, runtime = _prepare(args, args.data, None)
+    files = expand_inputs(args.images)
+    if not files:
+        raise UserError(f"no images found in {' '.join(args.images)}")
+    predictions, failures = classify_files(runtime, pre, art.labels, files, args.top, args.batch_size)
+    for pred in predictions:
+        print(format_prediction(pred))
+    for _, message in failures:
+        print(f"squeezecaffe: error: {message}", file=sys.stderr)
+    if args.predictions:
+        print(f"wrote {write_predictions(args.predictions, predictions)} ({len(predictions)} lines)")
+    if failures:
+        print(f"squeezecaffe: {len(failures)} of {len(files)} files could not be classified", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from squeezecaffe.fileio import atomic_write_text
+    from squeezecaffe.train.plots import plot_runs
+    from squeezecaffe.train.report import markdown_table, run_row
+
+    runs = [Path(r) for r in args.runs]
+    table = markdown_table([run_row(r) for r in runs])
+    print(table)
+    if args.output:
+        atomic_write_text(args.output, table + "\n")
+        print(f"\nwrote {args.output}")
+    curves = Path(args.curves) if args.curves else (Path(args.output).with_suffix(".png") if args.output
+                                                    else Path("report_curves.png"))
+    print(f"curves: {plot_runs(runs, curves)}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from squeezecaffe.demo import FULL, SHORT, run_demo
+
+    schedule = FULL if args.full else SHORT
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("train_images", args.train_images),
+                                   ("val_images", args.val_images), ("batch_size", args.batch_size)) if v is not None}
+    if overrides:
+        schedule = replace(schedule, name=f"{schedule.name}-custom", **overrides)
+    run_demo(Path(args.out), schedule, src=args.src, model=args.model, quiet=args.quiet)
+    return 0
+
+
+def register_deploy_verbs(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="top-1/top-5/loss, per-class accuracy, confusion matrix and error grid of a "
+                                    "trained model over a whole database or image folder")
+    _add_model_options(p)
+    p.add_argument("--data", help="build-lmdb directory, an LMDB, or an image folder (default: the run's data)")
+    p.add_argument("--split", help="split of a data directory or folder (default: test, else val)")
+    p.add_argument("--out", help="output folder (default RUN/eval/<split>[-engine])")
+    p.add_argument("--errors", type=int, default=32, help="wrong predictions shown in errors.png")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("classify", help="top-k labels of image files or folders (JPEG/PNG/BMP)")
+    _add_model_options(p)
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--data", help="build-lmdb directory for labels, mean and stored size (default: the run's)")
+    p.add_argument("--top", type=int, default=5)
+    p.add_argument("--predictions", help="write '<file name> <class id>' per image (Tiny ImageNet submission)")
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("report", help="Table-3-style Markdown comparison of runs + overlaid training curves")
+    p.add_argument("runs", nargs="+", help="run directories")
+    p.add_argument("-o", "--output", help="also write the table to this Markdown file")
+    p.add_argument("--curves", help="PNG of overlaid curves (default: beside -o, else report_curves.png)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("demo", help="Fashion-MNIST end to end: import, build-lmdb, train, eval, report")
+    p.add_argument("--out", default="out/demo", help="working folder (default out/demo)")
+    p.add_argument("--full", action="store_true", help="the full schedule (all training images, 20 epochs)")
+    p.add_argument("--src", default="/usr/share/datasets/fashion-mnist", help="folder of the IDX files")
+    p.add_argument("--model", default="fullbypass8")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--train-images", type=int, help="stratified training subset size")
+    p.add_argument("--val-images", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_demo)

@@ -1,0 +1,66 @@
+"""`squeezecaffe classify`: top-k labels for image files, with the training's preprocessing.
+
+A file that cannot be read or decoded is reported on its own line and skipped; the others are still
+classified (the command then exits non-zero). `--predictions` writes `<file name> <class id>` lines,
+the submission format of Tiny ImageNet's unlabelled test set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from squeezecaffe.data_tools.layouts import IMAGE_SUFFIXES, ClassLabel
+from squeezecaffe.deploy.preprocess import Preprocessor
+from squeezecaffe.deploy.runtimes import softmax
+from squeezecaffe.errors import UserError
+from squeezecaffe.fileio import atomic_write_text
+
+
+@dataclass
+class Prediction:
+    path: Path
+    top: list[tuple[ClassLabel, float]]  # best first
+
+
+def expand_inputs(paths: list[str]) -> list[Path]:
+    """Files as given (in order); a folder contributes its images, recursively, sorted."""
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            out.append(p)
+    return out
+
+
+def classify_files(runtime, pre: Preprocessor, labels: list[ClassLabel], files: list[Path], top: int = 5,
+                   batch_size: int = 64) -> tuple[list[Prediction], list[tuple[Path, str]]]:
+    predictions, failures = [], []
+    for start in range(0, len(files), batch_size):
+        ok_paths, arrays = [], []
+        for path in files[start : start + batch_size]:
+            try:
+                arrays.append(pre.from_file(path))
+                ok_paths.append(path)
+            except UserError as exc:
+                failures.append((path, str(exc)))
+        if not arrays:
+            continue
+        probs = softmax(runtime.logits(np.stack(arrays)))
+        k = min(top, probs.shape[1])
+        for path, p in zip(ok_paths, probs, strict=True):
+            order = np.argsort(-p, kind="stable")[:k]
+            predictions.append(Prediction(path, [(labels[int(c)], float(p[c])) for c in order]))
+    return predictions, failures
+
+
+def format_prediction(pred: Prediction) -> str:
+    cells = "  ".join(f"{i + 1}. {label.name} ({label.id}) {100 * prob:.1f}%" for i, (label, prob) in enumerate(pred.top))
+    return f"{pred.path}: {cells}"
+
+
+def write_predictions(path: str | Path, predictions: list[Prediction]) -> Path:
+    return atomic_write_text(path, "".join(f"{p.path.name} {p.top[0][0].id}\n" for p in predictions))

@@ -1,0 +1,186 @@
+"""`squeezecaffe eval`: a trained model over a whole labelled database or image folder.
+
+Every record is scored once (no wrap-around batches), with the deploy net and the training's TEST
+preprocessing, by the torch engine or OpenCV's dnn. Writes metrics.json (every figure, every wrong
+prediction), confusion.png and errors.png (the most confident mistakes, as the seed study shows them).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from squeezecaffe.data_tools.layouts import ClassLabel, discover
+from squeezecaffe.data_tools.lmdb_io import LmdbReader
+from squeezecaffe.deploy.artifacts import Artifacts
+from squeezecaffe.deploy.figures import confusion_png, error_grid_png
+from squeezecaffe.deploy.metrics import Scores, score
+from squeezecaffe.deploy.preprocess import Preprocessor
+from squeezecaffe.errors import UserError
+from squeezecaffe.fileio import atomic_write_text, ensure_writable_dir
+
+
+class LmdbSource:
+    """Records of an LMDB (ours or Caffe's); labels are the Datum labels."""
+
+    def __init__(self, db: Path, name: str) -> None:
+        self.reader = LmdbReader(db)
+        self.name = name
+        self.where = str(db)
+        if not len(self.reader):
+            raise UserError(f"{db}: database is empty")
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def item(self, i: int) -> tuple[np.ndarray, int]:
+        return self.reader[i]
+
+    def key(self, i: int) -> str:
+        return self.reader.keys[i].decode("utf-8", "replace")
+
+
+class FolderSource:
+    """Image files of a labelled layout (class folders, list file, Tiny ImageNet), mapped to the model's labels."""
+
+    def __init__(self, items: list[tuple[str, int]], root: Path, name: str, pre: Preprocessor) -> None:
+        self.items, self.root, self.name, self.pre = items, root, name, pre
+        self.where = str(root)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def item(self, i: int) -> tuple[np.ndarray, int]:
+        rel, label = self.items[i]
+        return self.pre.display_image(self.root / rel), label
+
+    def key(self, i: int) -> str:
+        return self.items[i][0]
+
+
+def _pick_split(available: dict[str, bool], split: str | None, where: str) -> str:
+    """`split` if given; else test when it is labelled, else val, else train."""
+    if split:
+        if split not in available:
+            raise UserError(f"{where}: no '{split}' split (has: {', '.join(available) or 'none'})")
+        if not available[split]:
+            raise UserError(f"{where}: the {split} split has no labels; use 'squeezecaffe classify "
+                            "--predictions' for unlabelled images")
+        return split
+    for name in ("test", "val", "train"):
+        if available.get(name):
+            return name
+    raise UserError(f"{where}: no labelled split to evaluate")
+
+
+def open_source(art: Artifacts, data: str | None, split: str | None, pre: Preprocessor):
+    """A data directory (split), an LMDB, or an image folder; default: the run's data directory."""
+    if data is None:
+        if art.data_dir is None:
+            raise UserError("give --data (a build-lmdb directory, an LMDB, or an image folder)")
+        data = str(art.data_dir)
+    path = Path(data)
+    if not path.exists():
+        raise UserError(f"{data}: no such database or folder")
+    if (path / "data.mdb").is_file():
+        return LmdbSource(path, split or path.name.removesuffix("_lmdb"))
+    if (path / "manifest.json").is_file():
+        from squeezecaffe.data_tools.manifest import read_manifest
+
+        manifest = read_manifest(path)
+        available = {s: bool(info.get("labelled", True)) for s, info in manifest.splits.items()}
+        name = _pick_split(available, split, data)
+        return LmdbSource(path / manifest.splits[name].get("db", f"{name}_lmdb"), name)
+    dataset = discover(path)
+    name = _pick_split(dataset.labelled, split, data)
+    items = _map_labels(dataset.splits[name], dataset.class_ids, art.labels, data)
+    return FolderSource(items, dataset.root, name, pre)
+
+
+def _map_labels(items: list[tuple[str, int]], folder_ids: list[str], labels: list[ClassLabel],
+                where: str) -> list[tuple[str, int]]:
+    """Folder class ids -> the model's label indices (by class id; by position when the model has no names)."""
+    by_id = {c.id: c.index for c in labels}
+    if all(c.id == str(c.index) for c in labels):
+        if len(folder_ids) > len(labels):
+            raise UserError(f"{where}: {len(folder_ids)} class folders, the model outputs {len(labels)} classes")
+        return items
+    unknown = [cid for cid in folder_ids if cid not in by_id]
+    if unknown:
+        raise UserError(f"{where}: class '{unknown[0]}' is not one of the model's classes (labels.txt)")
+    return [(rel, by_id[folder_ids[label]]) for rel, label in items]
+
+
+@dataclass
+class EvalOutput:
+    scores: Scores
+    split: str
+    seconds: float
+    metrics: dict
+    files: list[Path]
+
+
+def run_batches(runtime, source, pre: Preprocessor, batch_size: int, progress: bool = True) -> tuple[np.ndarray,
+                                                                                                      np.ndarray]:
+    from tqdm import tqdm
+
+    logits, labels = [], []
+    with tqdm(total=len(source), desc=f"eval {source.name}", unit="img", leave=False, disable=not progress) as bar:
+        for start in range(0, len(source), batch_size):
+            stop = min(start + batch_size, len(source))
+            arrays, batch_labels = [], []
+            for i in range(start, stop):
+                img, label = source.item(i)
+                arrays.append(pre.from_stored(img, f"{source.where} [{source.key(i)}]"))
+                batch_labels.append(label)
+            logits.append(runtime.logits(np.stack(arrays)))
+            labels += batch_labels
+            bar.update(stop - start)
+    return np.concatenate(logits), np.asarray(labels, np.int64)
+
+
+def evaluate_model(art: Artifacts, runtime, source, pre: Preprocessor, out_dir: Path, batch_size: int = 100,
+                   errors_shown: int = 32, progress: bool = True) -> EvalOutput:
+    ensure_writable_dir(out_dir)
+    t0 = time.perf_counter()
+    logits, labels = run_batches(runtime, source, pre, batch_size, progress)
+    seconds = time.perf_counter() - t0
+    if labels.max() >= art.classes:
+        raise UserError(f"{source.where}: label {labels.max()} is outside the model's {art.classes} classes")
+    s = score(logits, labels, art.labels)
+    names = [c.name for c in art.labels]
+    wrong = np.flatnonzero(s.predicted != labels)
+    wrong = wrong[np.argsort(-s.confidence[wrong], kind="stable")]  # most confident mistakes first
+    ranked = s.ranked_classes()
+    metrics = {
+        "weights": str(art.weights), "net": str(art.deploy_path), "data": source.where, "split": source.name,
+        "engine": runtime.name, "count": s.count, "top1": s.top1, "top5": s.top5, "loss": s.loss,
+        "seconds": seconds, "images_per_s": s.count / seconds if seconds else 0.0,
+        "best_classes": [c["name"] for c in ranked[:5]], "worst_classes": [c["name"] for c in ranked[::-1][:5]],
+        "per_class": s.per_class, "confusion": s.confusion.tolist(),
+        "errors": [{"index": int(i), "key": source.key(int(i)), "true": int(labels[i]), "predicted": int(s.predicted[i]),
+                    "probability": float(s.confidence[i]), "true_probability": float(s.true_probability[i])}
+                   for i in wrong],
+    }
+    title = f"{Path(art.weights).name} on {source.name} ({s.count} images): top-1 {100 * s.top1:.2f}%"
+    files = [atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=1) + "\n"),
+             confusion_png(s.confusion, names, out_dir / "confusion.png", title)]
+    examples = [(source.item(int(i))[0], names[labels[i]], names[s.predicted[i]], float(s.confidence[i]))
+                for i in wrong[:errors_shown]]
+    files.append(error_grid_png(examples, out_dir / "errors.png", f"most confident mistakes: {title}"))
+    return EvalOutput(s, source.name, seconds, metrics, files)
+
+
+def format_eval(out: EvalOutput) -> str:
+    s, m = out.scores, out.metrics
+    ranked = s.ranked_classes()
+    lines = [f"{out.split}: {s.count} images, top-1 {100 * s.top1:.2f}%, top-5 {100 * s.top5:.2f}%, loss {s.loss:.4f} "
+             f"({m['engine']}, {m['images_per_s']:.0f} images/s)",
+             "best classes:  " + ", ".join(f"{c['name']} {100 * c['top1']:.1f}%" for c in ranked[:5]),
+             "worst classes: " + ", ".join(f"{c['name']} {100 * c['top1']:.1f}%" for c in ranked[::-1][:5])]
+    lines.append("wrote " + ", ".join(str(f) for f in out.files))
+    return "\n".join(lines)

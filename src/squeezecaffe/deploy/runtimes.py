@@ -1,0 +1,92 @@
+"""Runtimes that execute a deploy net and return its logits: our torch engine and OpenCV's dnn.
+
+OpenCV 4.x reads Caffe prototxt/caffemodel with its own, independent implementation of every layer,
+so agreement between the two is evidence about both. Logits are the bottom of the net's final Softmax
+(scores before normalisation), so loss and probabilities are computed identically for every runtime.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from squeezecaffe.deploy.artifacts import Artifacts
+from squeezecaffe.errors import UserError
+
+RUNTIMES = ("torch", "opencv", "caffe")
+
+
+def logits_layer(art: Artifacts) -> tuple[str, str]:
+    """(blob, layer that last writes it) of the scores the net's final Softmax reads."""
+    layers = list(art.deploy.layer)
+    blob = None
+    for lp in reversed(layers):
+        if lp.type == "Softmax":
+            blob = lp.bottom[0]
+            break
+    if blob is None:  # a deploy net that ends at the scores
+        blob = layers[-1].top[0]
+    writer = next(lp.name for lp in reversed(layers) if blob in lp.top and lp.type != "Softmax")
+    return blob, writer
+
+
+class TorchRuntime:
+    name = "torch"
+
+    def __init__(self, art: Artifacts, device: str = "cpu") -> None:
+        from squeezecaffe.engines.torchcaffe.net import CaffeNet
+        from squeezecaffe.engines.torchcaffe.options import EngineOptions
+        from squeezecaffe.engines.torchcaffe.weights import load_caffemodel
+
+        self.net = CaffeNet(art.deploy, "TEST", where=str(art.deploy_path))
+        report = load_caffemodel(self.net, art.weights)
+        if report.missing:
+            raise UserError(f"{art.weights}: holds no weights for layer(s) {', '.join(report.missing)} of "
+                            f"{art.deploy_path}; is it the right net?")
+        EngineOptions(device=device).apply(self.net)
+        self.net.eval()
+        self.input = next(iter(self.net.input_shapes))
+        self.blob, _ = logits_layer(art)
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            out = self.net({self.input: torch.from_numpy(batch)}).blobs[self.blob]
+        return out.float().cpu().numpy().reshape(len(batch), -1)
+
+
+class OpenCVRuntime:
+    name = "opencv"
+
+    def __init__(self, art: Artifacts, device: str = "cpu") -> None:
+        import cv2
+
+        if device != "cpu":
+            raise UserError(f"--engine opencv runs on the CPU only (got --device {device})")
+        try:
+            self.net = cv2.dnn.readNetFromCaffe(str(art.deploy_path), str(art.weights))
+        except cv2.error as exc:
+            first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown error"
+            raise UserError(f"{art.deploy_path}: OpenCV dnn cannot load it with {art.weights} ({first})") from None
+        _, self.layer = logits_layer(art)
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        self.net.setInput(np.ascontiguousarray(batch, np.float32))
+        return np.asarray(self.net.forward(self.layer), np.float32).reshape(len(batch), -1)
+
+
+def make_runtime(name: str, art: Artifacts, device: str = "cpu"):
+    if name == "torch":
+        return TorchRuntime(art, device)
+    if name == "opencv":
+        return OpenCVRuntime(art, device)
+    if name == "caffe":
+        raise UserError("--engine caffe: the pycaffe engine is not available in this build yet (issue #5); "
+                        "use --engine torch or opencv")
+    raise UserError(f"--engine {name}: choose one of {', '.join(RUNTIMES)}")
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
