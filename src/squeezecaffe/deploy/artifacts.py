@@ -92,7 +92,7 @@ def _labels(data_dir: Path | None, classes: int, where: str) -> list[ClassLabel]
     return labels
 
 
-def _output_classes(deploy: pb.NetParameter, weights: Path, where: str) -> int:
+def _output_classes(deploy: pb.NetParameter, where: str) -> int:
     """Classes = the width of the net's last learned layer (conv10 or the classifier InnerProduct)."""
     from squeezecaffe.netgen.inference import infer_layers
     from squeezecaffe.netgen.state import filter_net, make_state
@@ -119,7 +119,12 @@ def resolve_artifacts(weights: str, *, net: str | None = None, model: str | None
         raise UserError(f"{weights}: not a run directory (no config.json and log.csv); give a .caffemodel")
     weights_path = run_weights(target) if target.is_dir() else target
     config = read_json(run_dir / "config.json") if run_dir else {}
-    data_dir = Path(data) if data and (Path(data) / "manifest.json").is_file() else None
+    data_dir = None
+    if data:  # a data directory, or an LMDB inside one (its labels.txt and manifest sit beside it)
+        for candidate in (Path(data), Path(data).parent):
+            if (candidate / "manifest.json").is_file():
+                data_dir = candidate
+                break
     if data_dir is None and config.get("data"):
         data_dir = Path(config["data"])
     manifest = read_manifest(data_dir) if data_dir and (data_dir / "manifest.json").is_file() else None
@@ -160,7 +165,7 @@ def resolve_artifacts(weights: str, *, net: str | None = None, model: str | None
     if transform.HasField("mean_file") and not Path(transform.mean_file).is_file() and data_dir is not None:
         transform.mean_file = str(data_dir / Path(transform.mean_file).name)
     stored = (manifest.height, manifest.width) if manifest is not None and manifest.height else None
-    classes = _output_classes(deploy, weights_path, where)
+    classes = _output_classes(deploy, where)
     return Artifacts(deploy=deploy, deploy_path=deploy_path, weights=weights_path, transform=transform,
                      input_shape=input_shape, stored_size=stored, labels=_labels(data_dir, classes, where),
                      run_dir=run_dir, data_dir=data_dir, manifest=manifest, notes=notes)
