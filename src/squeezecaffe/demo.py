@@ -52,7 +52,8 @@ def _data_is_current(data_dir: Path, limits: dict[str, int]) -> bool:
     if not manifest.is_file():
         return False
     options = json.loads(manifest.read_text(encoding="utf-8")).get("options", {})
-    return options.get("limits") == limits and options.get("gray") is True and options.get("shuffle") is True
+    return (options.get("limits") == limits and options.get("val_fraction") == VAL_FRACTION
+            and options.get("gray") is True and options.get("shuffle") is True)
 
 
 def run_demo(out: Path, schedule: DemoSchedule, *, src: str, model: str = "fullbypass8", quiet: bool = False) -> Path:

@@ -7,3 +7,7 @@ class UserError(Exception):
     The message must be one line that names the file or value and says what is wrong,
     because the CLI prints it as-is instead of a traceback.
     """
+
+
+CAFFE_ENGINE_MISSING = ("--engine caffe: the pycaffe engine is not available in this build yet (issue #5); "
+                        "use --engine torch")

@@ -49,8 +49,8 @@ def run_weights(run_dir: Path) -> Path:
     """best.caffemodel, else the newest snapshot."""
     if (run_dir / "best.caffemodel").is_file():
         return run_dir / "best.caffemodel"
-    snaps = sorted((run_dir / "snapshots").glob("*_iter_*.caffemodel"),
-                   key=lambda p: int(p.stem.rsplit("_iter_", 1)[1]) if p.stem.rsplit("_iter_", 1)[1].isdigit() else -1)
+    snaps = [p for p in (run_dir / "snapshots").glob("*_iter_*.caffemodel") if p.stem.rsplit("_iter_", 1)[1].isdigit()]
+    snaps.sort(key=lambda p: int(p.stem.rsplit("_iter_", 1)[1]))
     if not snaps:
         raise UserError(f"{run_dir}: run directory holds no best.caffemodel and no snapshot yet")
     return snaps[-1]

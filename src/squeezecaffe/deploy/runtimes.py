@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from squeezecaffe.deploy.artifacts import Artifacts
-from squeezecaffe.errors import UserError
+from squeezecaffe.errors import CAFFE_ENGINE_MISSING, UserError
 
 RUNTIMES = ("torch", "opencv", "caffe")
 
@@ -81,8 +81,7 @@ def make_runtime(name: str, art: Artifacts, device: str = "cpu"):
     if name == "opencv":
         return OpenCVRuntime(art, device)
     if name == "caffe":
-        raise UserError("--engine caffe: the pycaffe engine is not available in this build yet (issue #5); "
-                        "use --engine torch or opencv")
+        raise UserError(f"{CAFFE_ENGINE_MISSING} or opencv")
     raise UserError(f"--engine {name}: choose one of {', '.join(RUNTIMES)}")
 
 

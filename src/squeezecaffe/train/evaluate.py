@@ -37,6 +37,10 @@ def logits_blob(net: CaffeNet) -> tuple[str, str]:
 
 @torch.no_grad()
 def evaluate(net: CaffeNet) -> EvalResult:
+    """Collects the logits of every record once and scores them with the same rule as `squeezecaffe eval`."""
+    from squeezecaffe.data_tools.layouts import numbered_labels
+    from squeezecaffe.deploy.metrics import score
+
     if len(net.loaders) != 1:
         raise UserError(f"{net.where}: evaluation needs exactly one Data layer in the TEST net")
     loader = next(iter(net.loaders.values()))
@@ -45,17 +49,13 @@ def evaluate(net: CaffeNet) -> EvalResult:
     net.eval()
     net.seek_data(0)
     t0 = time.perf_counter()
-    loss_sum, top1, top5, seen = 0.0, 0, 0, 0
+    logits, labels, seen = [], [], 0
     for _ in range(math.ceil(total / loader.batch_size)):
         blobs = net().blobs
         take = min(loader.batch_size, total - seen)
-        logits = blobs[logits_name].float().reshape(len(blobs[logits_name]), -1)[:take]
-        labels = blobs[label_name].long().reshape(-1)[:take]
-        logp = torch.log_softmax(logits, dim=1)
-        loss_sum += float(-logp.gather(1, labels[:, None]).sum())
-        true = logits.gather(1, labels[:, None])
-        better = (logits > true).sum(1)  # Caffe's Accuracy rule: ties count for the prediction
-        top1 += int((better < 1).sum())
-        top5 += int((better < min(5, logits.shape[1])).sum())
+        logits.append(blobs[logits_name].float().reshape(len(blobs[logits_name]), -1)[:take].cpu())
+        labels.append(blobs[label_name].long().reshape(-1)[:take].cpu())
         seen += take
-    return EvalResult(loss_sum / seen, top1 / seen, top5 / seen, seen, time.perf_counter() - t0)
+    all_logits = torch.cat(logits).numpy()
+    s = score(all_logits, torch.cat(labels).numpy(), numbered_labels(all_logits.shape[1]))
+    return EvalResult(s.loss, s.top1, s.top5, s.count, time.perf_counter() - t0)

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from squeezecaffe.engines.torchcaffe.net import CaffeNet, DataOptions
 from squeezecaffe.engines.torchcaffe.options import EngineOptions
 from squeezecaffe.engines.torchcaffe.solver import IterationStats, Solver
-from squeezecaffe.errors import UserError
+from squeezecaffe.errors import CAFFE_ENGINE_MISSING, UserError
 from squeezecaffe.proto import pb, read_text
 from squeezecaffe.train import rundir
 from squeezecaffe.train.evaluate import evaluate
@@ -56,8 +56,7 @@ def _pick_engine(name: str) -> str:
     if name in ("auto", "torch"):
         return "torch"
     if name == "caffe":
-        raise UserError("--engine caffe: the pycaffe engine is not available in this build yet (issue #5); "
-                        "use --engine torch")
+        raise UserError(CAFFE_ENGINE_MISSING)
     raise UserError(f"--engine {name}: choose auto, torch or caffe")
 
 
