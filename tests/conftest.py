@@ -22,8 +22,8 @@ def fixtures() -> Path:
 
 
 # A model trained in the suite: 3 epochs of a small ResNet on 4 learnable classes of 32x32 JPEGs.
-TRAIN = ["train", "cifar_resnet_1111", "--epochs", "3", "--batch-size", "16", "--workers", "0", "--quiet",
-         "--solver-set", "base_lr=0.01"]
+TRAIN = ["train", "cifar_resnet_1111", "--engine", "torch", "--epochs", "3", "--batch-size", "16", "--workers", "0",
+         "--quiet", "--solver-set", "base_lr=0.01"]
 CLASS_WORDS = ("red stripes", "green stripes", "blue stripes", "red low stripes")
 
 
@@ -72,3 +72,29 @@ def random_caffemodel(net: pb.NetParameter, seed: int = 0) -> pb.NetParameter:
 
 def have(tool: str) -> bool:
     return shutil.which(tool) is not None
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests marked `caffe` need our pycaffe build; without it they are skipped with the command that builds it."""
+    marked = [item for item in items if item.get_closest_marker("caffe")]
+    if not marked:
+        return
+    from squeezecaffe.engines.pycaffe.runtime import caffe_available
+
+    if not caffe_available():
+        skip = pytest.mark.skip(reason="Caffe is not built here: run `make caffe` (builds it from source)")
+        for item in marked:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def no_caffe(monkeypatch):
+    """Behave as on a machine without the Caffe build, whether or not this one has it."""
+    from squeezecaffe.engines.pycaffe import runtime
+    from squeezecaffe.errors import CAFFE_ENGINE_MISSING, UserError
+
+    def missing():
+        raise UserError(CAFFE_ENGINE_MISSING)
+
+    monkeypatch.setattr(runtime, "import_caffe", missing)
+    monkeypatch.setattr(runtime, "caffe_available", lambda: False)

@@ -183,7 +183,7 @@ def test_report_is_a_table_3_row_from_the_run_files(finished_run: Path, evals, t
     (["eval", "{tmp}"], "not a run directory"),
     (["classify", "{run}", "{tmp}/empty"], "no images found"),
 ])
-def test_bad_eval_and_classify_calls_are_one_line(argv, message, finished_run, data, tmp_path, capsys):
+def test_bad_eval_and_classify_calls_are_one_line(argv, message, finished_run, data, tmp_path, capsys, no_caffe):
     (tmp_path / "empty").mkdir()
     argv = [a.format(tmp=tmp_path, run=finished_run, data=data) for a in argv]
     code, _, err = run(capsys, *argv)

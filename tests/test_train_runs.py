@@ -104,7 +104,7 @@ def test_sigint_snapshots_and_prints_the_resume_command(data: Path, tmp_path: Pa
     assert info is not None and not info["epoch_done"]
 
 
-def test_bad_inputs_are_one_line(data: Path, tmp_path: Path, capsys):
+def test_bad_inputs_are_one_line(data: Path, tmp_path: Path, capsys, no_caffe):
     empty = tmp_path / "empty"
     empty.mkdir()
     code, _, err = run(capsys, "train", "cifar_resnet_1111", "--data", str(empty), "--run-dir", str(tmp_path / "r1"))

@@ -272,12 +272,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_draw)
 
     _register_data_verbs(sub)
+    from squeezecaffe.cli_caffe import register_caffe_verbs
     from squeezecaffe.cli_deploy import register_deploy_verbs
     from squeezecaffe.cli_engine import register_engine_verbs, register_train_verbs
 
     register_engine_verbs(sub)
     register_train_verbs(sub)
     register_deploy_verbs(sub)
+    register_caffe_verbs(sub)
     return parser
 
 

@@ -9,5 +9,5 @@ class UserError(Exception):
     """
 
 
-CAFFE_ENGINE_MISSING = ("--engine caffe: the pycaffe engine is not available in this build yet (issue #5); "
-                        "use --engine torch")
+CAFFE_ENGINE_MISSING = ("--engine caffe: the pycaffe engine is not available (Caffe is not built here); "
+                        "run `make caffe` to build it from source, or use --engine torch")

@@ -1,4 +1,4 @@
-"""Runtimes that execute a deploy net and return its logits: our torch engine and OpenCV's dnn.
+"""Runtimes that execute a deploy net and return its logits: our torch engine, OpenCV's dnn and real Caffe.
 
 OpenCV 4.x reads Caffe prototxt/caffemodel with its own, independent implementation of every layer,
 so agreement between the two is evidence about both. Logits are the bottom of the net's final Softmax
@@ -7,10 +7,12 @@ so agreement between the two is evidence about both. Logits are the bottom of th
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from squeezecaffe.deploy.artifacts import Artifacts
-from squeezecaffe.errors import CAFFE_ENGINE_MISSING, UserError
+from squeezecaffe.errors import UserError
 
 RUNTIMES = ("torch", "opencv", "caffe")
 
@@ -75,13 +77,52 @@ class OpenCVRuntime:
         return np.asarray(self.net.forward(self.layer), np.float32).reshape(len(batch), -1)
 
 
+class CaffeRuntime:
+    """Real Caffe (our `make caffe` build) running the deploy net; its glog output goes to a temporary file."""
+
+    name = "caffe"
+
+    def __init__(self, art: Artifacts, device: str = "cpu") -> None:
+        import tempfile
+
+        from squeezecaffe.engines.pycaffe.runtime import GlogTap, import_caffe, last_error
+
+        caffe = import_caffe()
+        if device != "cpu":
+            raise UserError(f"--engine caffe: our Caffe build runs on the CPU only (got --device {device})")
+        caffe.set_mode_cpu()
+        self._log = Path(tempfile.mkstemp(prefix="squeezecaffe-caffe-", suffix=".log")[1])
+        self._tap = lambda: GlogTap(self._log)
+        error = None
+        with self._tap() as tap:
+            try:
+                self.net = caffe.Net(str(art.deploy_path), str(art.weights), caffe.TEST)
+            except Exception as exc:  # Boost.Python's RuntimeError and friends
+                error = exc
+        if error is not None:
+            raise UserError(f"{art.deploy_path}: Caffe cannot load it with {art.weights} "
+                            f"({last_error(tap.text) or error})")
+        self.input = self.net.inputs[0]
+        self.blob, _ = logits_layer(art)
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        blob = self.net.blobs[self.input]
+        if tuple(blob.data.shape) != batch.shape:
+            blob.reshape(*batch.shape)
+            self.net.reshape()
+        blob.data[...] = batch
+        with self._tap():
+            self.net.forward()
+        return np.array(self.net.blobs[self.blob].data, np.float32).reshape(len(batch), -1)
+
+
 def make_runtime(name: str, art: Artifacts, device: str = "cpu"):
     if name == "torch":
         return TorchRuntime(art, device)
     if name == "opencv":
         return OpenCVRuntime(art, device)
     if name == "caffe":
-        raise UserError(f"{CAFFE_ENGINE_MISSING} or opencv")
+        return CaffeRuntime(art, device)
     raise UserError(f"--engine {name}: choose one of {', '.join(RUNTIMES)}")
 
 

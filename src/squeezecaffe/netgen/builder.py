@@ -82,7 +82,11 @@ def _transform(cfg: NetConfig, train: bool) -> dict:
 
 
 def build_train_val(spec: ModelSpec, cfg: NetConfig) -> pb.NetParameter:
-    """TRAIN/TEST Data layers, the net, SoftmaxWithLoss, and TEST-only top-1/top-5 Accuracy."""
+    """TRAIN/TEST Data layers, the net, SoftmaxWithLoss, and TEST-only top-1/top-5 Accuracy.
+
+    Caffe refuses an Accuracy top_k above the class count (a failed CHECK), so with fewer than 5 classes the
+    top-5 layer is left out (whole-database top-5 is still computed from the logits by validation and eval).
+    """
     n = NetBuilder(spec.name)
     style = ConvStyle(batchnorm=spec.batchnorm, weight_filler=spec.weight_filler)
     for phase, source, batch in (("TRAIN", cfg.train_source, cfg.batch_size),
@@ -94,7 +98,8 @@ def build_train_val(spec: ModelSpec, cfg: NetConfig) -> pb.NetParameter:
     logits = _head(n, spec, style, logits, cfg.classes)
     n.layer("SoftmaxWithLoss", logits, "label", name="loss")
     n.layer("Accuracy", logits, "label", name="accuracy", include=dict(phase="TEST"))
-    n.layer("Accuracy", logits, "label", name="accuracy_top5", include=dict(phase="TEST"), top_k=5)
+    if cfg.classes >= 5:
+        n.layer("Accuracy", logits, "label", name="accuracy_top5", include=dict(phase="TEST"), top_k=5)
     check_net(n.net, f"{spec.name}/train_val")
     return n.net
 

@@ -35,12 +35,17 @@ def logits_blob(net: CaffeNet) -> tuple[str, str]:
     raise UserError(f"{net.where}: no SoftmaxWithLoss layer in the TEST net, so there are no logits to score")
 
 
-@torch.no_grad()
-def evaluate(net: CaffeNet) -> EvalResult:
-    """Collects the logits of every record once and scores them with the same rule as `squeezecaffe eval`."""
+def score_logits(logits, labels):
+    """`deploy.metrics.score` with numbered class names: the one scoring rule of both engines and `eval`."""
     from squeezecaffe.data_tools.layouts import numbered_labels
     from squeezecaffe.deploy.metrics import score
 
+    return score(logits, labels, numbered_labels(logits.shape[1]))
+
+
+@torch.no_grad()
+def evaluate(net: CaffeNet) -> EvalResult:
+    """Collects the logits of every record once and scores them with the same rule as `squeezecaffe eval`."""
     if len(net.loaders) != 1:
         raise UserError(f"{net.where}: evaluation needs exactly one Data layer in the TEST net")
     loader = next(iter(net.loaders.values()))
@@ -57,5 +62,5 @@ def evaluate(net: CaffeNet) -> EvalResult:
         labels.append(blobs[label_name].long().reshape(-1)[:take].cpu())
         seen += take
     all_logits = torch.cat(logits).numpy()
-    s = score(all_logits, torch.cat(labels).numpy(), numbered_labels(all_logits.shape[1]))
+    s = score_logits(all_logits, torch.cat(labels).numpy())
     return EvalResult(s.loss, s.top1, s.top5, s.count, time.perf_counter() - t0)

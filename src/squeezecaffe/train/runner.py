@@ -17,13 +17,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from squeezecaffe.engines.torchcaffe.net import CaffeNet, DataOptions
-from squeezecaffe.engines.torchcaffe.options import EngineOptions
-from squeezecaffe.engines.torchcaffe.solver import IterationStats, Solver
-from squeezecaffe.errors import CAFFE_ENGINE_MISSING, UserError
+from squeezecaffe.engines.torchcaffe.solver import IterationStats
+from squeezecaffe.errors import UserError
 from squeezecaffe.proto import pb, read_text
 from squeezecaffe.train import rundir
-from squeezecaffe.train.evaluate import evaluate
+from squeezecaffe.train.engine import make_engine, pick_engine
 from squeezecaffe.train.logs import RunLog
 from squeezecaffe.train.plateau import PlateauController, PlateauOptions
 
@@ -52,21 +50,14 @@ class TrainConfig:
     plateau: dict = field(default_factory=dict)  # PlateauOptions fields except base_lr
 
 
-def _pick_engine(name: str) -> str:
-    if name in ("auto", "torch"):
-        return "torch"
-    if name == "caffe":
-        raise UserError(CAFFE_ENGINE_MISSING)
-    raise UserError(f"--engine {name}: choose auto, torch or caffe")
-
-
 def prepare_run(cfg: TrainConfig, run_dir: Path) -> Path:
     """Create the run directory with its prototxt, config.json and run.json; returns solver.prototxt."""
     from squeezecaffe.netgen.config import parse_hw, resolve
     from squeezecaffe.netgen.emit import generate, write_generated
     from squeezecaffe.netgen.registry import get_model
 
-    engine = _pick_engine(cfg.engine)
+    engine = pick_engine(cfg.engine, cfg.device)
+    cfg.engine = engine  # a resumed run keeps the engine it started with
     run_dir = rundir.make_run_dir(run_dir)
     if cfg.solver:
         solver_path = Path(cfg.solver).resolve()
@@ -109,23 +100,19 @@ class Trainer:
         self.cfg = TrainConfig(**raw)
         self.progress = progress
         self.log = RunLog(self.run_dir, echo)
-        options = EngineOptions(device=self.cfg.device, amp=self.cfg.amp, channels_last=self.cfg.channels_last,
-                                workers=self.cfg.workers)
-        self.solver = Solver.from_file(self.solver_path, options=options, seed=self.cfg.seed)
+        file_sp = read_text(self.solver_path, pb.SolverParameter)
+        # snapshots always live in the run directory (a hand-written solver's prefix may point anywhere)
+        generated = not self.cfg.solver and file_sp.snapshot_prefix
+        self.prefix = file_sp.snapshot_prefix if generated else str(self.run_dir / "snapshots" / self.solver_path.stem)
+        self.engine_name = pick_engine(self.cfg.engine, self.cfg.device)
+        self.solver = make_engine(self.engine_name, self.solver_path, self.run_dir, device=self.cfg.device,
+                                  amp=self.cfg.amp, channels_last=self.cfg.channels_last, workers=self.cfg.workers,
+                                  seed=self.cfg.seed, snapshot_prefix=self.prefix)
         sp = self.solver.sp
         self.max_iter = sp.max_iter
-        # snapshots always live in the run directory (a hand-written solver's prefix may point anywhere)
-        generated = not self.cfg.solver and sp.snapshot_prefix
-        self.prefix = sp.snapshot_prefix if generated else str(self.run_dir / "snapshots" / self.solver_path.stem)
-        sp.snapshot_prefix = self.prefix
-        sp.test_interval = 0  # validation and snapshots happen per epoch here
-        sp.snapshot = 0
-        train_loader = next(iter(self.solver.train_net.loaders.values()), None)
-        if train_loader is None:
-            raise UserError(f"{self.solver_path}: the TRAIN net has no Data layer to define an epoch")
-        self.iters_per_epoch = max(1, math.ceil(len(train_loader) / (train_loader.batch_size * sp.iter_size)))
-        self.images_per_iter = train_loader.batch_size * sp.iter_size
-        self.val_net = self._val_net()
+        records, batch_size = self.solver.train_geometry()
+        self.iters_per_epoch = max(1, math.ceil(records / (batch_size * sp.iter_size)))
+        self.images_per_iter = batch_size * sp.iter_size
         self.controller = PlateauController(PlateauOptions(**self.cfg.plateau, base_lr=sp.base_lr))
         self.best_top1 = -1.0
         self.interrupted = False
@@ -134,25 +121,15 @@ class Trainer:
         if self.cfg.weights:
             self.solver.load_weights(self.cfg.weights)
 
-    def _val_net(self) -> CaffeNet:
-        tests = self.solver.test_net_params() if len(self.solver.sp.test_iter) else []
-        param, where = tests[0] if tests else self.solver.train_net_param()
-        net = CaffeNet(param, "TEST", where=where, base_dir=self.solver_path.parent,
-                       data=DataOptions(seed=self.cfg.seed, workers=self.cfg.workers))
-        net.share_weights_from(self.solver.train_net)
-        self.solver.options.apply(net)
-        return net
-
     # ------------------------------------------------------------------ resume
     def resume(self) -> int:
         rundir.remove_stale(Path(self.prefix).parent)
         info = rundir.latest_complete(self.prefix)
         if info is None:
             raise UserError(f"{self.run_dir}: no complete snapshot to resume from")
-        self.solver.restore(info["solverstate"])
         self.controller.load_state_dict(info["controller"])
+        self.solver.restore(info["solverstate"], lr_scale=self.controller.scale)
         self.best_top1 = info["best_top1"]
-        self.solver.base_lr = self.solver.sp.base_lr * self.controller.scale
         self.log.truncate_after(self.solver.iter)
         self.log.line(f"resumed from {info['solverstate']} (iteration {self.solver.iter}, lr scale "
                       f"{self.controller.scale:g})")
@@ -198,7 +175,11 @@ class Trainer:
         solver = self.solver
         epochs = math.ceil(self.max_iter / self.iters_per_epoch)
         self.log.line(f"training {self.solver_path} for {epochs} epochs x {self.iters_per_epoch} iterations "
-                      f"({self.images_per_iter} images each) on {solver.options.device}; run dir {self.run_dir}")
+                      f"({self.images_per_iter} images each) with the {self.engine_name} engine on {solver.device}; "
+                      f"run dir {self.run_dir}")
+        if self.engine_name == "caffe":
+            self.log.line(f"Caffe's own output goes to {self.run_dir / 'caffe.log'} (if Caffe stops the process on a "
+                          "failed check, its last 'F' line there says why)")
         while solver.iter < self.max_iter:
             epoch = solver.iter // self.iters_per_epoch
             end = min((epoch + 1) * self.iters_per_epoch, self.max_iter)
@@ -217,9 +198,9 @@ class Trainer:
                 self.log.line(f"interrupted at iteration {solver.iter}; snapshot written. Resume with:\n"
                               f"  squeezecaffe train --resume {self.run_dir}")
                 return 0
-            result = evaluate(self.val_net)
+            result = solver.validate()
             scale = self.controller.update(result.top1)
-            solver.base_lr = solver.sp.base_lr * scale
+            solver.set_lr_scale(scale)
             improved = result.top1 > self.best_top1
             if improved:
                 self.best_top1 = result.top1

@@ -1,0 +1,114 @@
+"""Training speed of real Caffe (pycaffe, our `make caffe` build) and the torch engine, side by side on the CPU.
+
+Both run the same generated net (the model's deploy net at 64x64x3 with a label input and SoftmaxWithLoss added,
+Dropout kept) under the same Nesterov + poly solver, from the same random weights, on one fixed random batch
+fed through Input layers, so the figures compare the engines' compute (forward, backward, update) and nothing
+else. Warm-up iterations are not timed.
+
+    python bench/caffe_vs_torch.py [--models fullbypass8] [--batch 32] [--iters 10] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from squeezecaffe.engines.pycaffe.runtime import GlogTap, import_caffe
+from squeezecaffe.engines.torchcaffe.options import EngineOptions
+from squeezecaffe.engines.torchcaffe.solver import Solver
+from squeezecaffe.netgen.config import resolve
+from squeezecaffe.netgen.emit import generate
+from squeezecaffe.netgen.registry import get_model
+from squeezecaffe.proto import to_text
+
+SOLVER = 'type: "Nesterov" base_lr: 0.01 lr_policy: "poly" power: 1.0 momentum: 0.9 weight_decay: 0.0002 max_iter: 100000'
+
+
+def training_net(model: str, batch: int, classes: int, folder: Path) -> Path:
+    spec = get_model(model)
+    cfg, sched = resolve(spec, input_size=(64, 64), batch_size=batch, classes=classes)
+    net = generate(spec, folder, cfg, sched).deploy
+    softmax = next(lp for lp in net.layer if lp.type == "Softmax")
+    net.layer.remove(softmax)
+    label = net.layer.add(name="label", type="Input", top=["label"])
+    label.input_param.shape.add(dim=[batch])
+    net.layer.add(name="loss", type="SoftmaxWithLoss", bottom=[softmax.bottom[0], "label"], top=["loss"])
+    path = folder / "bench_net.prototxt"
+    path.write_text(to_text(net))
+    (folder / "bench_solver.prototxt").write_text(f'net: "{path}" {SOLVER}\n')
+    return folder / "bench_solver.prototxt"
+
+
+def time_caffe(solver_path: Path, x: np.ndarray, y: np.ndarray, warmup: int, iters: int, folder: Path) -> float:
+    caffe = import_caffe()
+    caffe.set_mode_cpu()
+    with GlogTap(folder / "caffe.log"):
+        solver = caffe.get_solver(str(solver_path))
+        solver.net.blobs["data"].data[...] = x
+        solver.net.blobs["label"].data[...] = y
+        solver.step(warmup)
+        t0 = time.perf_counter()
+        solver.step(iters)
+        seconds = time.perf_counter() - t0
+    del solver
+    gc.collect()
+    return iters * len(x) / seconds
+
+
+def time_torch(solver_path: Path, x: np.ndarray, y: np.ndarray, warmup: int, iters: int) -> float:
+    inputs = {"data": torch.from_numpy(x), "label": torch.from_numpy(y)}
+    solver = Solver.from_file(solver_path, options=EngineOptions(), feed=lambda phase, it, k: inputs, seed=1)
+    solver.step(warmup)
+    t0 = time.perf_counter()
+    solver.step(iters)
+    return iters * len(x) / (time.perf_counter() - t0)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default="fullbypass8")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--classes", type=int, default=200)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    args = p.parse_args()
+    rng = np.random.default_rng(0)
+    x = rng.normal(scale=50.0, size=(args.batch, 3, 64, 64)).astype(np.float32)
+    y = rng.integers(0, args.classes, size=args.batch).astype(np.float32)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in args.models.split(","):
+            folder = Path(tmp) / model
+            folder.mkdir()
+            solver_path = training_net(model, args.batch, args.classes, folder)
+            caffe_rate = time_caffe(solver_path, x, y, args.warmup, args.iters, folder)
+            torch_rate = time_torch(solver_path, x, y, args.warmup, args.iters)
+            rows.append({"model": model, "batch": args.batch, "pycaffe_images_per_s": round(caffe_rate, 1),
+                         "torch_images_per_s": round(torch_rate, 1), "torch_over_caffe": round(torch_rate / caffe_rate, 2)})
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} " \
+              f"({torch.get_num_threads()} threads)"
+    print(f"\nCPU training speed, 64x64x3, {args.classes} classes, batch {args.batch}, {args.iters} timed iterations "
+          f"({machine})\n")
+    print("| model | pycaffe images/s | torch engine images/s | torch / pycaffe |")
+    print("|---|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['model']} | {r['pycaffe_images_per_s']:.1f} | {r['torch_images_per_s']:.1f} | "
+              f"{r['torch_over_caffe']:.2f}x |")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,101 @@
+"""The two training engines behind one small interface, so `Trainer` does not care which one runs.
+
+Both offer: `sp` (the parsed solver), `iter`, `device`, `step(n, callback, should_stop)`, `learning_rate()`,
+`set_lr_scale(scale)`, `snapshot()`, `restore(state, lr_scale)`, `load_weights(path)`, `validate()` (whole-
+database figures) and `train_geometry()` (records and batch size of the TRAIN Data layer, i.e. what an epoch is).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from squeezecaffe.engines.torchcaffe.net import CaffeNet, DataOptions
+from squeezecaffe.engines.torchcaffe.options import EngineOptions
+from squeezecaffe.engines.torchcaffe.solver import Solver
+from squeezecaffe.errors import UserError
+from squeezecaffe.train.evaluate import EvalResult, evaluate
+
+ENGINES = ("auto", "torch", "caffe")
+
+
+def pick_engine(name: str, device: str = "cpu") -> str:
+    """`auto` drives real Caffe when it is built (CPU runs; the recipe builds CPU-only), else the torch engine."""
+    if name not in ENGINES:
+        raise UserError(f"--engine {name}: choose {', '.join(ENGINES)}")
+    if name == "torch":
+        return "torch"
+    from squeezecaffe.engines.pycaffe.runtime import caffe_available, import_caffe
+
+    if name == "caffe":
+        import_caffe()  # the one-line error when it is not built
+        return "caffe"
+    return "caffe" if device == "cpu" and caffe_available() else "torch"
+
+
+class TorchEngine:
+    def __init__(self, solver_path: Path, *, device: str, amp: str | None, channels_last: bool, workers: int,
+                 seed: int, snapshot_prefix: str) -> None:
+        options = EngineOptions(device=device, amp=amp, channels_last=channels_last, workers=workers)
+        self.solver = Solver.from_file(solver_path, options=options, seed=seed)
+        self.sp = self.solver.sp
+        self.sp.snapshot_prefix = snapshot_prefix
+        self.sp.test_interval = 0  # validation and snapshots happen per epoch in the Trainer
+        self.sp.snapshot = 0
+        self.device = options.device
+        self.lr_scale = 1.0
+        self.val_net = self._val_net(solver_path, seed, workers)
+
+    def _val_net(self, solver_path: Path, seed: int, workers: int) -> CaffeNet:
+        tests = self.solver.test_net_params() if len(self.sp.test_iter) else []
+        param, where = tests[0] if tests else self.solver.train_net_param()
+        net = CaffeNet(param, "TEST", where=where, base_dir=solver_path.parent,
+                       data=DataOptions(seed=seed, workers=workers))
+        net.share_weights_from(self.solver.train_net)
+        self.solver.options.apply(net)
+        return net
+
+    @property
+    def iter(self) -> int:
+        return self.solver.iter
+
+    def train_geometry(self) -> tuple[int, int]:
+        loader = next(iter(self.solver.train_net.loaders.values()), None)
+        if loader is None:
+            raise UserError(f"{self.solver.where}: the TRAIN net has no Data layer to define an epoch")
+        return len(loader), loader.batch_size
+
+    def step(self, iters, callback=None, should_stop=None) -> None:
+        self.solver.step(iters, callback, should_stop)
+
+    def learning_rate(self) -> float:
+        return self.solver.learning_rate()
+
+    def set_lr_scale(self, scale: float) -> None:
+        self.lr_scale = scale
+        self.solver.base_lr = self.sp.base_lr * scale
+
+    def snapshot(self) -> tuple[Path, Path]:
+        return self.solver.snapshot()
+
+    def restore(self, state: str | Path, lr_scale: float = 1.0) -> None:
+        self.solver.restore(state)
+        self.set_lr_scale(lr_scale)
+
+    def load_weights(self, path: str | Path) -> None:
+        self.solver.load_weights(path)
+
+    def validate(self) -> EvalResult:
+        return evaluate(self.val_net)
+
+
+def make_engine(name: str, solver_path: Path, run_dir: Path, *, device: str, amp: str | None, channels_last: bool,
+                workers: int, seed: int, snapshot_prefix: str):
+    if name == "torch":
+        return TorchEngine(solver_path, device=device, amp=amp, channels_last=channels_last, workers=workers,
+                           seed=seed, snapshot_prefix=snapshot_prefix)
+    from squeezecaffe.engines.pycaffe.solver import PycaffeSolver
+
+    if amp or channels_last:
+        raise UserError("--amp/--channels-last are torch-engine options; Caffe trains in fp32 NCHW")
+    return PycaffeSolver(solver_path, work_dir=run_dir / "caffe", log_path=run_dir / "caffe.log", device=device,
+                         seed=seed, snapshot_prefix=snapshot_prefix)

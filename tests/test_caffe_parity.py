@@ -1,0 +1,471 @@
+"""The torch engine against real Caffe (our `make caffe` build) on the same prototxt, weights and data.
+
+Layers alone (forward, backward, BatchNorm's running statistics) to 1e-5; whole SqueezeNet variants (probabilities
+and every parameter gradient) to 1e-4; 30 solver iterations with iter_size 2 and an LR change at 15 through each
+engine's own mechanism; snapshots crossing engines; and our LMDB/mean files against convert_imageset and
+compute_image_mean. Skipped, with the command that builds Caffe, where it is not built.
+"""
+
+from __future__ import annotations
+
+import gc
+import subprocess
+from pathlib import Path
+
+import cv2
+import lmdb
+import numpy as np
+import pytest
+import torch
+
+from squeezecaffe.cli import main
+from squeezecaffe.engines.pycaffe.runtime import GlogTap, import_caffe
+from squeezecaffe.engines.torchcaffe.net import CaffeNet
+from squeezecaffe.engines.torchcaffe.options import EngineOptions
+from squeezecaffe.engines.torchcaffe.solver import Solver
+from squeezecaffe.engines.torchcaffe.weights import blob_values, load_caffemodel, read_caffemodel
+from squeezecaffe.proto import parse_text, pb, read_text, to_text
+
+pytestmark = pytest.mark.caffe
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def close(got: np.ndarray, want: np.ndarray, what: str, rtol: float) -> None:
+    """Relative to the blob's magnitude: float32 gradients near zero are rounding noise in both engines."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
+    scale = max(float(np.max(np.abs(want))) if want.size else 0.0, 1e-6)
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * scale, err_msg=what)
+
+
+def caffe_net(text: str, phase: str, folder: Path, seed: int = 1):
+    """A pycaffe Net; `seed` fixes Caffe's fillers, so every test here is deterministic."""
+    caffe = import_caffe()
+    caffe.set_random_seed(seed)
+    path = folder / f"net_{phase}.prototxt"
+    path.write_text(text)
+    with GlogTap(folder / "caffe.log"):
+        return caffe.Net(str(path), getattr(caffe, phase))
+
+
+# ---------------------------------------------------------------------------------------------- layers alone
+def _inputs(shapes: dict[str, tuple[int, ...]]) -> str:
+    return "".join(f'layer {{ name: "in_{n}" type: "Input" top: "{n}" input_param {{ shape {{ '
+                   + " ".join(f"dim: {d}" for d in s) + " } } }\n" for n, s in shapes.items())
+
+
+LAYER_CASES = {
+    # name: (layer text, input shapes, phases)
+    "conv3x3_pad_bias": ('type: "Convolution" bottom: "x" top: "y" convolution_param { num_output: 5 kernel_size: 3 '
+                         'pad: 1 weight_filler { type: "msra" } bias_filler { type: "gaussian" std: 0.1 } }',
+                         {"x": (2, 3, 7, 9)}, ("TRAIN",)),
+    "conv1x1": ('type: "Convolution" bottom: "x" top: "y" convolution_param { num_output: 4 kernel_size: 1 '
+                'weight_filler { type: "xavier" } }', {"x": (2, 6, 5, 5)}, ("TRAIN",)),
+    "conv3x3_stride2_odd": ('type: "Convolution" bottom: "x" top: "y" convolution_param { num_output: 3 kernel_size: 3 '
+                            'stride: 2 weight_filler { type: "msra" } }', {"x": (2, 3, 11, 8)}, ("TRAIN",)),
+    "maxpool_ceil": ('type: "Pooling" bottom: "x" top: "y" pooling_param { pool: MAX kernel_size: 3 stride: 2 }',
+                     {"x": (2, 3, 8, 10)}, ("TRAIN",)),
+    "avepool_pad_ceil": ('type: "Pooling" bottom: "x" top: "y" pooling_param { pool: AVE kernel_size: 3 stride: 2 '
+                         'pad: 1 }', {"x": (2, 3, 7, 9)}, ("TRAIN",)),
+    "global_avepool": ('type: "Pooling" bottom: "x" top: "y" pooling_param { pool: AVE global_pooling: true }',
+                       {"x": (2, 4, 5, 3)}, ("TRAIN",)),
+    "relu": ('type: "ReLU" bottom: "x" top: "y"', {"x": (2, 3, 4, 5)}, ("TRAIN",)),
+    "concat": ('type: "Concat" bottom: "x" bottom: "z" top: "y"', {"x": (2, 3, 4, 5), "z": (2, 2, 4, 5)}, ("TRAIN",)),
+    "eltwise_sum": ('type: "Eltwise" bottom: "x" bottom: "z" top: "y" eltwise_param { operation: SUM }',
+                    {"x": (2, 3, 4, 5), "z": (2, 3, 4, 5)}, ("TRAIN",)),
+    "batchnorm": ('type: "BatchNorm" bottom: "x" top: "y" batch_norm_param { moving_average_fraction: 0.9 }',
+                  {"x": (3, 4, 5, 3)}, ("TRAIN", "TEST")),
+    "scale_bias": ('type: "Scale" bottom: "x" top: "y" scale_param { bias_term: true filler { type: "gaussian" '
+                   'std: 0.5 } bias_filler { type: "gaussian" std: 0.5 } }', {"x": (2, 4, 3, 3)}, ("TRAIN",)),
+    "innerproduct": ('type: "InnerProduct" bottom: "x" top: "y" inner_product_param { num_output: 7 weight_filler { '
+                     'type: "xavier" } bias_filler { type: "gaussian" std: 0.1 } }', {"x": (3, 4, 2, 3)}, ("TRAIN",)),
+    "dropout_test": ('type: "Dropout" bottom: "x" top: "y" dropout_param { dropout_ratio: 0.5 }',
+                     {"x": (2, 3, 4, 4)}, ("TEST",)),
+    "softmax": ('type: "Softmax" bottom: "x" top: "y"', {"x": (3, 6, 2, 2)}, ("TRAIN",)),
+}
+
+
+def _set_bn_statistics(net, name: str, rng: np.random.Generator) -> None:
+    """Stored statistics that are not Caffe's zeros, so TEST-phase BatchNorm divides by a real scale factor."""
+    blobs = net.params[name]
+    blobs[0].data[...] = rng.normal(size=blobs[0].data.shape)
+    blobs[1].data[...] = rng.uniform(0.5, 2.0, size=blobs[1].data.shape)
+    blobs[2].data[...] = 1.7
+
+
+@pytest.mark.parametrize("case", sorted(LAYER_CASES))
+def test_layer_forward_backward_matches_caffe(case: str, tmp_path: Path) -> None:
+    layer, shapes, phases = LAYER_CASES[case]
+    rng = np.random.default_rng(abs(hash(case)) % 2**32)
+    text = "force_backward: true\n" + _inputs(shapes) + f'layer {{ name: "L" {layer} }}\n'
+    xs = {n: rng.normal(size=s).astype(np.float32) for n, s in shapes.items()}
+    for phase in phases:
+        net = caffe_net(text, phase, tmp_path)
+        if case == "batchnorm":
+            _set_bn_statistics(net, "L", rng)
+        weights = tmp_path / f"{case}_{phase}.caffemodel"
+        net.save(str(weights))
+        for n, x in xs.items():
+            net.blobs[n].data[...] = x
+        net.forward()
+        top_grad = rng.normal(size=net.blobs["y"].data.shape).astype(np.float32)
+        net.clear_param_diffs()
+        net.blobs["y"].diff[...] = top_grad
+        net.backward()
+
+        ours = CaffeNet(parse_text(text, pb.NetParameter), phase)
+        load_caffemodel(ours, weights)
+        inputs = {n: torch.tensor(x, requires_grad=True) for n, x in xs.items()}
+        out = ours(inputs).blobs["y"]
+        close(out.detach().numpy(), net.blobs["y"].data, f"{case} {phase} forward", 1e-5)
+        out.backward(torch.tensor(top_grad))
+        for n, x in inputs.items():
+            close(x.grad.numpy(), net.blobs[n].diff, f"{case} {phase} d{n}", 1e-5)
+        for i, blob in enumerate(ours.layers[-1].blobs):
+            close(blob.detach().numpy(), net.params["L"][i].data, f"{case} {phase} param {i}", 1e-5)
+            if blob.grad is not None:
+                close(blob.grad.numpy(), net.params["L"][i].diff, f"{case} {phase} param {i} diff", 1e-5)
+        del net
+        gc.collect()
+
+
+def test_loss_and_accuracy_layers_match_caffe(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    n, k = 6, 5
+    x = rng.normal(size=(n, k)).astype(np.float32)
+    x[0, 1] = x[0, 2]  # a tie: Caffe counts the true class when no other scores strictly higher
+    label = np.array([2, 0, 4, 1, 3, 2], np.float32)
+    inputs = _inputs({"x": (n, k), "label": (n,)})
+    loss_text = ("force_backward: true\n" + inputs
+                 + 'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "x" bottom: "label" top: "loss" }\n')
+    # Accuracy has no backward in Caffe (force_backward would abort), so it gets a forward-only net
+    accuracy_text = (inputs + 'layer { name: "top1" type: "Accuracy" bottom: "x" bottom: "label" top: "top1" }\n'
+                     + 'layer { name: "top3" type: "Accuracy" bottom: "x" bottom: "label" top: "top3" '
+                     + 'accuracy_param { top_k: 3 } }\n')
+    for text, names in ((loss_text, ("loss",)), (accuracy_text, ("top1", "top3"))):
+        net = caffe_net(text, "TRAIN", tmp_path)
+        net.blobs["x"].data[...] = x
+        net.blobs["label"].data[...] = label
+        net.forward()
+        ours = CaffeNet(parse_text(text, pb.NetParameter), "TRAIN")
+        xt = torch.tensor(x, requires_grad=True)
+        res = ours({"x": xt, "label": torch.tensor(label)})
+        for name in names:
+            close(res.blobs[name].detach().numpy().reshape(-1), np.asarray(net.blobs[name].data).reshape(-1), name,
+                  1e-5)
+        if names == ("loss",):
+            net.backward()
+            res.loss.backward()
+            close(xt.grad.numpy(), net.blobs["x"].diff, "dx", 1e-5)
+        del net
+
+
+# ---------------------------------------------------------------------------------------------- whole nets
+def _gradient_net(model: str, batch: int) -> str:
+    """The model's deploy net with a label input and SoftmaxWithLoss beside its Softmax; Dropout removed (random)."""
+    net = read_text(ROOT / "prototxt" / model / "deploy.prototxt", pb.NetParameter)
+    layers = [lp for lp in net.layer if lp.type != "Dropout"]
+    softmax = next(lp for lp in layers if lp.type == "Softmax")
+    del net.layer[:]
+    net.layer.extend(layers)
+    data = next(lp for lp in net.layer if lp.type == "Input")
+    data.input_param.shape[0].dim[0] = batch
+    label = net.layer.add(name="label", type="Input", top=["label"])
+    label.input_param.shape.add(dim=[batch])
+    net.layer.add(name="loss", type="SoftmaxWithLoss", bottom=[softmax.bottom[0], "label"], top=["loss"])
+    return to_text(net)
+
+
+SEED = 3  # Caffe's filler seed for the whole-net test (see its docstring)
+
+
+@pytest.mark.parametrize("model", ["original8", "fullbypass8", "fullbypass12"])
+def test_whole_net_probabilities_and_gradients_match_caffe(model: str, tmp_path: Path) -> None:
+    """TRAIN forward (batch statistics, the running-average update), then TEST forward and every gradient.
+
+    Gradients are compared in the TEST phase with stored statistics mean 0, variance 1. In TRAIN, BatchNorm's
+    backward of a fresh net cancels almost all of its input (a global average pool after BN feeds it a
+    near-constant gradient), and the float32 gradients of both engines are 2-13% away from the float64
+    result, so no two float32 implementations agree to 1e-4 there (BatchNorm's TRAIN backward is pinned
+    layer by layer above). Statistics taken from one 4-image batch are no better: channels with almost no
+    variance amplify rounding by 1/sqrt(eps), and random statistics make gradients of 1e4 whose float32 error is
+    again ~1e-3 in both engines (TEST BatchNorm with real statistics is pinned per layer above). Even then a ReLU or max-pool decision that one engine's float32
+    rounding flips moves every gradient below it by ~1e-3 (seen in either engine, measured against float64,
+    in about 1 of 3 random draws); with the seeded weights and inputs here no decision is that close, and the
+    engines agree to about 5e-7. Each blob must agree to 1e-4 in norm and all but 0.5% of its elements to 1e-4.
+    """
+    batch = 4
+    text = _gradient_net(model, batch)
+    rng = np.random.default_rng(7)
+    train = caffe_net(text, "TRAIN", tmp_path, seed=SEED)
+    init = tmp_path / "init.caffemodel"
+    train.save(str(init))
+    x = rng.normal(scale=50.0, size=train.blobs["data"].data.shape).astype(np.float32)
+    label = rng.integers(0, train.blobs["prob"].data.shape[1], size=batch).astype(np.float32)
+    feed = {"data": torch.tensor(x), "label": torch.tensor(label)}
+    train.blobs["data"].data[...] = x
+    train.blobs["label"].data[...] = label
+    with GlogTap(tmp_path / "caffe.log"):
+        train.forward()
+    ours = CaffeNet(parse_text(text, pb.NetParameter), "TRAIN")
+    load_caffemodel(ours, init)
+    with torch.no_grad():
+        res = ours(feed)
+    close(res.blobs["prob"].numpy(), train.blobs["prob"].data, f"{model} TRAIN prob", 1e-4)
+    assert float(res.loss) == pytest.approx(float(train.blobs["loss"].data), rel=1e-4)
+    for name, i, blob, _, _ in ours.learnable():  # BatchNorm's running sums after the update
+        close(blob.detach().numpy(), train.params[name][i].data, f"{model} {name}/{i} after TRAIN forward", 1e-4)
+    trained = tmp_path / "after_train_forward.caffemodel"
+    train.save(str(trained))
+    del train
+    gc.collect()
+
+    test = caffe_net(text, "TEST", tmp_path)
+    test.copy_from(str(trained))
+    for lp in parse_text(text, pb.NetParameter).layer:  # mean 0, variance 1: BN is the identity up to eps
+        if lp.type == "BatchNorm":
+            for blob, value in zip(test.params[lp.name], (0.0, 1.0, 1.0), strict=True):
+                blob.data[...] = value
+    test.save(str(trained))
+    test.blobs["data"].data[...] = x
+    test.blobs["label"].data[...] = label
+    test.clear_param_diffs()
+    with GlogTap(tmp_path / "caffe.log"):
+        test.forward()
+        test.backward()
+    ours = CaffeNet(parse_text(text, pb.NetParameter), "TEST")
+    load_caffemodel(ours, trained)
+    res = ours(feed)
+    res.loss.backward()
+    close(res.blobs["prob"].detach().numpy(), test.blobs["prob"].data, f"{model} TEST prob", 1e-4)
+    checked = 0
+    for name, i, blob, _, _ in ours.learnable():
+        if blob.grad is None:  # BatchNorm's statistics: no gradient in either engine
+            assert not np.any(test.params[name][i].diff)
+            continue
+        ours_grad, caffe_grad = blob.grad.double().numpy(), np.asarray(test.params[name][i].diff, np.float64)
+        what = f"{model} {name}/{i} diff"
+        assert np.linalg.norm(ours_grad - caffe_grad) <= 1e-4 * np.linalg.norm(caffe_grad) + 1e-12, what
+        elementwise = np.abs(ours_grad - caffe_grad) <= 1e-4 * np.abs(caffe_grad).max() + 1e-12
+        assert elementwise.mean() >= 0.995, f"{what}: {int((~elementwise).sum())} of {elementwise.size} elements"
+        checked += 1
+    assert checked > 40
+
+
+# ---------------------------------------------------------------------------------------------- solvers
+SOLVER_NET = """name: "tiny"
+layer { name: "data" type: "Data" top: "data" top: "label"
+  transform_param { scale: 0.0078125 mean_value: 120 mean_value: 110 mean_value: 100 }
+  data_param { source: "SOURCE" batch_size: 4 backend: LMDB } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+  convolution_param { num_output: 8 kernel_size: 3 pad: 1 bias_term: false weight_filler { type: "msra" } } }
+layer { name: "bn1" type: "BatchNorm" bottom: "conv1" top: "conv1"
+  param { lr_mult: 0 decay_mult: 0 } param { lr_mult: 0 decay_mult: 0 } param { lr_mult: 0 decay_mult: 0 } }
+layer { name: "sc1" type: "Scale" bottom: "conv1" top: "conv1" scale_param { bias_term: true } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1" pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layer { name: "fc" type: "InnerProduct" bottom: "pool1" top: "fc"
+  inner_product_param { num_output: 4 weight_filler { type: "xavier" } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }
+"""
+SOLVERS = {
+    "nesterov_poly": 'type: "Nesterov" lr_policy: "poly" power: 1.0 base_lr: 0.05 momentum: 0.9',
+    "sgd_step": 'type: "SGD" lr_policy: "step" gamma: 0.5 stepsize: 10 base_lr: 0.05 momentum: 0.9',
+}
+RECORDS, PER_ITER = 40, 8  # 4 images x iter_size 2: every 5 iterations the data starts again at record 0
+
+
+@pytest.fixture(scope="module")
+def solver_data(tmp_path_factory) -> Path:
+    """40 images (4 classes, 11x13) in an LMDB written by our build-lmdb: Caffe trains from it."""
+    root = tmp_path_factory.mktemp("solver_data")
+    rng = np.random.default_rng(11)
+    for c in range(4):
+        folder = root / "images" / f"class{c}"
+        folder.mkdir(parents=True)
+        for i in range(RECORDS // 4):
+            img = rng.integers(0, 256, size=(11, 13, 3), dtype=np.uint8)
+            img[..., c % 3] = np.clip(img[..., c % 3].astype(int) + 60 * c, 0, 255)
+            cv2.imwrite(str(folder / f"{i:02d}.png"), img)
+    assert main(["build-lmdb", str(root / "images"), str(root / "db"), "--quiet", "--jobs", "1"]) == 0
+    return root / "db" / "train_lmdb"
+
+
+def _write_solver(folder: Path, source: Path, kind: str) -> Path:
+    (folder / "train.prototxt").write_text(SOLVER_NET.replace("SOURCE", str(source)))
+    path = folder / "solver.prototxt"
+    path.write_text(f'net: "{folder / "train.prototxt"}" {SOLVERS[kind]} weight_decay: 0.0005 iter_size: 2 '
+                    f'max_iter: 30 display: 0 snapshot_prefix: "{folder / "snap"}" random_seed: 1\n')
+    return path
+
+
+def _torch_solver(path: Path) -> Solver:
+    solver = Solver.from_file(path, options=EngineOptions(workers=0), seed=1)
+    solver.sp.snapshot_prefix = str(path.parent / "torch")
+    return solver
+
+
+def _pycaffe_solver(path: Path, folder: Path):
+    from squeezecaffe.engines.pycaffe.solver import PycaffeSolver
+
+    return PycaffeSolver(path, work_dir=folder / "caffe", log_path=folder / "caffe.log", seed=1,
+                         snapshot_prefix=str(folder / "caffe_snap"))
+
+
+def _weights(path: Path) -> dict[str, np.ndarray]:
+    return {f"{lp.name}/{i}": blob_values(b) for lp in read_caffemodel(path).layer for i, b in enumerate(lp.blobs)}
+
+
+def _same_weights(a: Path, b: Path, what: str) -> None:
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys() and len(wa) == 8  # conv, BN x3, Scale x2, fc weight+bias
+    for key in wa:
+        # BatchNorm's running sums add up 60 batch means, each a mean over activations of both signs whose float32
+        # cancellation error reaches ~5e-4 of the sum; every learned blob is held to 1e-4
+        close(wa[key], wb[key], f"{what} {key}", 2e-3 if key.startswith("bn1/") else 1e-4)
+
+
+@pytest.mark.parametrize("kind", sorted(SOLVERS))
+def test_solver_trace_lr_change_and_snapshots_cross_engines(kind: str, solver_data: Path, tmp_path: Path) -> None:
+    path = _write_solver(tmp_path, solver_data, kind)
+    caffe_solver = _pycaffe_solver(path, tmp_path)
+    init = tmp_path / "init.caffemodel"
+    caffe_solver.net.save(str(init))
+
+    # real Caffe: 15 iterations, the LR scale 0.2 through snapshot -> rewritten solver -> restore, 15 more
+    caffe_losses: list[float] = []
+    caffe_solver.step(15, lambda s: caffe_losses.append(s.loss))
+    caffe_solver.set_lr_scale(0.2)  # writes caffe_snap_iter_15.{caffemodel,solverstate}
+    caffe_solver.step(15, lambda s: caffe_losses.append(s.loss))
+    caffe_final, _ = caffe_solver.snapshot()
+    assert caffe_solver.iter == 30 and len(caffe_losses) == 30
+    del caffe_solver
+    gc.collect()
+
+    # the torch engine from the same weights: LR scale through its base_lr
+    torch_solver = _torch_solver(path)
+    torch_solver.load_weights(init)
+    torch_losses: list[float] = []
+    torch_solver.step(15, lambda s: torch_losses.append(s.loss))
+    torch_mid, torch_mid_state = torch_solver.snapshot()
+    torch_solver.base_lr = torch_solver.sp.base_lr * 0.2
+    torch_solver.step(15, lambda s: torch_losses.append(s.loss))
+    torch_final, _ = torch_solver.snapshot()
+    np.testing.assert_allclose(torch_losses, caffe_losses, rtol=1e-4)
+    _same_weights(torch_final, caffe_final, f"{kind} final weights")
+
+    # Caffe's iteration-15 snapshot restored by the torch engine continues identically
+    resumed = _torch_solver(path)
+    resumed.restore(tmp_path / "caffe_snap_iter_15.solverstate")
+    resumed.base_lr = resumed.sp.base_lr * 0.2
+    tail: list[float] = []
+    resumed.step(15, lambda s: tail.append(s.loss))
+    np.testing.assert_allclose(tail, caffe_losses[15:], rtol=1e-4)
+    _same_weights(resumed.snapshot()[0], caffe_final, f"{kind} caffe->torch")
+
+    # and the torch engine's iteration-15 snapshot restored by Caffe
+    assert torch_mid.is_file()
+    caffe_again = _pycaffe_solver(path, tmp_path / "again")
+    caffe_again.restore(torch_mid_state, lr_scale=0.2)
+    assert caffe_again.iter == 15
+    tail = []
+    caffe_again.step(15, lambda s: tail.append(s.loss))
+    np.testing.assert_allclose(tail, torch_losses[15:], rtol=1e-4)
+    _same_weights(caffe_again.snapshot()[0], torch_final, f"{kind} torch->caffe")
+    del caffe_again
+    gc.collect()
+
+
+# ---------------------------------------------------------------------------------------------- data tools
+def _tool(name: str) -> Path:
+    from squeezecaffe.caffe_build.locate import find_tool
+
+    path = find_tool(name)
+    assert path is not None, f"{name} is not in the Caffe build"
+    return path
+
+
+def _records(db: Path) -> list[tuple[bytes, bytes]]:
+    env = lmdb.open(str(db), readonly=True, lock=False)
+    with env.begin() as txn:
+        out = list(txn.cursor())
+    env.close()
+    return out
+
+
+@pytest.mark.parametrize("flags, caffe_flags", [
+    ([], []),
+    (["--resize", "12x10"], ["--resize_height=12", "--resize_width=10"]),
+    (["--gray"], ["--gray"]),
+])
+def test_raw_lmdb_and_mean_equal_convert_imageset_and_compute_image_mean(flags, caffe_flags, tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    images = tmp_path / "images"
+    (images / "sub dir").mkdir(parents=True)
+    lines = []
+    for i in range(9):
+        h, w = (8 + i, 9 + 2 * i) if "--resize" in flags else (10, 14)  # varied sizes only where resized
+        rel = f"sub dir/img {i}.{'jpg' if i % 2 else 'png'}"
+        img = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+        cv2.imwrite(str(images / rel), img)
+        lines.append(f"{rel} {i % 3}")
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join(lines) + "\n")
+
+    ours = tmp_path / "ours"
+    assert main(["build-lmdb", str(listing), str(ours), "--root", str(images), "--classes", "3", "--quiet",
+                 *flags]) == 0
+    theirs = tmp_path / "theirs_lmdb"
+    with open(tmp_path / "tool.log", "w") as log:
+        subprocess.run([str(_tool("convert_imageset")), *caffe_flags, "--backend=lmdb", f"{images}/", str(listing),
+                        str(theirs)], check=True, stdout=log, stderr=subprocess.STDOUT)
+        subprocess.run([str(_tool("compute_image_mean")), "--backend=lmdb", str(theirs), str(tmp_path / "mean.bp")],
+                       check=True, stdout=log, stderr=subprocess.STDOUT)
+    ours_records, their_records = _records(ours / "train_lmdb"), _records(theirs)
+    assert len(ours_records) == len(their_records) == 9
+    for (k1, v1), (k2, v2) in zip(ours_records, their_records, strict=True):
+        assert k1 == k2
+        assert v1 == v2, f"record {k1!r} differs"
+    assert (ours / "mean.binaryproto").read_bytes() == (tmp_path / "mean.bp").read_bytes()
+
+
+# ---------------------------------------------------------------------------------------------- the caffe engine
+def test_train_with_the_caffe_engine_then_resume_and_eval(data: Path, tmp_path: Path, capsys) -> None:
+    """`train --engine caffe`: per-epoch validation, a plateau LR drop applied through Caffe, snapshots, resume,
+    and `eval --engine caffe` agreeing with the torch runtime on the weights Caffe trained."""
+    import json
+
+    from squeezecaffe.train.logs import read_log
+
+    run_dir = tmp_path / "caffe_run"
+    argv = ["train", "cifar_resnet_1111", "--data", str(data), "--engine", "caffe", "--batch-size", "16",
+            "--quiet", "--solver-set", "base_lr=0.01", "--run-dir", str(run_dir), "--patience", "1",
+            "--min-delta", "1.0"]  # no epoch can gain 100 points: after the first, each epoch drops the LR
+    assert main([*argv, "--epochs", "3"]) == 0
+    provenance = json.loads((run_dir / "run.json").read_text())
+    assert provenance["engine"] == "caffe"
+    rows = read_log(run_dir / "log.csv")
+    val = [r for r in rows if r["Phase"] == "val"]
+    train = [r for r in rows if r["Phase"] == "train"]
+    assert len(val) == 3 and train and all(np.isfinite(float(r["loss"])) for r in train)
+    assert [float(r["LRScale"]) for r in val] == pytest.approx([1.0, 0.2, 0.1])
+    # the rate Caffe reported after the drop (applied by recreating its solver) is the scaled poly rate
+    after_drop = [r for r in train if int(r["NumIters"]) > int(val[1]["NumIters"])]
+    assert after_drop and float(after_drop[0]["LearningRate"]) < 0.2 * 0.01 + 1e-9
+    assert (run_dir / "best.caffemodel").is_file() and (run_dir / "caffe.log").stat().st_size > 0
+
+    # eval with Caffe and with the torch runtime on the same weights: the same figures
+    figures = {}
+    for engine in ("caffe", "torch"):
+        assert main(["eval", str(run_dir), "--split", "val", "--engine", engine, "--out", str(tmp_path / engine),
+                     "--quiet"]) == 0
+        figures[engine] = json.loads((tmp_path / engine / "metrics.json").read_text())
+    assert figures["caffe"]["top1"] == figures["torch"]["top1"]
+    assert figures["caffe"]["loss"] == pytest.approx(figures["torch"]["loss"], rel=1e-4)
+    # the trainer's validation (Caffe's test net over the whole database) equals eval's figure for best.caffemodel
+    assert figures["caffe"]["top1"] == pytest.approx(max(float(r["val_top1"]) for r in val), abs=1e-9)
+
+    # resume restores Caffe's solver from the newest complete snapshot (at the end here: nothing left to run)
+    assert main(["train", "--resume", str(run_dir), "--quiet"]) == 0
+    assert "resumed from" in (run_dir / "train.log").read_text()
+    assert [r["Epoch"] for r in read_log(run_dir / "log.csv") if r["Phase"] == "val"] == ["1", "2", "3"]
