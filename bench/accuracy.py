@@ -48,6 +48,7 @@ def main() -> int:
     p.add_argument("--val-images", type=int, default=2_000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--engine", default="torch", help="torch (the README's figures) or caffe")
     p.add_argument("--src", default="/usr/share/datasets/fashion-mnist")
     p.add_argument("--out", default="out/bench_accuracy")
     p.add_argument("--json", help="also write the figures to this JSON file")
@@ -66,8 +67,8 @@ def main() -> int:
 
             shutil.rmtree(run_dir)
         started = time.time()
-        step("train", model, "--data", str(data), "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
-             "--device", args.device, "--run-dir", str(run_dir), "--quiet")
+        step("train", model, "--engine", args.engine, "--data", str(data), "--epochs", str(args.epochs),
+             "--batch-size", str(args.batch_size), "--device", args.device, "--run-dir", str(run_dir), "--quiet")
         print(f"{model}: trained in {time.time() - started:.0f} s", flush=True)
         step("eval", str(run_dir), "--split", "test", "--device", args.device, "--quiet")
         runs.append(run_dir)

@@ -14,7 +14,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -39,6 +38,7 @@ def training_net(model: str, batch: int, classes: int, folder: Path) -> Path:
     net = generate(spec, folder, cfg, sched).deploy
     softmax = next(lp for lp in net.layer if lp.type == "Softmax")
     net.layer.remove(softmax)
+    next(lp for lp in net.layer if lp.type == "Input").input_param.shape[0].dim[0] = batch  # deploy nets say 1
     label = net.layer.add(name="label", type="Input", top=["label"])
     label.input_param.shape.add(dim=[batch])
     net.layer.add(name="loss", type="SoftmaxWithLoss", bottom=[softmax.bottom[0], "label"], top=["loss"])
@@ -81,12 +81,13 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--json", help="also write the figures to this JSON file")
+    p.add_argument("--keep", help="work in this folder (nets, caffe.log) instead of a temporary one")
     args = p.parse_args()
     rng = np.random.default_rng(0)
     x = rng.normal(scale=50.0, size=(args.batch, 3, 64, 64)).astype(np.float32)
     y = rng.integers(0, args.classes, size=args.batch).astype(np.float32)
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=args.keep) if args.keep else tempfile.TemporaryDirectory() as tmp:
         for model in args.models.split(","):
             folder = Path(tmp) / model
             folder.mkdir()
@@ -95,7 +96,9 @@ def main() -> int:
             torch_rate = time_torch(solver_path, x, y, args.warmup, args.iters)
             rows.append({"model": model, "batch": args.batch, "pycaffe_images_per_s": round(caffe_rate, 1),
                          "torch_images_per_s": round(torch_rate, 1), "torch_over_caffe": round(torch_rate / caffe_rate, 2)})
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} " \
+    from squeezecaffe.train.rundir import cpu_name
+
+    machine = f"{cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__} " \
               f"({torch.get_num_threads()} threads)"
     print(f"\nCPU training speed, 64x64x3, {args.classes} classes, batch {args.batch}, {args.iters} timed iterations "
           f"({machine})\n")

@@ -4,7 +4,7 @@
 
 Generates N synthetic 64x64 JPEGs in the Tiny ImageNet layout, then times:
 - our `build-lmdb` with 1 job and with all cores (raw Datums);
-- Caffe's `convert_imageset` on the same images, when that tool is on PATH;
+- Caffe's `convert_imageset` on the same images, from `make caffe`'s build or PATH;
 - reading the raw and the encoded LMDB back through LmdbReader (decoded arrays/s).
 Prints a table and, with --json, writes the figures with the machine and library versions.
 """
@@ -80,7 +80,9 @@ def main() -> None:
         tall = time_convert(src, tmp_path / "all", jobs=cores)
         rows.append(("build-lmdb raw, 1 job", n / t1))
         rows.append((f"build-lmdb raw, {cores} jobs (all cores)", n / tall))
-        tool = shutil.which("convert_imageset")
+        from squeezecaffe.caffe_build.locate import find_tool
+
+        tool = find_tool("convert_imageset")  # our `make caffe` build, else PATH
         if tool:
             listing = tmp_path / "list.txt"
             listing.write_text("".join(f"{p.relative_to(src)} 0\n" for p in sorted(src.rglob("*.JPEG"))))

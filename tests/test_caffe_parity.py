@@ -183,16 +183,17 @@ SEED = 3  # Caffe's filler seed for the whole-net test (see its docstring)
 def test_whole_net_probabilities_and_gradients_match_caffe(model: str, tmp_path: Path) -> None:
     """TRAIN forward (batch statistics, the running-average update), then TEST forward and every gradient.
 
-    Gradients are compared in the TEST phase with stored statistics mean 0, variance 1. In TRAIN, BatchNorm's
-    backward of a fresh net cancels almost all of its input (a global average pool after BN feeds it a
-    near-constant gradient), and the float32 gradients of both engines are 2-13% away from the float64
-    result, so no two float32 implementations agree to 1e-4 there (BatchNorm's TRAIN backward is pinned
-    layer by layer above). Statistics taken from one 4-image batch are no better: channels with almost no
-    variance amplify rounding by 1/sqrt(eps), and random statistics make gradients of 1e4 whose float32 error is
-    again ~1e-3 in both engines (TEST BatchNorm with real statistics is pinned per layer above). Even then a ReLU or max-pool decision that one engine's float32
-    rounding flips moves every gradient below it by ~1e-3 (seen in either engine, measured against float64,
-    in about 1 of 3 random draws); with the seeded weights and inputs here no decision is that close, and the
-    engines agree to about 5e-7. Each blob must agree to 1e-4 in norm and all but 0.5% of its elements to 1e-4.
+    Gradients are compared in the TEST phase with stored statistics mean 0, variance 1, because float32
+    gradients of these deep nets are otherwise ill-conditioned in both engines (measured against float64):
+    - TRAIN: BatchNorm's backward cancels almost all of its input (a global average pool after BN feeds it a
+      near-constant gradient); both engines are 2-13% away from float64 (BN's TRAIN backward is pinned per
+      layer above).
+    - statistics from one 4-image batch: near-zero variances amplify rounding by 1/sqrt(eps); random
+      statistics give gradients of 1e4 with ~1e-3 float32 error in both engines (TEST BN is pinned per layer).
+    - even then a ReLU or max-pool decision that one engine's rounding flips moves every gradient below it by
+      ~1e-3 (either engine, in about 1 of 3 random draws). With the seeded weights and inputs here no decision
+      is that close and the engines agree to about 5e-7.
+    Each blob must agree to 1e-4 in norm and all but 0.5% of its elements to 1e-4 each.
     """
     batch = 4
     text = _gradient_net(model, batch)

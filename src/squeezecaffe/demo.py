@@ -71,7 +71,7 @@ def run_demo(out: Path, schedule: DemoSchedule, *, src: str, model: str = "fullb
     if run.exists():
         shutil.rmtree(run)  # the demo's own run directory: a re-run trains afresh
     quiet_flag = ["--quiet"] if quiet else []
-    _step(["train", model, "--data", str(data), "--epochs", str(schedule.epochs), "--batch-size",
+    _step(["train", model, "--engine", "torch", "--data", str(data), "--epochs", str(schedule.epochs), "--batch-size",
            str(schedule.batch_size), "--run-dir", str(run), *quiet_flag])
     for split in ("train", "test"):
         _step(["eval", str(run), "--split", split, "--quiet"])

@@ -57,7 +57,7 @@ class GlogTap:
     def __enter__(self) -> GlogTap:
         sys.stderr.flush()
         self._saved = os.dup(2)
-        self._fh = open(self.path, "ab")  # noqa: SIM115 - closed in __exit__
+        self._fh = open(self.path, "ab")  # closed in __exit__
         self._start = self._fh.seek(0, os.SEEK_END)
         os.dup2(self._fh.fileno(), 2)
         return self

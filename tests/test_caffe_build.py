@@ -1,0 +1,111 @@
+"""The Caffe build recipe and its cache, without compiling anything (the parity suite uses a real build)."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from squeezecaffe.caffe_build import build, locate, recipe
+from squeezecaffe.cli import main
+from squeezecaffe.errors import UserError
+from squeezecaffe.train.engine import pick_engine
+
+ROOT = recipe.SDIST_FILE.removesuffix(".tar.gz")
+
+
+def _fake_sdist(tmp_path: Path, net_cpp: str) -> Path:
+    """A tarball with the layout of the real sdist, holding only the files the recipe touches."""
+    src = tmp_path / "sdist" / ROOT
+    (src / "src/caffe/proto").mkdir(parents=True)
+    (src / "include/caffe/proto").mkdir(parents=True)
+    (src / "python/caffe/proto").mkdir(parents=True)
+    (src / "src/caffe/net.cpp").write_text(net_cpp)
+    for rel in recipe.REMOVED_FILES:
+        (src / rel).write_text("// stale generated code\n")
+    (src / "CMakeLists.txt").write_text("# the fork's own, replaced\n")
+    tarball = tmp_path / recipe.SDIST_FILE
+    with tarfile.open(tarball, "w:gz") as tar:
+        tar.add(src, arcname=ROOT)
+    return tarball
+
+
+def test_sources_get_our_fixes_and_build_files(tmp_path: Path) -> None:
+    fix = recipe.SOURCE_FIXES[0]
+    tarball = _fake_sdist(tmp_path, f"#include <map>\n{fix.old}namespace caffe {{}}\n")
+    src = build.prepare_sources(tarball, tmp_path / "work")
+    assert (src / "src/caffe/net.cpp").read_text() == "#include <map>\nnamespace caffe {}\n"
+    assert not any((src / rel).exists() for rel in recipe.REMOVED_FILES)
+    for name in recipe.BUILD_FILES:
+        assert (src / name).read_text() == recipe.build_file_text(name)
+    assert "add_library(caffe SHARED" in (src / "CMakeLists.txt").read_text()
+
+
+def test_unknown_sources_stop_the_build_with_one_line(tmp_path: Path) -> None:
+    tarball = _fake_sdist(tmp_path, "// a different net.cpp\n")
+    with pytest.raises(UserError, match=r"net\.cpp: the text our fix replaces is not there"):
+        build.prepare_sources(tarball, tmp_path / "work")
+
+
+def test_recipe_hash_names_the_cache_directory(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SQUEEZECAFFE_CACHE", str(tmp_path))
+    first = recipe.recipe_hash()
+    assert len(first) == 12 and locate.build_dir() == tmp_path / f"caffe-{first}"
+    monkeypatch.setattr(recipe, "APT_PACKAGES", (*recipe.APT_PACKAGES, "libextra-dev"))
+    assert recipe.recipe_hash() != first  # a changed recipe builds into a new directory
+
+
+def test_only_a_finished_build_is_found(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SQUEEZECAFFE_CACHE", str(tmp_path))
+    monkeypatch.delenv("SQUEEZECAFFE_CAFFE_HOME", raising=False)
+    home = locate.build_dir()
+    (home / "bin").mkdir(parents=True)
+    tool = home / "bin" / "convert_imageset"
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
+    assert locate.find_build() is None  # no build.json: an interrupted build
+    (home / locate.MARKER).write_text(json.dumps({"recipe": recipe.recipe_hash(), "cpu_only": True}))
+    found = locate.find_build()
+    assert found is not None and found.home == home and found.info["cpu_only"]
+    assert locate.find_tool("convert_imageset") == tool
+
+
+def test_a_cached_build_is_reused_not_rebuilt(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SQUEEZECAFFE_CACHE", str(tmp_path))
+    monkeypatch.delenv("SQUEEZECAFFE_CAFFE_HOME", raising=False)
+    home = locate.build_dir()
+    (home / "python").mkdir(parents=True)
+    (home / locate.MARKER).write_text("{}")
+    monkeypatch.setattr(build, "link_into_venv", lambda b, echo: None)
+    monkeypatch.setattr(build, "ensure_apt_packages", lambda *a: pytest.fail("a cached build must not reinstall"))
+    lines: list[str] = []
+    assert build.build_caffe(echo=lines.append).home == home
+    assert lines == [f"Caffe build reused: {home}"]
+
+
+def test_missing_debian_packages_without_root_print_the_apt_command(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(build, "missing_apt_packages", lambda: ["libgoogle-glog-dev", "liblmdb-dev"])
+    monkeypatch.setattr(build.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(build.shutil, "which", lambda name: None)  # no sudo
+    with pytest.raises(UserError, match="sudo apt-get install libgoogle-glog-dev liblmdb-dev"):
+        build.ensure_apt_packages(print, tmp_path / "log")
+
+
+def test_auto_engine_is_torch_without_caffe_and_caffe_is_refused_in_one_line(no_caffe) -> None:
+    assert pick_engine("auto") == "torch"
+    assert pick_engine("torch") == "torch"
+    with pytest.raises(UserError, match="run `make caffe`"):
+        pick_engine("caffe")
+    with pytest.raises(UserError, match="choose auto, torch, caffe"):
+        pick_engine("tensorflow")
+
+
+def test_doctor_reports_engines_and_the_build(capsys) -> None:
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    for key in ("engine torch", "engine caffe", "caffe build", "tool convert_imageset", "cuda devices"):
+        assert key in out
+    has_build = locate.find_build() is not None
+    assert ("run: make caffe" in out) != has_build
