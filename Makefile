@@ -52,7 +52,7 @@ test: setup
 	@if [ -z "$(NO_CAFFE)" ]; then $(MAKE) --no-print-directory caffe || { \
 	  if [ "$$CI" = true ]; then echo "CI: the Caffe build failed"; exit 1; fi; \
 	  echo "Caffe could not be built here: its parity tests will be skipped"; }; fi
-	$(BIN)/python -m pytest -q
+	$(if $(and $(filter true,$(CI)),$(if $(NO_CAFFE),,1)),SQUEEZECAFFE_REQUIRE_CAFFE=1) $(BIN)/python -m pytest -q
 
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow

@@ -79,6 +79,8 @@ def test_a_cached_build_is_reused_not_rebuilt(monkeypatch, tmp_path: Path) -> No
     (home / "python").mkdir(parents=True)
     (home / locate.MARKER).write_text("{}")
     monkeypatch.setattr(build, "link_into_venv", lambda b, echo: None)
+    monkeypatch.setattr(build, "ensure_python_packages", lambda echo, log: None)
+    monkeypatch.setattr(build, "check_import", lambda b: None)
     monkeypatch.setattr(build, "ensure_apt_packages", lambda *a: pytest.fail("a cached build must not reinstall"))
     lines: list[str] = []
     assert build.build_caffe(echo=lines.append).home == home
@@ -109,3 +111,10 @@ def test_doctor_reports_engines_and_the_build(capsys) -> None:
         assert key in out
     has_build = locate.find_build() is not None
     assert ("run: make caffe" in out) != has_build
+
+
+def test_a_build_whose_caffe_does_not_import_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "python" / "caffe").mkdir(parents=True)
+    (tmp_path / "python" / "caffe" / "__init__.py").write_text("import skimage_that_is_not_installed\n")
+    with pytest.raises(UserError, match="`import caffe` fails .*No module named 'skimage_that_is_not_installed'"):
+        build.check_import(locate.CaffeBuild(tmp_path, {}))

@@ -127,12 +127,25 @@ def link_into_venv(build: CaffeBuild, echo: Echo) -> None:
     pth.write_text(f"{build.python_dir}\n")
 
 
+def check_import(build: CaffeBuild) -> None:
+    """`import caffe` from the build in a fresh interpreter: a build that does not load is not a build."""
+    code = f"import sys; sys.path.insert(0, {str(build.python_dir)!r}); import caffe"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise UserError(f"{build.python_dir}: `import caffe` fails ({last}); rebuild with: squeezecaffe build-caffe "
+                        "--force")
+
+
 def build_caffe(jobs: int | None = None, force: bool = False, echo: Echo = print) -> CaffeBuild:
     target = build_dir()
     existing = find_build() if not os.environ.get("SQUEEZECAFFE_CAFFE_HOME") else None
     if existing is not None and existing.home == target and not force:
         echo(f"Caffe build reused: {target}")
+        log = cache_root() / f"caffe-{recipe.recipe_hash()}.log"
+        ensure_python_packages(echo, log)  # a new venv needs pycaffe's Python imports too
         link_into_venv(existing, echo)
+        check_import(existing)
         return existing
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
@@ -163,5 +176,6 @@ def build_caffe(jobs: int | None = None, force: bool = False, echo: Echo = print
         os.replace(staging, target)
     result = CaffeBuild(target, info)
     link_into_venv(result, echo)
+    check_import(result)
     echo(f"Caffe built in {info['seconds']} s: {target}")
     return result
