@@ -116,5 +116,5 @@ def test_doctor_reports_engines_and_the_build(capsys) -> None:
 def test_a_build_whose_caffe_does_not_import_is_refused(tmp_path: Path) -> None:
     (tmp_path / "python" / "caffe").mkdir(parents=True)
     (tmp_path / "python" / "caffe" / "__init__.py").write_text("import skimage_that_is_not_installed\n")
-    with pytest.raises(UserError, match="`import caffe` fails .*No module named 'skimage_that_is_not_installed'"):
+    with pytest.raises(UserError, match=r"`import caffe` fails .*No module named 'skimage_that_is_not_installed'"):
         build.check_import(locate.CaffeBuild(tmp_path, {}))

@@ -444,7 +444,7 @@ def test_train_with_the_caffe_engine_then_resume_and_eval(data: Path, tmp_path: 
             "--min-delta", "1.0"]  # no epoch can gain 100 points: after the first, each epoch drops the LR
     assert main([*argv, "--epochs", "3"]) == 0
     provenance = json.loads((run_dir / "run.json").read_text())
-    assert provenance["engine"] == "caffe"
+    assert provenance["engine"] == "caffe" and provenance["caffe"]["sdist"] == "brocolli-caffe==9.0.2"
     rows = read_log(run_dir / "log.csv")
     val = [r for r in rows if r["Phase"] == "val"]
     train = [r for r in rows if r["Phase"] == "train"]

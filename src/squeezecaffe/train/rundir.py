@@ -82,6 +82,11 @@ def provenance(engine: str, device: str) -> dict:
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
         info["cuda"] = torch.version.cuda
+    if engine == "caffe":
+        from squeezecaffe.caffe_build.locate import find_build
+
+        build = find_build()
+        info["caffe"] = {"home": str(build.home), **build.info} if build else {"home": "importable caffe module"}
     return info
 
 

@@ -176,9 +176,10 @@ class PycaffeSolver:
         return lmdb_count(source), self.train_data.data_param.batch_size
 
     def learning_rate(self) -> float:
-        from squeezecaffe.solvers.lr_policy import learning_rate
+        from squeezecaffe.solvers.lr_policy import learning_rate, multistep_current_step
 
-        return learning_rate(self.sp, self.iter, 0, base_lr=self.sp.base_lr * self.lr_scale)
+        step = multistep_current_step(self.sp, self.iter, 0) if self.sp.lr_policy == "multistep" else 0
+        return learning_rate(self.sp, self.iter, step, base_lr=self.sp.base_lr * self.lr_scale)
 
     def step(self, iters: int, callback: Callable[[IterationStats], None] | None = None,
              should_stop: Callable[[], bool] | None = None) -> None:
