@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 MODEL ?= fullbypass12
 OUT ?= out
 
-.PHONY: setup demo netgen-demo caffe test test-slow lint prototxt proto summary draw train build-lmdb bench-data bench-caffe clean
+.PHONY: setup demo netgen-demo caffe test test-slow lint prototxt proto summary draw train build-lmdb bench-data bench-caffe docker clean
 
 # Create .venv and install the package with its dev tools; re-runs only when pyproject.toml changes.
 # torch==2.13.0 is named first so pip takes the CPU wheel instead of a multi-GB CUDA build on machines
@@ -84,6 +84,11 @@ train: setup
 build-lmdb: setup
 	@test -n "$(DATA)" || { echo "usage: make build-lmdb DATA=path/to/images OUT=data/name [ARGS=...]"; exit 2; }
 	$(BIN)/squeezecaffe build-lmdb "$(DATA)" "$(OUT)" $(ARGS)
+
+# The NVIDIA GPU image (needs a Docker engine; docker/install.sh is what it runs, tested by the suite).
+IMAGE ?= squeezecaffe
+docker:
+	docker build -f docker/Dockerfile -t $(IMAGE) .
 
 bench-caffe: caffe
 	$(BIN)/python bench/caffe_vs_torch.py --json $(OUT)/bench_caffe_vs_torch.json

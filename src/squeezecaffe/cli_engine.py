@@ -224,9 +224,15 @@ def cmd_train(args: argparse.Namespace) -> int:
                       classes=args.classes, solver_set=_parse_overrides(args.solver_set), engine=args.engine,
                       device=args.device, amp=args.amp, channels_last=args.channels_last, workers=args.workers,
                       seed=args.seed, keep=args.keep, weights=args.weights, plateau=plateau)
+    from squeezecaffe.engines.torchcaffe import distributed
+
+    ctx, _ = distributed.init(args.device)  # under torchrun: every rank runs this; rank 0 writes the run dir
     name = args.model or Path(args.solver or "run").stem
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    prepare_run(cfg, run_dir)
+    run_dir = distributed.broadcast_object(run_dir, ctx)
+    if ctx.is_main:
+        prepare_run(cfg, run_dir)
+    distributed.barrier(ctx)
     return Trainer(run_dir, progress=not args.quiet).run()
 
 

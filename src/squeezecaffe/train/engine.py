@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from squeezecaffe.engines.torchcaffe.distributed import Dist
 from squeezecaffe.engines.torchcaffe.net import CaffeNet, DataOptions
 from squeezecaffe.engines.torchcaffe.options import EngineOptions
 from squeezecaffe.engines.torchcaffe.solver import Solver
@@ -19,7 +20,8 @@ ENGINES = ("auto", "torch", "caffe")
 
 
 def pick_engine(name: str, device: str = "cpu") -> str:
-    """`auto` drives real Caffe when it is built (CPU runs; the recipe builds CPU-only), else the torch engine."""
+    """`auto` drives real Caffe when it is built (CPU runs; the recipe builds CPU-only), else the torch engine;
+    a data-parallel run (torchrun) always takes the torch engine."""
     if name not in ENGINES:
         raise UserError(f"--engine {name}: choose {', '.join(ENGINES)}")
     if name == "torch":
@@ -29,14 +31,16 @@ def pick_engine(name: str, device: str = "cpu") -> str:
     if name == "caffe":
         import_caffe()  # the one-line error when it is not built
         return "caffe"
-    return "caffe" if device == "cpu" and caffe_available() else "torch"
+    from squeezecaffe.engines.torchcaffe.distributed import from_env
+
+    return "caffe" if device == "cpu" and not from_env().enabled and caffe_available() else "torch"
 
 
 class TorchEngine:
     def __init__(self, solver_path: Path, *, device: str, amp: str | None, channels_last: bool, workers: int,
-                 seed: int, snapshot_prefix: str) -> None:
+                 seed: int, snapshot_prefix: str, dist: Dist | None = None) -> None:
         options = EngineOptions(device=device, amp=amp, channels_last=channels_last, workers=workers)
-        self.solver = Solver.from_file(solver_path, options=options, seed=seed)
+        self.solver = Solver.from_file(solver_path, options=options, seed=seed, dist=dist)
         self.sp = self.solver.sp
         self.sp.snapshot_prefix = snapshot_prefix
         self.sp.test_interval = 0  # validation and snapshots happen per epoch in the Trainer
@@ -89,12 +93,14 @@ class TorchEngine:
 
 
 def make_engine(name: str, solver_path: Path, run_dir: Path, *, device: str, amp: str | None, channels_last: bool,
-                workers: int, seed: int, snapshot_prefix: str):
+                workers: int, seed: int, snapshot_prefix: str, dist: Dist | None = None):
     if name == "torch":
         return TorchEngine(solver_path, device=device, amp=amp, channels_last=channels_last, workers=workers,
-                           seed=seed, snapshot_prefix=snapshot_prefix)
+                           seed=seed, snapshot_prefix=snapshot_prefix, dist=dist)
     from squeezecaffe.engines.pycaffe.solver import PycaffeSolver
 
+    if dist is not None and dist.enabled:
+        raise UserError("data-parallel training (torchrun) runs the torch engine; use --engine torch")
     if amp or channels_last:
         raise UserError("--amp/--channels-last are torch-engine options; Caffe trains in fp32 NCHW")
     return PycaffeSolver(solver_path, work_dir=run_dir / "caffe", log_path=run_dir / "caffe.log", device=device,

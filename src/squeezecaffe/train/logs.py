@@ -43,6 +43,19 @@ class RunLog:
             f.write(text + "\n")
 
 
+class SilentLog:
+    """The log of a data-parallel rank other than 0: rank 0 writes the run's files and prints."""
+
+    def truncate_after(self, iteration: int) -> None:
+        pass
+
+    def row(self, **values) -> None:
+        pass
+
+    def line(self, text: str) -> None:
+        pass
+
+
 def _fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"

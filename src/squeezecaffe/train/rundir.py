@@ -78,6 +78,7 @@ def provenance(engine: str, device: str) -> dict:
         "python": sys.version.split()[0], "torch": torch.__version__, "numpy": numpy.__version__,
         "protobuf": google.protobuf.__version__, "opencv": cv2.__version__, "host": platform.node(),
         "platform": platform.platform(), "cpus": os.cpu_count(), "cpu": cpu_name(), "argv": sys.argv,
+        "processes": int(os.environ.get("WORLD_SIZE", "1")),  # data-parallel ranks (torchrun)
     }
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)

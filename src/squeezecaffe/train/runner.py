@@ -22,7 +22,7 @@ from squeezecaffe.errors import UserError
 from squeezecaffe.proto import pb, read_text
 from squeezecaffe.train import rundir
 from squeezecaffe.train.engine import make_engine, pick_engine
-from squeezecaffe.train.logs import RunLog
+from squeezecaffe.train.logs import RunLog, SilentLog
 from squeezecaffe.train.plateau import PlateauController, PlateauOptions
 
 
@@ -94,25 +94,29 @@ def prepare_run(cfg: TrainConfig, run_dir: Path) -> Path:
 
 class Trainer:
     def __init__(self, run_dir: Path, echo: bool = True, progress: bool = True) -> None:
+        from squeezecaffe.engines.torchcaffe import distributed
+
         self.run_dir = Path(run_dir).resolve()
         raw = rundir.read_json(self.run_dir / rundir.CONFIG)
         self.solver_path = Path(raw.pop("solver_path"))
         self.cfg = TrainConfig(**raw)
-        self.progress = progress
-        self.log = RunLog(self.run_dir, echo)
+        self.dist, device = distributed.init(self.cfg.device)  # torchrun: this rank's device
+        self.main = self.dist.is_main
+        self.progress = progress and self.main
+        self.log = RunLog(self.run_dir, echo) if self.main else SilentLog()
         file_sp = read_text(self.solver_path, pb.SolverParameter)
         # snapshots always live in the run directory (a hand-written solver's prefix may point anywhere)
         generated = not self.cfg.solver and file_sp.snapshot_prefix
         self.prefix = file_sp.snapshot_prefix if generated else str(self.run_dir / "snapshots" / self.solver_path.stem)
         self.engine_name = pick_engine(self.cfg.engine, self.cfg.device)
-        self.solver = make_engine(self.engine_name, self.solver_path, self.run_dir, device=self.cfg.device,
+        self.solver = make_engine(self.engine_name, self.solver_path, self.run_dir, device=device,
                                   amp=self.cfg.amp, channels_last=self.cfg.channels_last, workers=self.cfg.workers,
-                                  seed=self.cfg.seed, snapshot_prefix=self.prefix)
+                                  seed=self.cfg.seed, snapshot_prefix=self.prefix, dist=self.dist)
         sp = self.solver.sp
         self.max_iter = sp.max_iter
         records, batch_size = self.solver.train_geometry()
-        self.iters_per_epoch = max(1, math.ceil(records / (batch_size * sp.iter_size)))
-        self.images_per_iter = batch_size * sp.iter_size
+        self.images_per_iter = batch_size * sp.iter_size * self.dist.world  # the global batch
+        self.iters_per_epoch = max(1, math.ceil(records / self.images_per_iter))
         self.controller = PlateauController(PlateauOptions(**self.cfg.plateau, base_lr=sp.base_lr))
         self.best_top1 = -1.0
         self.interrupted = False
@@ -123,7 +127,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ resume
     def resume(self) -> int:
-        rundir.remove_stale(Path(self.prefix).parent)
+        from squeezecaffe.engines.torchcaffe.distributed import barrier
+
+        if self.main:
+            rundir.remove_stale(Path(self.prefix).parent)
+        barrier(self.dist)
         info = rundir.latest_complete(self.prefix)
         if info is None:
             raise UserError(f"{self.run_dir}: no complete snapshot to resume from")
@@ -137,12 +145,16 @@ class Trainer:
 
     # ------------------------------------------------------------------ snapshots
     def snapshot(self, epoch_done: bool) -> dict:
-        model, state = self.solver.snapshot()
+        from squeezecaffe.engines.torchcaffe.distributed import barrier
+
+        model, state = self.solver.snapshot()  # rank 0 writes; the others get the names
         info = {"iter": self.solver.iter, "epoch": self.solver.iter / self.iters_per_epoch, "epoch_done": epoch_done,
                 "caffemodel": str(model), "solverstate": str(state), "controller": self.controller.state_dict(),
                 "best_top1": self.best_top1}
-        rundir.write_json(Path(f"{self.prefix}_iter_{self.solver.iter}.json"), info)  # the marker: written last
-        rundir.prune_snapshots(self.prefix, max(1, self.cfg.keep))
+        if self.main:
+            rundir.write_json(Path(f"{self.prefix}_iter_{self.solver.iter}.json"), info)  # the marker: written last
+            rundir.prune_snapshots(self.prefix, max(1, self.cfg.keep))
+        barrier(self.dist)
         return info
 
     # ------------------------------------------------------------------ the loop
@@ -175,7 +187,8 @@ class Trainer:
         solver = self.solver
         epochs = math.ceil(self.max_iter / self.iters_per_epoch)
         self.log.line(f"training {self.solver_path} for {epochs} epochs x {self.iters_per_epoch} iterations "
-                      f"({self.images_per_iter} images each) with the {self.engine_name} engine on {solver.device}; "
+                      f"({self.images_per_iter} images each) with the {self.engine_name} engine on {solver.device}"
+                      f"{f' x {self.dist.world} processes' if self.dist.enabled else ''}; "
                       f"run dir {self.run_dir}")
         if self.engine_name == "caffe":
             self.log.line(f"Caffe's own output goes to {self.run_dir / 'caffe.log'} (if Caffe stops the process on a "
@@ -205,7 +218,7 @@ class Trainer:
             if improved:
                 self.best_top1 = result.top1
             info = self.snapshot(epoch_done=True)
-            if improved:
+            if improved and self.main:
                 rundir.copy_atomic(Path(info["caffemodel"]), self.run_dir / "best.caffemodel")
             event = self.controller.last_event
             self.log.row(Phase="val", Epoch=epoch + 1, NumIters=solver.iter, Seconds=time.time() - self.t0,
@@ -223,7 +236,7 @@ class Trainer:
     def _diverged(self, iteration: int) -> int:
         info = rundir.latest_complete(self.prefix)
         where = "no snapshot was taken before it"
-        if info is not None:
+        if info is not None and self.main:
             rundir.copy_atomic(Path(info["caffemodel"]), self.run_dir / "last_good.caffemodel")
             where = f"the last good weights (iteration {info['iter']}) are in {self.run_dir / 'last_good.caffemodel'}"
         raise UserError(f"iteration {iteration}: the training loss is not finite; {where}. Try a lower learning "
@@ -232,6 +245,8 @@ class Trainer:
     def finish(self) -> None:
         from squeezecaffe.train.plots import plot_runs
 
+        if not self.main:
+            return
         plot = plot_runs([self.run_dir], self.run_dir / "curves.png")
         self.log.line(f"done: {self.solver.iter} iterations, best val top-1 {100 * self.best_top1:.2f}%, "
                       f"{time.time() - self.t0:.0f} s; best.caffemodel, log.csv and {plot.name} in {self.run_dir}")

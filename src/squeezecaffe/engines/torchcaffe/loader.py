@@ -39,16 +39,25 @@ class _Records(Dataset):
 
 
 class _SequentialBatches(Sampler[list[int]]):
-    """Endless batches of consecutive record positions from `start` (mutable between iterations)."""
+    """Endless batches of consecutive record positions from `start` (mutable between iterations).
 
-    def __init__(self, batch_size: int, start: int = 0) -> None:
-        self.batch_size, self.start = batch_size, start
+    With `world` > 1 processes, a global batch is `batch_size x world` consecutive positions and this rank
+    takes every world-th of them from `rank` on (Caffe's multi-GPU Data layers interleave records alike).
+    """
+
+    def __init__(self, batch_size: int, start: int = 0, rank: int = 0, world: int = 1) -> None:
+        self.batch_size, self.start, self.rank, self.world = batch_size, start, rank, world
+
+    @property
+    def stride(self) -> int:
+        """Positions consumed per batch by all ranks together."""
+        return self.batch_size * self.world
 
     def __iter__(self) -> Iterator[list[int]]:
         pos = self.start
         while True:
-            yield list(range(pos, pos + self.batch_size))
-            pos += self.batch_size
+            yield list(range(pos + self.rank, pos + self.stride, self.world))
+            pos += self.stride
 
 
 def _collate(samples: list[tuple[np.ndarray, int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,7 +74,8 @@ class DataLayerLoader:
     """The batches one Data layer produces, with worker processes, pinned memory and prefetch."""
 
     def __init__(self, lp: pb.LayerParameter, phase: int, seed: int = 0, workers: int = 0, pin_memory: bool = False,
-                 prefetch: int = 4, base_dir: Path | None = None, where: str = "net") -> None:
+                 prefetch: int = 4, base_dir: Path | None = None, where: str = "net", rank: int = 0,
+                 world: int = 1) -> None:
         dp = lp.data_param
         name = f"{where}: layer '{lp.name}' (Data)"
         if not dp.source:
@@ -86,7 +96,7 @@ class DataLayerLoader:
         self.batch_size = int(dp.batch_size)
         self.shape = (self.batch_size, *self.transformer.output_shape(*first.shape))
         self.source = source
-        self.sampler = _SequentialBatches(self.batch_size)
+        self.sampler = _SequentialBatches(self.batch_size, rank=rank, world=world)
         self.loader = DataLoader(
             _Records(self.reader, self.transformer, seed), batch_sampler=self.sampler, num_workers=workers,
             collate_fn=_collate, pin_memory=pin_memory, prefetch_factor=prefetch if workers else None,
@@ -110,5 +120,5 @@ class DataLayerLoader:
         if self._it is None:
             self._it = iter(self.loader)
         batch = next(self._it)
-        self.sampler.start += self.batch_size  # the position of the next batch (the iterator runs ahead)
+        self.sampler.start += self.sampler.stride  # the position of the next batch (the iterator runs ahead)
         return batch

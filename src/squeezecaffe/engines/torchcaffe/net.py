@@ -33,6 +33,8 @@ class DataOptions:
     workers: int = 0
     pin_memory: bool = False
     prefetch: int = 4
+    rank: int = 0  # data-parallel training: this process takes the records at positions = rank (mod world)
+    world: int = 1
 
 
 def default_loss_weights(lp: pb.LayerParameter) -> list[float]:
@@ -68,7 +70,7 @@ class CaffeNet(nn.Module):
             if lp.type == "Data":
                 opts = data or DataOptions()
                 loader = DataLayerLoader(lp, self.state.phase, opts.seed, opts.workers, opts.pin_memory,
-                                         opts.prefetch, base_dir, where)
+                                         opts.prefetch, base_dir, where, rank=opts.rank, world=opts.world)
                 self.loaders[lp.name] = loader
                 data_shapes[lp.name] = (1, *loader.shape[1:])
         filtered = self._with_input_shapes(input_shapes) if input_shapes else self.filtered

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from squeezecaffe.engines.torchcaffe.distributed import Dist, average_, mean_scalar
 from squeezecaffe.engines.torchcaffe.fillers import fill_net
 from squeezecaffe.engines.torchcaffe.net import CaffeNet, DataOptions
 from squeezecaffe.engines.torchcaffe.options import EngineOptions
@@ -41,8 +42,10 @@ class IterationStats:
 
 class Solver:
     def __init__(self, sp: pb.SolverParameter, *, where: str = "solver", base_dir: Path | None = None,
-                 options: EngineOptions | None = None, feed: Feed | None = None, seed: int | None = None) -> None:
+                 options: EngineOptions | None = None, feed: Feed | None = None, seed: int | None = None,
+                 dist: Dist | None = None) -> None:
         self.sp = sp
+        self.dist = dist or Dist()
         self.where = where
         self.base_dir = base_dir
         self.options = options or EngineOptions()
@@ -55,7 +58,7 @@ class Solver:
         self.seed = seed if seed is not None else (sp.random_seed if sp.random_seed >= 0 else 0)
         device = self.options.torch_device()
         data = DataOptions(seed=self.seed, workers=self.options.workers, pin_memory=device.type == "cuda",
-                           prefetch=self.options.prefetch)
+                           prefetch=self.options.prefetch, rank=self.dist.rank, world=self.dist.world)
         train_param, train_where = self.train_net_param()
         self.train_net = CaffeNet(train_param, "TRAIN", stages=tuple(sp.train_state.stage), level=sp.train_state.level,
                                   where=train_where, base_dir=base_dir, data=data)
@@ -154,6 +157,7 @@ class Solver:
             rate = self.learning_rate()
             self.apply_update(rate)
             self.iter += 1
+            loss = mean_scalar(loss, self.dist)  # the global batch's loss, as one process would report it
             if callback is not None:
                 callback(IterationStats(self.iter, loss / sp.iter_size, rate, outputs))
             if sp.snapshot and self.iter % sp.snapshot == 0:
@@ -175,6 +179,7 @@ class Solver:
     def apply_update(self, rate: float) -> None:
         sp = self.sp
         diffs = [blob.grad if blob.grad is not None else torch.zeros_like(blob) for _, _, blob, _, _ in self.params]
+        average_(diffs, self.dist)  # data-parallel: the mean over the ranks, as Caffe's multi-GPU solver
         if sp.clip_gradients >= 0:
             l2norm = math.sqrt(float(torch.stack([d.double().square().sum() for d in diffs]).sum()))  # one sync
             if l2norm > sp.clip_gradients:
@@ -223,8 +228,10 @@ class Solver:
         return str(Path(self.where).with_suffix(""))
 
     def snapshot(self) -> tuple[Path, Path]:
-        """`<prefix>_iter_N.caffemodel` then `.solverstate`, each written atomically."""
+        """`<prefix>_iter_N.caffemodel` then `.solverstate`, each written atomically (by rank 0 only)."""
         stem = f"{self.snapshot_prefix()}_iter_{self.iter}"
+        if not self.dist.is_main:
+            return Path(stem + ".caffemodel"), Path(stem + ".solverstate")
         model = save_caffemodel(self.train_net, stem + ".caffemodel")
         state = pb.SolverState(iter=self.iter, learned_net=stem + ".caffemodel", current_step=self.current_step)
         state.history.extend(tensor_to_blob(h) for h in self.history)
@@ -253,7 +260,7 @@ class Solver:
         self.iter = state.iter
         self.current_step = state.current_step
         # Caffe restarts its Data layers at the first record; we continue where an uninterrupted run would be.
-        self.train_net.seek_data(self.iter * self.sp.iter_size * self.train_net.batch_size())
+        self.train_net.seek_data(self.iter * self.sp.iter_size * self.train_net.batch_size() * self.dist.world)
 
     def load_weights(self, path: str | Path) -> None:
         """Initialise from a .caffemodel (fine-tuning): layers matched by name, the rest keep their fillers."""
