@@ -39,6 +39,10 @@ def training_net(model: str, batch: int, classes: int, folder: Path) -> Path:
     softmax = next(lp for lp in net.layer if lp.type == "Softmax")
     net.layer.remove(softmax)
     next(lp for lp in net.layer if lp.type == "Input").input_param.shape[0].dim[0] = batch  # deploy nets say 1
+    for lp in net.layer:  # as in train_val: BatchNorm's statistics are not learned (deploy nets omit this)
+        if lp.type == "BatchNorm" and not lp.param:
+            for _ in range(3):
+                lp.param.add(lr_mult=0, decay_mult=0)
     label = net.layer.add(name="label", type="Input", top=["label"])
     label.input_param.shape.add(dim=[batch])
     net.layer.add(name="loss", type="SoftmaxWithLoss", bottom=[softmax.bottom[0], "label"], top=["loss"])

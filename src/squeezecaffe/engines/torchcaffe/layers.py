@@ -122,35 +122,69 @@ class BatchNorm(CaffeLayer):
 
     def __init__(self, lp, info, ctx):
         super().__init__(lp, info, ctx)
+        self._affine: list[Scale] = []  # a fused in-place Scale (see fuse_batchnorm_scale); a list: not a submodule
         p = lp.batch_norm_param
         self.use_global_stats = p.use_global_stats if p.HasField("use_global_stats") else ctx.phase == pb.TEST
         self.fraction = p.moving_average_fraction
         self.eps = p.eps
 
     def forward(self, bottoms):
+        # The normalisation itself is torch's fused batch_norm kernel (forward and backward in one op each; the
+        # same formula: biased batch variance, 1/sqrt(var + eps)); Caffe's running sums are updated beside it.
         x = bottoms[0]
         in_dtype = x.dtype
         x = x.to(self.blobs[0].dtype)  # statistics in the master precision, even under bf16 autocast
-        shape = [1, x.shape[1]] + [1] * (x.dim() - 2)
+        weight = bias = None
+        if self._affine:
+            weight, bias = self._affine[0].blobs[0], self._affine[0].blobs[1]
         if self.use_global_stats:
-            factor = self.blobs[2].detach()[0]
-            scale = torch.where(factor == 0, torch.zeros_like(factor), 1.0 / factor)
-            mean = (self.blobs[0].detach() * scale).view(shape)
-            var = (self.blobs[1].detach() * scale).view(shape)
-            centred = x - mean
-        else:
-            dims = [0, *range(2, x.dim())]
-            mean = x.mean(dim=dims, keepdim=True)
-            centred = x - mean
-            var = (centred * centred).mean(dim=dims, keepdim=True)
             with torch.no_grad():
-                m = x.numel() // x.shape[1]
-                correction = m / (m - 1) if m > 1 else 1.0
+                factor = self.blobs[2][0]  # a tensor: no host sync on a GPU
+                scale = torch.where(factor == 0, torch.zeros_like(factor), 1.0 / factor)
+                mean, var = self.blobs[0] * scale, self.blobs[1] * scale
+            out = F.batch_norm(x, mean, var, weight, bias, training=False, eps=self.eps)
+        elif x.numel() == x.shape[1]:  # one value per channel: Caffe outputs 0 and folds a zero variance
+            out = (x - x) / math.sqrt(self.eps)
+            if weight is not None:
+                out = out * weight.view(1, -1, *([1] * (x.dim() - 2))) + bias.view(1, -1, *([1] * (x.dim() - 2)))
+            with torch.no_grad():
                 self.blobs[2].mul_(self.fraction).add_(1.0)
-                self.blobs[0].mul_(self.fraction).add_(mean.detach().flatten())
-                self.blobs[1].mul_(self.fraction).add_(var.detach().flatten(), alpha=correction)
-        out = centred / torch.sqrt(var + self.eps)
+                self.blobs[0].mul_(self.fraction).add_(x.detach().reshape(-1))
+                self.blobs[1].mul_(self.fraction)
+        else:
+            # momentum 1 makes the kernel write this batch's mean and unbiased (m/(m-1)) variance into the two
+            # buffers, in the same pass: exactly what Caffe folds into its running sums
+            mean = torch.zeros_like(self.blobs[0], requires_grad=False)
+            var = torch.zeros_like(self.blobs[1], requires_grad=False)
+            out = F.batch_norm(x, mean, var, weight, bias, training=True, momentum=1.0, eps=self.eps)
+            with torch.no_grad():
+                self.blobs[2].mul_(self.fraction).add_(1.0)
+                self.blobs[0].mul_(self.fraction).add_(mean)
+                self.blobs[1].mul_(self.fraction).add_(var)
         return [out.to(in_dtype)]
+
+
+def fuse_batchnorm_scale(layers: list[pb.LayerParameter], modules: list[CaffeLayer]) -> int:
+    """Let each in-place BatchNorm -> Scale(bias) pair run as one fused batch_norm with weight and bias.
+
+    Only in-place chains (BN and Scale reading and writing the same blob) are fused, so no intermediate value
+    that a blob name could show is lost; the Scale keeps its blobs (caffemodel I/O, solver, weight sharing are
+    unchanged) and passes its input through. Same formula, one kernel forward and backward instead of four.
+    Returns how many pairs were fused.
+    """
+    fused = 0
+    for (lp, module), (next_lp, next_module) in zip(zip(layers, modules, strict=True),
+                                                    zip(layers[1:], modules[1:], strict=True), strict=False):
+        if not (isinstance(module, BatchNorm) and isinstance(next_module, Scale)):
+            continue
+        blob = lp.top[0]
+        in_place = lp.bottom[0] == blob and list(next_lp.bottom) == [blob] and list(next_lp.top) == [blob]
+        p = next_lp.scale_param
+        if in_place and p.bias_term and _axis(p.axis, 4) == 1 and p.num_axes == 1 and len(next_module.blobs) == 2:
+            module._affine = [next_module]
+            next_module.fused = True
+            fused += 1
+    return fused
 
 
 def _param_view(blob: Tensor, x: Tensor, axis: int) -> Tensor:
@@ -168,9 +202,12 @@ class Scale(CaffeLayer):
         self.axis = p.axis
         self.has_bias = p.bias_term
         self.scale_from_bottom = len(lp.bottom) > 1
+        self.fused = False  # done by the BatchNorm before it (see fuse_batchnorm_scale)
 
     def forward(self, bottoms):
         x = bottoms[0]
+        if self.fused:
+            return [x]
         axis = _axis(self.axis, x.dim())
         scale = bottoms[1] if self.scale_from_bottom else self.blobs[0]
         y = x * _param_view(scale.to(x.dtype), x, axis)

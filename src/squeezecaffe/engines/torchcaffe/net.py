@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from squeezecaffe.engines.torchcaffe.layers import LAYERS, SUPPORTED_TYPES, DataLayer, LayerContext
+from squeezecaffe.engines.torchcaffe.layers import LAYERS, SUPPORTED_TYPES, DataLayer, LayerContext, fuse_batchnorm_scale
 from squeezecaffe.engines.torchcaffe.loader import DataLayerLoader
 from squeezecaffe.errors import UserError
 from squeezecaffe.netgen.inference import infer_layers, net_input_shapes
@@ -83,6 +83,7 @@ class CaffeNet(nn.Module):
                 module.loader = self.loaders[lp.name]
             modules.append(module)
         self.layers = nn.ModuleList(modules)
+        fuse_batchnorm_scale(list(self.filtered.layer), modules)
         # the shapes shape inference gave the Input tops (and the legacy `input:` fields)
         self.input_shapes = dict(net_input_shapes(filtered))
         for lp, info in zip(self.filtered.layer, infos, strict=True):

@@ -187,6 +187,10 @@ class Solver:
                     d.mul_(sp.clip_gradients / l2norm)
         n = len(self.params)
         for i, ((_, _, blob, lr_mult, decay_mult), diff) in enumerate(zip(self.params, diffs, strict=True)):
+            if lr_mult == 0 and (decay_mult == 0 or sp.weight_decay == 0) and blob.grad is None:
+                # a frozen blob (BatchNorm's statistics): Caffe's update is exactly zero while its history is,
+                # and a history only becomes non-zero through a non-zero rate, so there is nothing to compute
+                continue
             if sp.iter_size > 1:
                 diff.mul_(1.0 / sp.iter_size)
             local_decay = sp.weight_decay * decay_mult
