@@ -13,12 +13,15 @@ def _add_device_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format (GPU speed)")
     p.add_argument("--amp", choices=["bf16", "fp16"], help="autocast the forward; weights and updates stay fp32")
+    p.add_argument("--gpu-transform", action="store_true",
+                   help="Data layers ship uint8 pixels; crop, mean, scale and mirror run on the device")
 
 
 def _options(args: argparse.Namespace, workers: int = 0):
     from squeezecaffe.engines.torchcaffe.options import EngineOptions
 
-    return EngineOptions(device=args.device, channels_last=args.channels_last, amp=args.amp, workers=workers)
+    return EngineOptions(device=args.device, channels_last=args.channels_last, amp=args.amp, workers=workers,
+                         gpu_transform=getattr(args, "gpu_transform", False))
 
 
 def _read_input(spec: str):
@@ -223,6 +226,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                       batch_size=args.batch_size, test_batch_size=args.test_batch_size, input=args.input,
                       classes=args.classes, solver_set=_parse_overrides(args.solver_set), engine=args.engine,
                       device=args.device, amp=args.amp, channels_last=args.channels_last, workers=args.workers,
+                      gpu_transform=args.gpu_transform,
                       seed=args.seed, keep=args.keep, weights=args.weights, plateau=plateau)
     from squeezecaffe.engines.torchcaffe import distributed
 

@@ -64,30 +64,37 @@ class DataTransformer:
             return channels, self.crop, self.crop
         return channels, height, width
 
+    def draw(self, height: int, width: int, rng: np.random.Generator | None) -> tuple[int, int, bool]:
+        """(crop row offset, crop column offset, mirror) for one image: the TRAIN draws, in Caffe's order."""
+        h_off = w_off = 0
+        if self.crop:
+            if self.crop > height or self.crop > width:
+                raise UserError(f"{self.where}: crop_size {self.crop} is larger than an image ({height}x{width})")
+            if self.train:
+                h_off = int(rng.integers(height - self.crop + 1))
+                w_off = int(rng.integers(width - self.crop + 1))
+            else:
+                h_off, w_off = (height - self.crop) // 2, (width - self.crop) // 2
+        do_mirror = self.mirror and bool(rng.integers(2))
+        return h_off, w_off, do_mirror
+
+    def check_mean(self, channels: int, height: int, width: int) -> None:
+        if self.mean_image is not None and self.mean_image.shape != (channels, height, width):
+            raise UserError(f"{self.where}: mean image is {'x'.join(map(str, self.mean_image.shape))}, "
+                            f"the data {channels}x{height}x{width}")
+        if self.mean_values is not None and len(self.mean_values) not in (1, channels):
+            raise UserError(f"{self.where}: {len(self.mean_values)} mean_value for {channels} channels")
+
     def __call__(self, img: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
         """Transform one uint8 CxHxW image; `rng` draws the TRAIN crop offset and the mirror coin."""
         c, h, w = img.shape
-        h_off = w_off = 0
-        oh, ow = h, w
-        if self.crop:
-            oh = ow = self.crop
-            if self.train:
-                h_off = int(rng.integers(h - oh + 1))
-                w_off = int(rng.integers(w - ow + 1))
-            else:
-                h_off, w_off = (h - oh) // 2, (w - ow) // 2
-            if oh > h or ow > w:
-                raise UserError(f"{self.where}: crop_size {self.crop} is larger than an image ({h}x{w})")
-        do_mirror = self.mirror and bool(rng.integers(2))
+        h_off, w_off, do_mirror = self.draw(h, w, rng)
+        oh, ow = (self.crop, self.crop) if self.crop else (h, w)
+        self.check_mean(c, h, w)
         out = img[:, h_off : h_off + oh, w_off : w_off + ow].astype(np.float32)
         if self.mean_image is not None:
-            if self.mean_image.shape != (c, h, w):
-                raise UserError(f"{self.where}: mean image is {'x'.join(map(str, self.mean_image.shape))}, "
-                                f"the data {c}x{h}x{w}")
             out -= self.mean_image[:, h_off : h_off + oh, w_off : w_off + ow]
         elif self.mean_values is not None:
-            if len(self.mean_values) not in (1, c):
-                raise UserError(f"{self.where}: {len(self.mean_values)} mean_value for {c} channels")
             out -= self.mean_values.reshape(-1, 1, 1)
         if self.scale != 1:
             out *= self.scale

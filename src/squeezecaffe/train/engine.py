@@ -38,8 +38,9 @@ def pick_engine(name: str, device: str = "cpu") -> str:
 
 class TorchEngine:
     def __init__(self, solver_path: Path, *, device: str, amp: str | None, channels_last: bool, workers: int,
-                 seed: int, snapshot_prefix: str, dist: Dist | None = None) -> None:
-        options = EngineOptions(device=device, amp=amp, channels_last=channels_last, workers=workers)
+                 seed: int, snapshot_prefix: str, dist: Dist | None = None, gpu_transform: bool = False) -> None:
+        options = EngineOptions(device=device, amp=amp, channels_last=channels_last, workers=workers,
+                                gpu_transform=gpu_transform)
         self.solver = Solver.from_file(solver_path, options=options, seed=seed, dist=dist)
         self.sp = self.solver.sp
         self.sp.snapshot_prefix = snapshot_prefix
@@ -53,7 +54,8 @@ class TorchEngine:
         tests = self.solver.test_net_params() if len(self.sp.test_iter) else []
         param, where = tests[0] if tests else self.solver.train_net_param()
         net = CaffeNet(param, "TEST", where=where, base_dir=solver_path.parent,
-                       data=DataOptions(seed=seed, workers=workers))
+                       data=DataOptions(seed=seed, workers=workers,
+                                        device_transform=self.solver.options.data_transform_device()))
         net.share_weights_from(self.solver.train_net)
         self.solver.options.apply(net)
         return net
@@ -93,15 +95,15 @@ class TorchEngine:
 
 
 def make_engine(name: str, solver_path: Path, run_dir: Path, *, device: str, amp: str | None, channels_last: bool,
-                workers: int, seed: int, snapshot_prefix: str, dist: Dist | None = None):
+                workers: int, seed: int, snapshot_prefix: str, dist: Dist | None = None, gpu_transform: bool = False):
     if name == "torch":
         return TorchEngine(solver_path, device=device, amp=amp, channels_last=channels_last, workers=workers,
-                           seed=seed, snapshot_prefix=snapshot_prefix, dist=dist)
+                           seed=seed, snapshot_prefix=snapshot_prefix, dist=dist, gpu_transform=gpu_transform)
     from squeezecaffe.engines.pycaffe.solver import PycaffeSolver
 
     if dist is not None and dist.enabled:
         raise UserError("data-parallel training (torchrun) runs the torch engine; use --engine torch")
-    if amp or channels_last:
-        raise UserError("--amp/--channels-last are torch-engine options; Caffe trains in fp32 NCHW")
+    if amp or channels_last or gpu_transform:
+        raise UserError("--amp/--channels-last/--gpu-transform are torch-engine options; Caffe trains in fp32 NCHW")
     return PycaffeSolver(solver_path, work_dir=run_dir / "caffe", log_path=run_dir / "caffe.log", device=device,
                          seed=seed, snapshot_prefix=snapshot_prefix)

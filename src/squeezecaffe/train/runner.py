@@ -43,6 +43,7 @@ class TrainConfig:
     device: str = "cpu"
     amp: str | None = None
     channels_last: bool = False
+    gpu_transform: bool = False
     workers: int = 2
     seed: int = 42
     keep: int = 3
@@ -111,7 +112,8 @@ class Trainer:
         self.engine_name = pick_engine(self.cfg.engine, self.cfg.device)
         self.solver = make_engine(self.engine_name, self.solver_path, self.run_dir, device=device,
                                   amp=self.cfg.amp, channels_last=self.cfg.channels_last, workers=self.cfg.workers,
-                                  seed=self.cfg.seed, snapshot_prefix=self.prefix, dist=self.dist)
+                                  seed=self.cfg.seed, snapshot_prefix=self.prefix, dist=self.dist,
+                                  gpu_transform=self.cfg.gpu_transform)
         sp = self.solver.sp
         self.max_iter = sp.max_iter
         records, batch_size = self.solver.train_geometry()

@@ -18,23 +18,28 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from squeezecaffe.data_tools.lmdb_io import LmdbReader
 from squeezecaffe.data_tools.transform import DataTransformer
+from squeezecaffe.engines.torchcaffe.device_transform import DeviceTransform
 from squeezecaffe.errors import UserError
 from squeezecaffe.fileio import resolve_beside
 from squeezecaffe.proto import pb
 
 
 class _Records(Dataset):
-    """Record position -> (transformed float32 CxHxW image, label)."""
+    """Record position -> (transformed float32 CxHxW image, label), or with `raw` (the device transform):
+    (uint8 CxHxW image, label, (row, column) crop offset, mirror), the draws made exactly as the CPU path."""
 
-    def __init__(self, reader: LmdbReader, transformer: DataTransformer, seed: int) -> None:
-        self.reader, self.transformer, self.seed = reader, transformer, seed
+    def __init__(self, reader: LmdbReader, transformer: DataTransformer, seed: int, raw: bool = False) -> None:
+        self.reader, self.transformer, self.seed, self.raw = reader, transformer, seed, raw
 
     def __len__(self) -> int:
         return len(self.reader)
 
-    def __getitem__(self, position: int) -> tuple[np.ndarray, int]:
+    def __getitem__(self, position: int):
         img, label = self.reader[position % len(self.reader)]
         rng = np.random.default_rng([self.seed, position])
+        if self.raw:
+            h_off, w_off, mirror = self.transformer.draw(img.shape[1], img.shape[2], rng)
+            return img, label, (h_off, w_off), mirror
         return self.transformer(img, rng), label
 
 
@@ -60,14 +65,31 @@ class _SequentialBatches(Sampler[list[int]]):
             pos += self.stride
 
 
-def _collate(samples: list[tuple[np.ndarray, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+def _same_shapes(samples: list) -> None:
     shapes = {s[0].shape for s in samples}
     if len(shapes) > 1:
         raise UserError(f"images of different sizes in one batch ({sorted(shapes)}): set crop_size or rebuild "
                         "the database with --resize")
+
+
+def _collate(samples: list[tuple[np.ndarray, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    _same_shapes(samples)
     data = torch.from_numpy(np.stack([s[0] for s in samples]))
     labels = torch.tensor([s[1] for s in samples], dtype=torch.float32)
     return data, labels
+
+
+def _collate_raw(samples: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """uint8 pixels (the device transform's input: a database of one image size), labels, offsets, mirrors."""
+    shapes = {s[0].shape for s in samples}
+    if len(shapes) > 1:
+        raise UserError(f"--gpu-transform needs images of one size; this batch has {sorted(shapes)} (rebuild the "
+                        "database with --resize)")
+    pixels = torch.from_numpy(np.stack([s[0] for s in samples]))
+    labels = torch.tensor([s[1] for s in samples], dtype=torch.float32)
+    offsets = torch.tensor([s[2] for s in samples], dtype=torch.int64)
+    mirror = torch.tensor([s[3] for s in samples], dtype=torch.bool)
+    return pixels, labels, offsets, mirror
 
 
 class DataLayerLoader:
@@ -75,7 +97,7 @@ class DataLayerLoader:
 
     def __init__(self, lp: pb.LayerParameter, phase: int, seed: int = 0, workers: int = 0, pin_memory: bool = False,
                  prefetch: int = 4, base_dir: Path | None = None, where: str = "net", rank: int = 0,
-                 world: int = 1) -> None:
+                 world: int = 1, device_transform: str | None = None) -> None:
         dp = lp.data_param
         name = f"{where}: layer '{lp.name}' (Data)"
         if not dp.source:
@@ -97,10 +119,13 @@ class DataLayerLoader:
         self.shape = (self.batch_size, *self.transformer.output_shape(*first.shape))
         self.source = source
         self.sampler = _SequentialBatches(self.batch_size, rank=rank, world=world)
+        # device_transform: ship uint8 pixels and apply crop/mean/scale/mirror on that device (DeviceTransform)
+        self.device_transform = DeviceTransform(self.transformer, device_transform) if device_transform else None
         self.loader = DataLoader(
-            _Records(self.reader, self.transformer, seed), batch_sampler=self.sampler, num_workers=workers,
-            collate_fn=_collate, pin_memory=pin_memory, prefetch_factor=prefetch if workers else None,
-            persistent_workers=workers > 0,
+            _Records(self.reader, self.transformer, seed, raw=self.device_transform is not None),
+            batch_sampler=self.sampler, num_workers=workers,
+            collate_fn=_collate_raw if self.device_transform else _collate, pin_memory=pin_memory,
+            prefetch_factor=prefetch if workers else None, persistent_workers=workers > 0,
         )
         self._it: Iterator | None = None
 
@@ -121,4 +146,7 @@ class DataLayerLoader:
             self._it = iter(self.loader)
         batch = next(self._it)
         self.sampler.start += self.sampler.stride  # the position of the next batch (the iterator runs ahead)
+        if self.device_transform is not None:
+            pixels, labels, offsets, mirror = batch
+            return self.device_transform(pixels, offsets, mirror), labels.to(self.device_transform.device)
         return batch

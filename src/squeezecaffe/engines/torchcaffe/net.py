@@ -35,6 +35,7 @@ class DataOptions:
     prefetch: int = 4
     rank: int = 0  # data-parallel training: this process takes the records at positions = rank (mod world)
     world: int = 1
+    device_transform: str | None = None  # transform uint8 batches on this device (see device_transform.py)
 
 
 def default_loss_weights(lp: pb.LayerParameter) -> list[float]:
@@ -70,7 +71,8 @@ class CaffeNet(nn.Module):
             if lp.type == "Data":
                 opts = data or DataOptions()
                 loader = DataLayerLoader(lp, self.state.phase, opts.seed, opts.workers, opts.pin_memory,
-                                         opts.prefetch, base_dir, where, rank=opts.rank, world=opts.world)
+                                         opts.prefetch, base_dir, where, rank=opts.rank, world=opts.world,
+                                         device_transform=opts.device_transform)
                 self.loaders[lp.name] = loader
                 data_shapes[lp.name] = (1, *loader.shape[1:])
         filtered = self._with_input_shapes(input_shapes) if input_shapes else self.filtered

@@ -19,6 +19,10 @@ class EngineOptions:
     workers: int = 0  # DataLoader worker processes per Data layer
     prefetch: int = 4
     dtype: str = "float32"  # master precision of weights, histories and updates ("float64" for reference checks)
+    gpu_transform: bool = False  # Data layers ship uint8 and crop/mean/scale/mirror on the device
+
+    def data_transform_device(self) -> str | None:
+        return str(self.torch_device()) if self.gpu_transform else None
 
     def torch_device(self) -> torch.device:
         try:

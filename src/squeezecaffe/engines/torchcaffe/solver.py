@@ -58,7 +58,8 @@ class Solver:
         self.seed = seed if seed is not None else (sp.random_seed if sp.random_seed >= 0 else 0)
         device = self.options.torch_device()
         data = DataOptions(seed=self.seed, workers=self.options.workers, pin_memory=device.type == "cuda",
-                           prefetch=self.options.prefetch, rank=self.dist.rank, world=self.dist.world)
+                           prefetch=self.options.prefetch, rank=self.dist.rank, world=self.dist.world,
+                           device_transform=self.options.data_transform_device())
         train_param, train_where = self.train_net_param()
         self.train_net = CaffeNet(train_param, "TRAIN", stages=tuple(sp.train_state.stage), level=sp.train_state.level,
                                   where=train_where, base_dir=base_dir, data=data)
@@ -67,7 +68,8 @@ class Solver:
         for i, (param, test_where) in enumerate(self.test_net_params()):
             state = sp.test_state[i] if i < len(sp.test_state) else pb.NetState()
             test_data = DataOptions(seed=self.seed + 1 + i, workers=self.options.workers,
-                                    pin_memory=data.pin_memory, prefetch=data.prefetch)
+                                    pin_memory=data.pin_memory, prefetch=data.prefetch,
+                                    device_transform=data.device_transform)
             net = CaffeNet(param, "TEST", stages=tuple(state.stage), level=state.level, where=test_where,
                            base_dir=base_dir, data=test_data)
             net.share_weights_from(self.train_net)
