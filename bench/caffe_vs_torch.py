@@ -77,6 +77,13 @@ def time_torch(solver_path: Path, x: np.ndarray, y: np.ndarray, warmup: int, ite
     return iters * len(x) / (time.perf_counter() - t0)
 
 
+def save_json(path: str | None, machine: str, rows: list[dict]) -> None:
+    """The figures as JSON, when --json was given (shared by the bench scripts)."""
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="fullbypass8")
@@ -111,9 +118,7 @@ def main() -> int:
     for r in rows:
         print(f"| {r['model']} | {r['pycaffe_images_per_s']:.1f} | {r['torch_images_per_s']:.1f} | "
               f"{r['torch_over_caffe']:.2f}x |")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
+    save_json(args.json, machine, rows)
     return 0
 
 

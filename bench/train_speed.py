@@ -17,7 +17,6 @@ Default batches on the CPU are small (a 2-core CPU trains ~30 images/s); pass --
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -29,7 +28,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from caffe_vs_torch import time_caffe, training_net
+from caffe_vs_torch import save_json, time_caffe, training_net
 
 from squeezecaffe.engines.torchcaffe.options import EngineOptions
 from squeezecaffe.engines.torchcaffe.solver import Solver
@@ -181,9 +180,7 @@ def main() -> int:
         peak = "—" if r["peak_gib"] is None else f"{r['peak_gib']:.2f}"
         print(f"| {r['device']} | {r['model']} | {r['batch']} | {r['engine']:.1f} | {r['reference']:.1f} | "
               f"{r['engine_over_reference']:.2f} | {caffe} | {peak} |")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
+    save_json(args.json, machine, rows)
     return 0
 
 

@@ -51,3 +51,12 @@ def write_class_folders(root: Path, classes: int = 3, per_class: int = 5, size: 
         for i in range(per_class):
             cv2.imwrite(str(folder / f"img_{i}{ext}"), pattern_image(c, i, size))
     return root
+
+
+def small_data_dir(root: Path, per_class: int, size: tuple[int, int], classes: int = 3) -> Path:
+    """PNG class folders -> a build-lmdb data directory (train_lmdb, val_lmdb with a quarter held out, mean)."""
+    from squeezecaffe.cli import main
+
+    src = write_class_folders(root / "images", classes=classes, per_class=per_class, size=size, ext=".png")
+    assert main(["build-lmdb", str(src), str(root / "data"), "--val-fraction", "0.25", "--quiet", "--jobs", "1"]) == 0
+    return root / "data"

@@ -10,20 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from squeezecaffe.cli import main
 from squeezecaffe.engines.torchcaffe.loader import DataLayerLoader
 from squeezecaffe.engines.torchcaffe.options import EngineOptions
 from squeezecaffe.engines.torchcaffe.solver import Solver
 from squeezecaffe.proto import parse_text, pb
-from tests.datasets import write_class_folders
+from tests.datasets import small_data_dir
 
 
 @pytest.fixture(scope="module")
 def db(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("devtf")
-    src = write_class_folders(root / "images", classes=3, per_class=8, size=(15, 13), ext=".png")
-    assert main(["build-lmdb", str(src), str(root / "data"), "--val-fraction", "0.25", "--quiet", "--jobs", "1"]) == 0
-    return root / "data"
+    return small_data_dir(tmp_path_factory.mktemp("devtf"), per_class=8, size=(15, 13))
 
 
 def _layer(db: Path, transform: str, split: str = "train") -> pb.LayerParameter:

@@ -17,7 +17,7 @@ from squeezecaffe.engines.torchcaffe.options import EngineOptions
 from squeezecaffe.engines.torchcaffe.solver import Solver
 from squeezecaffe.engines.torchcaffe.weights import blob_values, read_caffemodel, save_caffemodel
 from squeezecaffe.train.logs import read_log
-from tests.datasets import write_class_folders
+from tests.datasets import small_data_dir
 
 # No BatchNorm: each rank would normalise over its own half batch (as in Caffe), which is not the double batch.
 NET = """name: "ddp"
@@ -54,10 +54,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def ddp_data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("ddp")
-    src = write_class_folders(root / "images", classes=3, per_class=16, size=(14, 14), ext=".png")
-    assert main(["build-lmdb", str(src), str(root / "data"), "--val-fraction", "0.25", "--quiet", "--jobs", "1"]) == 0
-    return root / "data"
+    return small_data_dir(tmp_path_factory.mktemp("ddp"), per_class=16, size=(14, 14))
 
 
 def _solver(folder: Path, data: Path, batch: int) -> Path:
