@@ -91,7 +91,7 @@ docker:
 	docker build -f docker/Dockerfile -t $(IMAGE) .
 
 bench-caffe: caffe
-	$(BIN)/python bench/caffe_vs_torch.py --json $(OUT)/bench_caffe_vs_torch.json
+	$(BIN)/python bench/caffe_vs_torch.py --models fullbypass8,fullbypass12 --json $(OUT)/bench_caffe_vs_torch.json
 
 bench-data: setup
 	$(BIN)/python bench/data_tools_bench.py --images 6000 --json $(OUT)/bench_data_tools.json

@@ -1,9 +1,9 @@
 """Training speed of real Caffe (pycaffe, our `make caffe` build) and the torch engine, side by side on the CPU.
 
-Both run the same generated net (the model's deploy net at 64x64x3 with a label input and SoftmaxWithLoss added,
-Dropout kept) under the same Nesterov + poly solver, from the same random weights, on one fixed random batch
-fed through Input layers, so the figures compare the engines' compute (forward, backward, update) and nothing
-else. Warm-up iterations are not timed.
+Both run the same generated net (the model's deploy net at 64x64x3 made trainable from Input blobs by
+`netgen.inputnet.input_training_net`, Dropout kept) under the same Nesterov + poly solver (each from its
+own filler draws) on one fixed random batch fed through Input layers, so the figures compare the engines'
+compute (forward, backward, update) and nothing else. Warm-up iterations are not timed.
 
     python bench/caffe_vs_torch.py [--models fullbypass8] [--batch 32] [--iters 10] [--json out.json]
 """
@@ -26,6 +26,7 @@ from squeezecaffe.engines.torchcaffe.options import EngineOptions
 from squeezecaffe.engines.torchcaffe.solver import Solver
 from squeezecaffe.netgen.config import resolve
 from squeezecaffe.netgen.emit import generate
+from squeezecaffe.netgen.inputnet import input_training_net
 from squeezecaffe.netgen.registry import get_model
 from squeezecaffe.proto import to_text
 
@@ -35,17 +36,7 @@ SOLVER = 'type: "Nesterov" base_lr: 0.01 lr_policy: "poly" power: 1.0 momentum: 
 def training_net(model: str, batch: int, classes: int, folder: Path) -> Path:
     spec = get_model(model)
     cfg, sched = resolve(spec, input_size=(64, 64), batch_size=batch, classes=classes)
-    net = generate(spec, folder, cfg, sched).deploy
-    softmax = next(lp for lp in net.layer if lp.type == "Softmax")
-    net.layer.remove(softmax)
-    next(lp for lp in net.layer if lp.type == "Input").input_param.shape[0].dim[0] = batch  # deploy nets say 1
-    for lp in net.layer:  # as in train_val: BatchNorm's statistics are not learned (deploy nets omit this)
-        if lp.type == "BatchNorm" and not lp.param:
-            for _ in range(3):
-                lp.param.add(lr_mult=0, decay_mult=0)
-    label = net.layer.add(name="label", type="Input", top=["label"])
-    label.input_param.shape.add(dim=[batch])
-    net.layer.add(name="loss", type="SoftmaxWithLoss", bottom=[softmax.bottom[0], "label"], top=["loss"])
+    net = input_training_net(generate(spec, folder, cfg, sched).deploy, batch)
     path = folder / "bench_net.prototxt"
     path.write_text(to_text(net))
     (folder / "bench_solver.prototxt").write_text(f'net: "{path}" {SOLVER}\n')

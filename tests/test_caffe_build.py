@@ -118,3 +118,11 @@ def test_a_build_whose_caffe_does_not_import_is_refused(tmp_path: Path) -> None:
     (tmp_path / "python" / "caffe" / "__init__.py").write_text("import skimage_that_is_not_installed\n")
     with pytest.raises(UserError, match=r"`import caffe` fails .*No module named 'skimage_that_is_not_installed'"):
         build.check_import(locate.CaffeBuild(tmp_path, {}))
+
+
+def test_a_failed_build_step_is_one_line_naming_the_log(tmp_path: Path) -> None:
+    log = tmp_path / "build.log"
+    log.write_text("")
+    with pytest.raises(UserError) as err:
+        build._run(["sh", "-c", "echo compiling; echo 'net.cpp:10: error: boom' >&2; exit 3"], log, what="cmake build")
+    assert str(err.value) == f"cmake build failed (exit 3): net.cpp:10: error: boom (whole log: {log})"

@@ -24,6 +24,7 @@ from squeezecaffe.engines.torchcaffe.net import CaffeNet
 from squeezecaffe.engines.torchcaffe.options import EngineOptions
 from squeezecaffe.engines.torchcaffe.solver import Solver
 from squeezecaffe.engines.torchcaffe.weights import blob_values, load_caffemodel, read_caffemodel
+from squeezecaffe.netgen.inputnet import input_training_net
 from squeezecaffe.proto import parse_text, pb, read_text, to_text
 
 pytestmark = pytest.mark.caffe
@@ -75,6 +76,8 @@ LAYER_CASES = {
                     {"x": (2, 3, 4, 5), "z": (2, 3, 4, 5)}, ("TRAIN",)),
     "batchnorm": ('type: "BatchNorm" bottom: "x" top: "y" batch_norm_param { moving_average_fraction: 0.9 }',
                   {"x": (3, 4, 5, 3)}, ("TRAIN", "TEST")),
+    # one value per channel: Caffe outputs 0 and folds a zero variance (torch's kernel refuses this case)
+    "batchnorm_one_value": ('type: "BatchNorm" bottom: "x" top: "y"', {"x": (1, 4, 1, 1)}, ("TRAIN",)),
     "scale_bias": ('type: "Scale" bottom: "x" top: "y" scale_param { bias_term: true filler { type: "gaussian" '
                    'std: 0.5 } bias_filler { type: "gaussian" std: 0.5 } }', {"x": (2, 4, 3, 3)}, ("TRAIN",)),
     "innerproduct": ('type: "InnerProduct" bottom: "x" top: "y" inner_product_param { num_output: 7 weight_filler { '
@@ -101,7 +104,7 @@ def test_layer_forward_backward_matches_caffe(case: str, tmp_path: Path) -> None
     xs = {n: rng.normal(size=s).astype(np.float32) for n, s in shapes.items()}
     for phase in phases:
         net = caffe_net(text, phase, tmp_path)
-        if case == "batchnorm":
+        if case.startswith("batchnorm"):
             _set_bn_statistics(net, "L", rng)
         weights = tmp_path / f"{case}_{phase}.caffemodel"
         net.save(str(weights))
@@ -162,18 +165,9 @@ def test_loss_and_accuracy_layers_match_caffe(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------- whole nets
 def _gradient_net(model: str, batch: int) -> str:
-    """The model's deploy net with a label input and SoftmaxWithLoss beside its Softmax; Dropout removed (random)."""
-    net = read_text(ROOT / "prototxt" / model / "deploy.prototxt", pb.NetParameter)
-    layers = [lp for lp in net.layer if lp.type != "Dropout"]
-    softmax = next(lp for lp in layers if lp.type == "Softmax")
-    del net.layer[:]
-    net.layer.extend(layers)
-    data = next(lp for lp in net.layer if lp.type == "Input")
-    data.input_param.shape[0].dim[0] = batch
-    label = net.layer.add(name="label", type="Input", top=["label"])
-    label.input_param.shape.add(dim=[batch])
-    net.layer.add(name="loss", type="SoftmaxWithLoss", bottom=[softmax.bottom[0], "label"], top=["loss"])
-    return to_text(net)
+    """The model's deploy net fed by Inputs with a loss beside its Softmax; Dropout left out (random masks)."""
+    return to_text(input_training_net(read_text(ROOT / "prototxt" / model / "deploy.prototxt", pb.NetParameter),
+                                      batch, dropout=False))
 
 
 SEED = 3  # Caffe's filler seed for the whole-net test (see its docstring)

@@ -149,3 +149,17 @@ def test_solver_is_sized_in_epochs() -> None:
     assert (s.test_interval, s.snapshot, s.max_iter, s.test_iter[0]) == (16, 16, 48, 3)
     assert s.base_lr == pytest.approx(0.01) and s.type == "Adam" and s.momentum == pytest.approx(0.9)
     assert iterations_per_epoch(1000, 64, iter_size=2) == 8
+
+
+def test_input_training_net_adds_label_loss_and_frozen_statistics() -> None:
+    from squeezecaffe.netgen.inputnet import input_training_net
+    from squeezecaffe.proto import pb, read_text
+    root = Path(__file__).resolve().parent.parent
+    deploy = read_text(root / "prototxt" / "fullbypass12" / "deploy.prototxt", pb.NetParameter)
+    net = input_training_net(deploy, 8, dropout=False)
+    assert [lp.type for lp in net.layer[-2:]] == ["Input", "SoftmaxWithLoss"]
+    assert list(net.layer[-1].bottom) == [next(lp.bottom[0] for lp in net.layer if lp.type == "Softmax"), "label"]
+    assert net.layer[0].input_param.shape[0].dim[0] == 8 and not any(lp.type == "Dropout" for lp in net.layer)
+    assert all([p.lr_mult for p in lp.param] == [0, 0, 0] for lp in net.layer if lp.type == "BatchNorm")
+    assert any(lp.type == "Dropout" for lp in input_training_net(deploy, 8).layer)
+    assert deploy.layer[0].input_param.shape[0].dim[0] == 1  # the deploy net itself is untouched

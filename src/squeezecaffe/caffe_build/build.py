@@ -37,9 +37,9 @@ def _run(cmd: list[str], log: Path, cwd: Path | None = None, what: str = "") -> 
         fh.flush()
         result = subprocess.run(cmd, cwd=cwd, stdout=fh, stderr=subprocess.STDOUT)
     if result.returncode != 0:
-        tail = log.read_text(errors="replace").splitlines()[-15:]
-        raise UserError(f"{what or cmd[0]} failed (exit {result.returncode}); the last lines of {log}:\n"
-                        + "\n".join(tail))
+        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+        last = lines[-1].strip() if lines else "no output"
+        raise UserError(f"{what or cmd[0]} failed (exit {result.returncode}): {last[:300]} (whole log: {log})")
 
 
 def missing_apt_packages() -> list[str]:
@@ -64,7 +64,7 @@ def ensure_apt_packages(echo: Echo, log: Path) -> None:
     elif shutil.which("sudo") and subprocess.run(["sudo", "-n", "true"], capture_output=True).returncode == 0:
         prefix = ["sudo", "-n"]
     else:
-        raise UserError("Caffe's build dependencies are missing; run:\n  sudo apt-get update && sudo apt-get install "
+        raise UserError("Caffe's build dependencies are missing; run: sudo apt-get update && sudo apt-get install "
                         + " ".join(missing))
     echo(f"installing {len(missing)} Debian packages: {' '.join(missing)}")
     env_cmd = [*prefix, "env", "DEBIAN_FRONTEND=noninteractive"]
@@ -75,9 +75,7 @@ def ensure_apt_packages(echo: Echo, log: Path) -> None:
 def ensure_python_packages(echo: Echo, log: Path) -> None:
     import importlib.util
 
-    modules = {"scikit-image": "skimage", "scipy": "scipy", "six": "six"}
-    missing = [req for req in recipe.PYTHON_PACKAGES
-               if importlib.util.find_spec(modules[req.split(">")[0].split("=")[0]]) is None]
+    missing = [req for req, module in recipe.PYTHON_PACKAGES if importlib.util.find_spec(module) is None]
     if missing:
         echo(f"installing pycaffe's Python dependencies: {' '.join(missing)}")
         _run([sys.executable, "-m", "pip", "install", "-q", *missing], log, what="pip install")

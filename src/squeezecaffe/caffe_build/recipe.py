@@ -26,8 +26,9 @@ APT_PACKAGES = (
     "libhdf5-dev", "liblmdb-dev", "libleveldb-dev", "libsnappy-dev", "libopencv-dev", "libopenblas-dev",
 )
 
-# Python packages pycaffe's own modules import at `import caffe` (caffe.io needs scikit-image and scipy).
-PYTHON_PACKAGES = ("scikit-image>=0.21,<1", "scipy>=1.10,<2", "six>=1.16,<2")
+# (requirement, module) of the Python packages pycaffe's own modules import at `import caffe` (caffe.io needs
+# scikit-image and scipy).
+PYTHON_PACKAGES = (("scikit-image>=0.21,<1", "skimage"), ("scipy>=1.10,<2", "scipy"), ("six>=1.16,<2", "six"))
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,8 @@ def recipe_hash() -> str:
     """12 hex digits over everything that decides the build's output."""
     h = hashlib.sha256()
     h.update(f"python{sys.version_info[0]}.{sys.version_info[1]}\0".encode())  # _caffe is built for one Python
-    for part in (SDIST_REQUIREMENT, SDIST_SHA256, *APT_PACKAGES, *PYTHON_PACKAGES, *REMOVED_FILES):
+    for part in (SDIST_REQUIREMENT, SDIST_SHA256, *APT_PACKAGES, *(req for req, _ in PYTHON_PACKAGES),
+                 *REMOVED_FILES):
         h.update(part.encode() + b"\0")
     for fix in SOURCE_FIXES:
         h.update(f"{fix.path}\0{fix.old}\0{fix.new}\0".encode())

@@ -2,8 +2,8 @@
 
 out = (pixel - mean) * scale, where the mean is the full-size mean image at the crop's offset
 (mean_file) or one value per channel (mean_value); then the crop is mirrored. TRAIN crops at a
-random offset and mirrors with probability 1/2 when `mirror` is set; TEST crops at the centre and
-never mirrors, exactly as DataTransformer::Transform does.
+random offset, TEST at the centre; with `mirror` set, either phase mirrors with probability 1/2
+(DataTransformer::Transform draws the coin without looking at the phase; netgen sets mirror in TRAIN only).
 """
 
 from __future__ import annotations

@@ -83,7 +83,9 @@ class CaffeRuntime:
     name = "caffe"
 
     def __init__(self, art: Artifacts, device: str = "cpu") -> None:
+        import os
         import tempfile
+        import weakref
 
         from squeezecaffe.engines.pycaffe.runtime import GlogTap, import_caffe, last_error
 
@@ -91,7 +93,10 @@ class CaffeRuntime:
         if device != "cpu":
             raise UserError(f"--engine caffe: our Caffe build runs on the CPU only (got --device {device})")
         caffe.set_mode_cpu()
-        self._log = Path(tempfile.mkstemp(prefix="squeezecaffe-caffe-", suffix=".log")[1])
+        fd, name = tempfile.mkstemp(prefix="squeezecaffe-caffe-", suffix=".log")  # Caffe's chatter, then removed
+        os.close(fd)
+        self._log = Path(name)
+        weakref.finalize(self, self._log.unlink, missing_ok=True)
         self._tap = lambda: GlogTap(self._log)
         error = None
         with self._tap() as tap:

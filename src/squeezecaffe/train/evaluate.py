@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from squeezecaffe.engines.torchcaffe.net import CaffeNet
@@ -43,6 +45,23 @@ def score_logits(logits, labels):
     return score(logits, labels, numbered_labels(logits.shape[1]))
 
 
+def evaluate_batches(next_batch: Callable[[], tuple[np.ndarray, np.ndarray]], total: int,
+                     batch_size: int) -> EvalResult:
+    """Every record once: ceil(total / batch) batches of (logits, labels), the wrapped-around tail dropped.
+
+    Both engines validate through this (the torch net here, Caffe's test net in engines/pycaffe)."""
+    t0 = time.perf_counter()
+    logits, labels, seen = [], [], 0
+    for _ in range(math.ceil(total / batch_size)):
+        batch_logits, batch_labels = next_batch()
+        take = min(batch_size, total - seen)
+        logits.append(np.asarray(batch_logits, np.float32).reshape(len(batch_logits), -1)[:take])
+        labels.append(np.asarray(batch_labels).reshape(-1)[:take].astype(np.int64))
+        seen += take
+    s = score_logits(np.concatenate(logits), np.concatenate(labels))
+    return EvalResult(s.loss, s.top1, s.top5, s.count, time.perf_counter() - t0)
+
+
 @torch.no_grad()
 def evaluate(net: CaffeNet) -> EvalResult:
     """Collects the logits of every record once and scores them with the same rule as `squeezecaffe eval`."""
@@ -50,17 +69,11 @@ def evaluate(net: CaffeNet) -> EvalResult:
         raise UserError(f"{net.where}: evaluation needs exactly one Data layer in the TEST net")
     loader = next(iter(net.loaders.values()))
     logits_name, label_name = logits_blob(net)
-    total = len(loader)
     net.eval()
     net.seek_data(0)
-    t0 = time.perf_counter()
-    logits, labels, seen = [], [], 0
-    for _ in range(math.ceil(total / loader.batch_size)):
+
+    def next_batch():
         blobs = net().blobs
-        take = min(loader.batch_size, total - seen)
-        logits.append(blobs[logits_name].float().reshape(len(blobs[logits_name]), -1)[:take].cpu())
-        labels.append(blobs[label_name].long().reshape(-1)[:take].cpu())
-        seen += take
-    all_logits = torch.cat(logits).numpy()
-    s = score_logits(all_logits, torch.cat(labels).numpy())
-    return EvalResult(s.loss, s.top1, s.top5, s.count, time.perf_counter() - t0)
+        return blobs[logits_name].float().cpu().numpy(), blobs[label_name].cpu().numpy()
+
+    return evaluate_batches(next_batch, len(loader), loader.batch_size)

@@ -27,7 +27,9 @@ def import_caffe():
     build = find_build()
     if build is not None and str(build.python_dir) not in sys.path:
         sys.path.insert(0, str(build.python_dir))
-    os.environ.setdefault("GLOG_minloglevel", "0")  # INFO: the iteration lines we parse
+    # INFO must reach us: the per-iteration loss and rate exist only as glog INFO lines (a user's
+    # GLOG_minloglevel=2 would leave the caffe engine blind); all of it goes to the run's caffe.log anyway.
+    os.environ["GLOG_minloglevel"] = "0"  # noqa: SIM112 - glog reads this exact name
     try:
         import caffe
     except ImportError as exc:

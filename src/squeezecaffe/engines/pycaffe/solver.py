@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import gc
 import math
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,29 +28,18 @@ from squeezecaffe.fileio import resolve_beside
 from squeezecaffe.proto import pb, read_text, write_text
 
 
-def lmdb_count(source: Path) -> int:
-    import lmdb
+def record_count(source: Path) -> int:
+    from squeezecaffe.data_tools.lmdb_io import LmdbReader
 
-    if not (source / "data.mdb").is_file():
-        raise UserError(f"{source}: not an LMDB database (no data.mdb)")
-    env = lmdb.open(str(source), readonly=True, lock=False, subdir=True)
-    try:
-        return env.stat()["entries"]
-    finally:
-        env.close()
+    with LmdbReader(source) as reader:
+        return len(reader)
 
 
 def data_layer(net: pb.NetParameter, phase: int, where: str) -> pb.LayerParameter:
-    """The one Data layer of `net` included in `phase` (rules as Caffe's include/exclude by phase)."""
-    found = []
-    for lp in net.layer:
-        if lp.type != "Data":
-            continue
-        if lp.include and not any(r.phase == phase for r in lp.include if r.HasField("phase")):
-            continue
-        if any(r.HasField("phase") and r.phase == phase for r in lp.exclude):
-            continue
-        found.append(lp)
+    """The one Data layer of `net` in `phase` (Caffe's include/exclude rules, as netgen's filter_net applies)."""
+    from squeezecaffe.netgen.state import filter_net, make_state
+
+    found = [lp for lp in filter_net(net, make_state(phase)).layer if lp.type == "Data"]
     if len(found) != 1:
         raise UserError(f"{where}: the caffe engine needs exactly one Data layer in the "
                         f"{pb.Phase.Name(phase)} net (found {len(found)})")
@@ -173,7 +161,7 @@ class PycaffeSolver:
     def train_geometry(self) -> tuple[int, int]:
         """(records in the TRAIN database, batch size): what an epoch is."""
         source = resolve_beside(self.train_data.data_param.source, self.net_path.parent)
-        return lmdb_count(source), self.train_data.data_param.batch_size
+        return record_count(source), self.train_data.data_param.batch_size
 
     def learning_rate(self) -> float:
         from squeezecaffe.solvers.lr_policy import learning_rate, multistep_current_step
@@ -225,8 +213,9 @@ class PycaffeSolver:
         self._call("copy_from", self.solver.net.copy_from, str(path))
 
     def validate(self):
-        """Whole-database loss/top-1/top-5 on the test net (every record once), scored like `squeezecaffe eval`."""
-        from squeezecaffe.train.evaluate import EvalResult, score_logits
+        """Whole-database loss/top-1/top-5 on Caffe's test net (sharing the train net's weights), every record
+        once, collected and scored by the same function as the torch engine's validation."""
+        from squeezecaffe.train.evaluate import evaluate_batches
 
         if not len(self.solver.test_nets):
             raise UserError(f"{self.net_path}: no TEST net to validate on")
@@ -236,17 +225,12 @@ class PycaffeSolver:
         if loss_layer is None:
             raise UserError(f"{self.net_path}: no SoftmaxWithLoss layer, so there are no logits to score")
         logits_name, label_name = loss_layer.bottom[0], loss_layer.bottom[1]
-        total = lmdb_count(resolve_beside(test_data.data_param.source, self.net_path.parent))
-        batch = test_data.data_param.batch_size
-        t0 = time.perf_counter()
+        total = record_count(resolve_beside(test_data.data_param.source, self.net_path.parent))
         self._call("share weights", net.share_with, self.solver.net)
-        logits, labels, seen = [], [], 0
+
+        def next_batch():
+            net.forward()
+            return np.array(net.blobs[logits_name].data), np.array(net.blobs[label_name].data)
+
         with GlogTap(self.log_path):
-            for _ in range(math.ceil(total / batch)):
-                net.forward()
-                take = min(batch, total - seen)
-                logits.append(np.array(net.blobs[logits_name].data).reshape(batch, -1)[:take])
-                labels.append(np.array(net.blobs[label_name].data).reshape(-1)[:take].astype(np.int64))
-                seen += take
-        s = score_logits(np.concatenate(logits), np.concatenate(labels))
-        return EvalResult(s.loss, s.top1, s.top5, s.count, time.perf_counter() - t0)
+            return evaluate_batches(next_batch, total, test_data.data_param.batch_size)

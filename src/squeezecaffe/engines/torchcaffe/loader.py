@@ -65,27 +65,22 @@ class _SequentialBatches(Sampler[list[int]]):
             pos += self.stride
 
 
-def _same_shapes(samples: list) -> None:
+def _stack(samples: list, hint: str) -> torch.Tensor:
+    """The images of one batch as one tensor; they must share a shape."""
     shapes = {s[0].shape for s in samples}
     if len(shapes) > 1:
-        raise UserError(f"images of different sizes in one batch ({sorted(shapes)}): set crop_size or rebuild "
-                        "the database with --resize")
+        raise UserError(f"images of different sizes in one batch ({sorted(shapes)}): {hint}")
+    return torch.from_numpy(np.stack([s[0] for s in samples]))
 
 
 def _collate(samples: list[tuple[np.ndarray, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    _same_shapes(samples)
-    data = torch.from_numpy(np.stack([s[0] for s in samples]))
-    labels = torch.tensor([s[1] for s in samples], dtype=torch.float32)
-    return data, labels
+    data = _stack(samples, "set crop_size or rebuild the database with --resize")
+    return data, torch.tensor([s[1] for s in samples], dtype=torch.float32)
 
 
 def _collate_raw(samples: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """uint8 pixels (the device transform's input: a database of one image size), labels, offsets, mirrors."""
-    shapes = {s[0].shape for s in samples}
-    if len(shapes) > 1:
-        raise UserError(f"--gpu-transform needs images of one size; this batch has {sorted(shapes)} (rebuild the "
-                        "database with --resize)")
-    pixels = torch.from_numpy(np.stack([s[0] for s in samples]))
+    """uint8 pixels (the device transform's input), labels, crop offsets, mirror flags."""
+    pixels = _stack(samples, "--gpu-transform needs one image size (rebuild the database with --resize)")
     labels = torch.tensor([s[1] for s in samples], dtype=torch.float32)
     offsets = torch.tensor([s[2] for s in samples], dtype=torch.int64)
     mirror = torch.tensor([s[3] for s in samples], dtype=torch.bool)

@@ -80,6 +80,11 @@ class Solver:
         for _, _, blob, lr_mult, _ in self.params:
             # Caffe computes no gradient for a blob with lr_mult 0 (its diff stays zero)
             blob.requires_grad_(lr_mult != 0 and blob.requires_grad)
+        # Blobs no update can move (lr_mult 0 and no weight decay: BatchNorm's statistics): Caffe's update of them
+        # is exactly zero while their history is, and a history only becomes non-zero through a non-zero rate,
+        # so apply_update leaves them out (no zero diffs to build, average across ranks, decay or update).
+        self.updated = [i for i, (_, _, _, lr_mult, decay_mult) in enumerate(self.params)
+                        if lr_mult != 0 or (decay_mult != 0 and sp.weight_decay != 0)]
         slots = history_slots(self.kind)
         self.history = [torch.zeros_like(p[2]) for _ in range(slots) for p in self.params]
         self.iter = 0
@@ -180,7 +185,10 @@ class Solver:
     @torch.no_grad()
     def apply_update(self, rate: float) -> None:
         sp = self.sp
-        diffs = [blob.grad if blob.grad is not None else torch.zeros_like(blob) for _, _, blob, _, _ in self.params]
+        blobs = [self.params[i][2] for i in self.updated]
+        diffs = [blob.grad if blob.grad is not None else torch.zeros_like(blob) for blob in blobs]
+        if not diffs:
+            return
         average_(diffs, self.dist)  # data-parallel: the mean over the ranks, as Caffe's multi-GPU solver
         if sp.clip_gradients >= 0:
             l2norm = math.sqrt(float(torch.stack([d.double().square().sum() for d in diffs]).sum()))  # one sync
@@ -188,11 +196,8 @@ class Solver:
                 for d in diffs:
                     d.mul_(sp.clip_gradients / l2norm)
         n = len(self.params)
-        for i, ((_, _, blob, lr_mult, decay_mult), diff) in enumerate(zip(self.params, diffs, strict=True)):
-            if lr_mult == 0 and (decay_mult == 0 or sp.weight_decay == 0) and blob.grad is None:
-                # a frozen blob (BatchNorm's statistics): Caffe's update is exactly zero while its history is,
-                # and a history only becomes non-zero through a non-zero rate, so there is nothing to compute
-                continue
+        for i, diff in zip(self.updated, diffs, strict=True):
+            _, _, blob, lr_mult, decay_mult = self.params[i]
             if sp.iter_size > 1:
                 diff.mul_(1.0 / sp.iter_size)
             local_decay = sp.weight_decay * decay_mult
