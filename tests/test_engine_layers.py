@@ -305,3 +305,24 @@ def test_shared_parameters_are_refused():
                      'inner_product_param { num_output: 2 } } ' for i in range(2))
     with pytest.raises(UserError, match="shares parameter 'w'"):
         make_net(layers, {"x": (1, 3)})
+
+
+def test_in_place_batchnorm_scale_pairs_fuse_and_others_do_not() -> None:
+    from pathlib import Path
+
+    from squeezecaffe.engines.torchcaffe.layers import BatchNorm, Scale, fuse_batchnorm_scale
+    from squeezecaffe.engines.torchcaffe.net import CaffeNet
+    from squeezecaffe.proto import read_text
+
+    deploy = read_text(Path(__file__).resolve().parent.parent / "prototxt" / "fullbypass8" / "deploy.prototxt",
+                       pb.NetParameter)
+    net = CaffeNet(deploy, "TEST")
+    bns = [m for m in net.layers if isinstance(m, BatchNorm)]
+    assert bns and all(m._affine for m in bns) and all(m.fused for m in net.layers if isinstance(m, Scale))
+    # a BN whose output is a separate blob (observable by name) keeps its own Scale
+    text = ('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 dim: 4 dim: 4 } } }\n'
+            'layer { name: "bn" type: "BatchNorm" bottom: "x" top: "n" }\n'
+            'layer { name: "sc" type: "Scale" bottom: "n" top: "n" scale_param { bias_term: true } }\n')
+    other = CaffeNet(parse_text(text, pb.NetParameter), "TRAIN")
+    assert fuse_batchnorm_scale(list(other.filtered.layer), list(other.layers)) == 0
+    assert not other.layers[2].fused

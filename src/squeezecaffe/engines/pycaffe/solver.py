@@ -56,8 +56,6 @@ class PycaffeSolver:
     Trainer that has not been garbage-collected yet, say): two would deadlock on a shared Data source.
     """
 
-    kind = "caffe"
-
     def __init__(self, solver_path: str | Path, *, work_dir: Path, log_path: Path, device: str = "cpu",
                  seed: int = 42, snapshot_prefix: str | None = None) -> None:
         self.caffe = import_caffe()
