@@ -94,7 +94,7 @@ bench-caffe: caffe
 	$(BIN)/python bench/caffe_vs_torch.py --models fullbypass8,fullbypass12 --json $(OUT)/bench_caffe_vs_torch.json
 
 bench-data: setup
-	$(BIN)/python bench/data_tools_bench.py --images 6000 --json $(OUT)/bench_data_tools.json
+	$(BIN)/python bench/data_tools_bench.py --json $(OUT)/bench_data_tools.json
 
 clean:
 	rm -rf $(OUT) .pytest_cache

@@ -1,31 +1,50 @@
 """`build-lmdb`: a dataset folder or list -> one LMDB per split + mean + labels + manifest.
 
-Decoding runs in worker processes (ordered, so keys keep the list's order); the parent only
-writes, committing large transactions. Each database is written under a temporary name and
-renamed into place when complete; the manifest is written last, so a data directory with a
-manifest is always complete.
+The list is cut into chunks. Worker processes (`--jobs`) each take every jobs-th chunk, decode it,
+then write it when its turn comes: chunk k is written right after chunk k-1, so keys follow the
+list and are numbered over the records actually written, as convert_imageset numbers them. Nothing
+but keys and counts goes back to the parent, so on two cores the workers are all the work there is
+(sending the pixels through a pipe to one writing parent measured slower than one process).
+Each database is written under a temporary name and renamed into place when complete; the manifest
+is written last, so a data directory with a manifest is always complete.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import multiprocessing as mp
 import os
 import random
 import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from functools import partial
+from multiprocessing.connection import wait
 from pathlib import Path
 
+import lmdb
+import numpy as np
 from tqdm import tqdm
 
-from squeezecaffe.data_tools.decode import DecodeOptions, make_datum
+from squeezecaffe.data_tools.decode import Decoded, DecodeOptions, make_datum
 from squeezecaffe.data_tools.layouts import Dataset, discover
-from squeezecaffe.data_tools.lmdb_io import AtomicLmdbWriter, datum_key, remove_stale_temporaries
+from squeezecaffe.data_tools.lmdb_io import (
+    INITIAL_MAP_SIZE,
+    AtomicLmdbWriter,
+    BackgroundSync,
+    LmdbAppender,
+    datum_key,
+    remove_stale_temporaries,
+)
 from squeezecaffe.data_tools.manifest import DataManifest, write_manifest
-from squeezecaffe.data_tools.mean import MixedSizesError, channel_means, write_mean
+from squeezecaffe.data_tools.mean import MixedSizesError, channel_means, mean_from_pixel_sums, save_mean, write_mean
 from squeezecaffe.errors import UserError
 from squeezecaffe.fileio import atomic_write_text, ensure_writable_dir
+
+CHUNK = 256  # images a worker decodes before its turn to write them (one LMDB transaction)
+assert CHUNK * 255 < 1 << 16, "a chunk's pixel sums are kept in uint16"
 
 
 @dataclass
@@ -51,85 +70,311 @@ class SplitResult:
     seconds: float = 0.0
     shape: tuple[int, int, int] | None = None
     keys_sha256: str = ""
+    pixel_sums: np.ndarray | None = None  # exact sums of the raw images written (HxWxC), for the mean
 
 
-def _decode_chunk(items: list[tuple[int, str, int]], root: Path, opts: DecodeOptions) -> list[tuple]:
-    """Runs in a worker. Plain tuples, not dataclasses: the parent unpickles them, and it is the bottleneck."""
-    out = []
-    for index, rel, label in items:
-        d = make_datum(root / rel, label, index, opts)
-        out.append((d.index, d.value, d.shape, d.reason))
-    return out
+@dataclass(frozen=True)
+class _SplitJob:
+    """What every worker of one split needs (inherited through fork, pickled under spawn)."""
+
+    root: Path
+    items: list[tuple[str, int]]  # (relative path, label) in key order
+    decode: DecodeOptions
+    db: Path  # the temporary database
+    same_size: bool  # raw images without --resize: every record must have the first one's size
+    bounds: tuple[int, ...]  # chunk k is items[bounds[k]:bounds[k + 1]]
+
+    @property
+    def chunks(self) -> int:
+        return len(self.bounds) - 1
 
 
-def _chunks(seq: list, size: int) -> list[list]:
-    return [seq[i : i + size] for i in range(0, len(seq), size)]
+def _chunk_bounds(count: int, jobs: int) -> tuple[int, ...]:
+    """Chunks of CHUNK images, the last jobs x CHUNK images in quarter chunks so that the workers
+    finish together (each takes every jobs-th chunk)."""
+    head = max(0, count - jobs * CHUNK)
+    return (*range(0, head, CHUNK), *range(head, count, CHUNK // 4), count)
+
+
+# Slots of the state the writers share: whose turn, records written so far, the database's image
+# shape (C, H, W; 0 until the first record), the LMDB map size, and a stop flag.
+_NEXT, _WRITTEN, _C, _H, _W, _MAP, _STOP = range(7)
+
+
+class _Stopped(Exception):
+    """Another worker failed or the parent is gone: stop without writing more."""
+
+
+class _Turns:
+    """Chunk k is written only after chunk k-1: the shared state and whose turn it is to write."""
+
+    def __init__(self, ctx: mp.context.BaseContext | None = None) -> None:
+        self.state = ctx.RawArray("q", 7) if ctx else [0] * 7
+        self.cond = ctx.Condition() if ctx else None
+        self.state[_MAP] = INITIAL_MAP_SIZE
+
+    @contextlib.contextmanager
+    def turn(self, chunk: int, parent_pid: int | None) -> Iterator:
+        if self.cond is None:  # one process writes its chunks in order
+            yield self.state
+            self.state[_NEXT] = chunk + 1
+            return
+        with self.cond:
+            while True:
+                if self.state[_STOP] or (parent_pid is not None and os.getppid() != parent_pid):
+                    raise _Stopped  # checked at every turn, so orphans of a killed parent stop within a chunk
+                if self.state[_NEXT] == chunk:
+                    break
+                self.cond.wait(0.5)
+            yield self.state
+            self.state[_NEXT] = chunk + 1
+            self.cond.notify_all()
+
+    def is_turn(self, chunk: int) -> bool:
+        """A lock-free peek (an aligned 8-byte read); `turn` still takes the lock."""
+        return self.state[_NEXT] == chunk
+
+    def stop(self) -> None:
+        if self.cond is not None:
+            with self.cond:
+                self.state[_STOP] = 1
+                self.cond.notify_all()
+
+
+def _place(job: _SplitJob, chunk: int, decoded: list[Decoded], state) -> tuple[list, list, list, list]:
+    """Keys for the records of one chunk, in its turn; images of another size are skipped here."""
+    pairs, keys, skipped, written = [], [], [], []
+    first = job.bounds[chunk]
+    for offset, d in enumerate(decoded):
+        rel = job.items[first + offset][0]
+        if d.value is None:
+            skipped.append((rel, d.reason))
+            continue
+        if job.same_size:
+            if not state[_C]:
+                state[_C], state[_H], state[_W] = d.shape
+            elif d.shape != (state[_C], state[_H], state[_W]):
+                skipped.append((rel, f"size {d.shape[1]}x{d.shape[2]} differs from the database's "
+                                     f"{state[_H]}x{state[_W]}; use --resize HxW"))
+                continue
+        key = datum_key(state[_WRITTEN] + len(pairs), rel)
+        pairs.append((key, d.value))
+        keys.append(key)
+        written.append(d)
+    return pairs, keys, skipped, written
+
+
+def _write_chunks(job: _SplitJob, chunks: Iterable[int], turns: _Turns, report: Callable[[tuple], None],
+                  parent_pid: int | None = None) -> None:
+    """A worker's life: decode its chunks, write each in its turn, tell the parent; sum raw pixels for the mean.
+
+    A decoded chunk whose turn has not come waits while the next one is decoded, and is written
+    between two images as soon as its turn comes: a worker blocks only when a second chunk is ready.
+    """
+    appender = LmdbAppender(job.db, turns.state[_MAP])
+    sums = None
+    ready: deque[tuple[int, list[Decoded]]] = deque()
+
+    def write(chunk: int, decoded: list[Decoded]) -> None:
+        nonlocal sums
+        with turns.turn(chunk, parent_pid) as state:
+            pairs, keys, skipped, written = _place(job, chunk, decoded, state)
+            if pairs:
+                state[_MAP] = appender.append(pairs, state[_MAP])
+            state[_WRITTEN] += len(pairs)
+        images = [d.image for d in written if d.image is not None]
+        if images:
+            # A chunk's sum fits uint16 (CHUNK * 255 < 2^16), the cheapest add; totals are uint64.
+            partial = np.zeros(images[0].shape, np.uint16)
+            for image in images:
+                np.add(partial, image, out=partial)
+            sums = partial.astype(np.uint64) if sums is None else sums + partial
+        report(("chunk", chunk, len(decoded), keys, skipped, sum(len(v) for _, v in pairs),
+                written[0].shape if written else None))
+
+    try:
+        for chunk in chunks:
+            decoded = []
+            for rel, label in job.items[job.bounds[chunk]:job.bounds[chunk + 1]]:
+                decoded.append(make_datum(job.root / rel, label, job.decode))
+                if ready and turns.is_turn(ready[0][0]):
+                    write(*ready.popleft())
+            ready.append((chunk, decoded))
+            if len(ready) > 1:
+                write(*ready.popleft())
+        while ready:
+            write(*ready.popleft())
+        report(("done", sums))
+    except lmdb.Error as exc:
+        raise UserError(f"{job.db}: writing the database failed: {exc}") from None
+    finally:
+        appender.close()
+
+
+def _worker_main(job: _SplitJob, chunks: range, turns: _Turns, conn, parent_pid: int, inherited: list) -> None:
+    """Entry point of a worker process: every failure is told to the parent, which reports it."""
+    for other in inherited:  # receiving ends copied by fork: held here, a dead parent's pipes would never break
+        other.close()
+    try:
+        _write_chunks(job, chunks, turns, conn.send, parent_pid)
+    except _Stopped:
+        pass
+    except BaseException as exc:
+        turns.stop()
+        detail = "" if isinstance(exc, UserError) else traceback.format_exc()
+        with contextlib.suppress(OSError):
+            conn.send(("error", str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}", detail))
+    finally:
+        conn.close()
+
+
+class _Collector:
+    """The parent's side: keys hashed in chunk order, skipped images, bytes, pixel sums, progress."""
+
+    def __init__(self, bar: tqdm) -> None:
+        self.bar = bar
+        self.keys = hashlib.sha256()
+        self.next = 0
+        self.waiting: dict[int, tuple[list, list]] = {}
+        self.skipped: list[tuple[str, str]] = []
+        self.count = 0
+        self.bytes = 0
+        self.shape: tuple[int, int, int] | None = None
+        self.sums: np.ndarray | None = None
+
+    def __call__(self, message: tuple) -> None:
+        if message[0] == "done":
+            sums = message[1]
+            if sums is not None:
+                self.sums = sums if self.sums is None else self.sums + sums
+            return
+        _, chunk, size, keys, skipped, nbytes, shape = message
+        self.waiting[chunk] = (keys, skipped)
+        while self.next in self.waiting:  # messages may cross; keys are hashed in the database's order
+            in_order, skipped_in_order = self.waiting.pop(self.next)
+            for key in in_order:
+                self.keys.update(key + b"\n")
+            self.skipped += skipped_in_order
+            self.next += 1
+        self.count += len(keys)
+        self.bytes += nbytes
+        self.shape = self.shape or shape
+        self.bar.update(size)
+
+
+class _Workers:
+    """`jobs` forked writer processes; `relay` passes their reports on and fails if one fails."""
+
+    def __init__(self, job: _SplitJob, jobs: int) -> None:
+        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+        self.job = job
+        self.turns = _Turns(ctx)
+        self.procs: list = []
+        self.conns: dict = {}
+        try:
+            for w in range(jobs):
+                receive, send = ctx.Pipe(duplex=False)
+                proc = ctx.Process(target=_worker_main, name=f"build-lmdb-{w}", daemon=True,
+                                   args=(job, range(w, job.chunks, jobs), self.turns, send, os.getpid(),
+                                         [*self.conns, receive]))
+                proc.start()
+                send.close()  # the worker holds the only sending end: end of file means it is gone
+                self.procs.append(proc)
+                self.conns[receive] = proc
+        except BaseException:
+            self.close()
+            raise
+
+    def relay(self, collect: _Collector) -> None:
+        """Pass reports on until every worker is gone; then raise the first failure, if any.
+
+        A failure stops the others (they see the stop flag at their next turn) and the loop drains
+        them, so a worker that merely stopped is never taken for the one that failed.
+        """
+        done, failures = set(), []
+        while self.conns:
+            for conn in wait(list(self.conns)):
+                try:
+                    message = conn.recv()
+                except EOFError:
+                    proc = self.conns.pop(conn)
+                    proc.join()
+                    if proc not in done and proc.exitcode != 0:
+                        failures.append((f"converter worker {proc.name} died (exit code {proc.exitcode}) "
+                                         f"while writing {self.job.db}", None))
+                        self.turns.stop()
+                    continue
+                if message[0] == "error":
+                    _, text, detail = message
+                    failures.append((f"converter worker {self.conns[conn].name} failed: {text}\n{detail}"
+                                     if detail else text, detail))
+                    self.turns.stop()
+                    continue
+                if message[0] == "done":
+                    done.add(self.conns[conn])
+                collect(message)
+        if failures:
+            text, detail = failures[0]
+            raise UserError(text) if detail == "" else RuntimeError(text)
+        if len(done) < len(self.procs):
+            raise RuntimeError(f"converter workers stopped before writing all of {self.job.db}")
+
+    def close(self) -> None:
+        self.turns.stop()
+        for proc in self.procs:
+            if proc.is_alive():
+                proc.terminate()
+            proc.join()
+        for conn in self.conns:
+            conn.close()
 
 
 def convert_split(dataset: Dataset, split: str, out_db: Path, options: ConvertOptions) -> SplitResult:
     items = list(dataset.splits[split])
     if options.shuffle:
         random.Random(options.seed).shuffle(items)
-    dec = DecodeOptions(gray=options.gray, resize=options.resize, encoded=options.encoded)
-    indexed = [(i, rel, label) for i, (rel, label) in enumerate(items)]
-    jobs = options.jobs or os.cpu_count() or 1
-    result = SplitResult(split)
+    jobs = max(1, min(options.jobs or os.cpu_count() or 1, -(-len(items) // CHUNK)))
     writer = AtomicLmdbWriter(out_db)
-    keys = hashlib.sha256()
+    job = _SplitJob(dataset.root, items, DecodeOptions(gray=options.gray, resize=options.resize,
+                                                       encoded=options.encoded),
+                    writer.tmp, same_size=not options.resize and not options.encoded,
+                    bounds=_chunk_bounds(len(items), jobs))
+    result = SplitResult(split)
     start = time.perf_counter()
-    bar = tqdm(total=len(items), desc=f"{split:5s}", unit="img", disable=not options.progress, leave=False)
+    workers = bar = flusher = None
     try:
-        work = partial(_decode_chunk, root=dataset.root, opts=dec)
-        chunks = _chunks(indexed, 256)
-        if jobs == 1:
-            stream = map(work, chunks)
-            pool = None
+        # Workers first: forking once the progress bar's or the flusher's thread runs is unsafe.
+        workers = _Workers(job, jobs) if jobs > 1 else None
+        bar = tqdm(total=len(items), desc=f"{split:5s}", unit="img", disable=not options.progress, leave=False)
+        collect = _Collector(bar)
+        flusher = BackgroundSync(writer.data_file)
+        if workers is None:
+            _write_chunks(job, range(job.chunks), _Turns(), collect)
         else:
-            # fork: workers inherit the imported modules, so they start in milliseconds.
-            ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-            pool = ctx.Pool(jobs)
-            stream = pool.imap(work, chunks)
-        written = 0
-        for decoded_chunk in stream:
-            for index, value, shape, reason in decoded_chunk:
-                rel = items[index][0]
-                if value is None:
-                    result.skipped.append((rel, reason))
-                    continue
-                if not options.resize and result.shape is not None and shape != result.shape and not options.encoded:
-                    result.skipped.append((rel, f"size {shape[1]}x{shape[2]} differs from the database's "
-                                                f"{result.shape[1]}x{result.shape[2]}; use --resize HxW"))
-                    continue
-                result.shape = result.shape or shape
-                # Keys number the records written, as convert_imageset counts only successful images.
-                key = datum_key(written, rel)
-                writer.put(key, value)
-                keys.update(key + b"\n")
-                written += 1
-            bar.update(len(decoded_chunk))
-        if pool is not None:
-            pool.close()
-            pool.join()
-        result.count = written
-        result.bytes = writer.bytes
-        result.keys_sha256 = keys.hexdigest()
+            workers.relay(collect)
+        flusher.stop()
+        flusher = None
+        result.count, result.bytes, result.shape = collect.count, collect.bytes, collect.shape
+        result.skipped, result.keys_sha256, result.pixel_sums = collect.skipped, collect.keys.hexdigest(), collect.sums
         limit = options.max_skip * len(items)
         if len(result.skipped) > limit:
-            writer.abort()
             first = result.skipped[0]
             hint = f" (paths are read relative to {dataset.root}; see --root)" if first[1] == "file not found" else ""
             raise UserError(f"{split}: {len(result.skipped)} of {len(items)} images failed (more than --max-skip "
                             f"{options.max_skip:.0%}); first: {first[0]}: {first[1]}{hint}")
-        if written == 0:
-            writer.abort()
+        if result.count == 0:
             raise UserError(f"{split}: no image could be converted")
         writer.commit(force=options.force)
     except BaseException:
-        if writer.tmp.exists():
-            writer.abort()
+        writer.abort()
         raise
     finally:
-        bar.close()
+        if workers is not None:
+            workers.close()
+        if flusher is not None:
+            flusher.stop()
+        if bar is not None:
+            bar.close()
     result.seconds = time.perf_counter() - start
     return result
 
@@ -154,8 +399,13 @@ def build_lmdb(src: str | Path, out: str | Path, options: ConvertOptions, *, roo
     skipped_lines = [f"{r.name}\t{path}\t{reason}\n" for r in results for path, reason in r.skipped]
     atomic_write_text(out / "skipped.txt", "".join(skipped_lines))
     atomic_write_text(out / "labels.txt", dataset.labels_txt())
+    train = results[0]
+    exact = mean_from_pixel_sums(train.pixel_sums, train.count) if train.pixel_sums is not None else None
     try:
-        mean_values, _ = write_mean(out / "train_lmdb", out / "mean.binaryproto")
+        if exact is not None:  # summed by the workers; equal to what reading the database back gives
+            mean_values, _ = save_mean(out / "mean.binaryproto", *exact, train.count)
+        else:
+            mean_values, _ = write_mean(out / "train_lmdb", out / "mean.binaryproto")
     except MixedSizesError:  # encoded images of several sizes: no mean image, per-channel means still work
         mean_values = channel_means(out / "train_lmdb")
     shape = results[0].shape or (1 if options.gray else 3, 0, 0)

@@ -13,6 +13,7 @@ and any split can be cut to a stratified subset (`limits`).
 
 from __future__ import annotations
 
+import os
 import random
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -70,12 +71,33 @@ def numbered_labels(count: int) -> list[ClassLabel]:
     return [ClassLabel(i, str(i), str(i)) for i in range(count)]
 
 
-def _images_under(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+def _is_image_name(name: str) -> bool:
+    dot = name.rfind(".")  # Path.suffix's rule: a dot that is neither the first nor the last character
+    return 0 < dot < len(name) - 1 and name[dot:].lower() in IMAGE_SUFFIXES
 
 
-def _rel(path: Path, root: Path) -> str:
-    return path.relative_to(root).as_posix()
+def _images_under(folder: Path, root: Path) -> list[str]:
+    """Image files anywhere below `folder` as paths relative to `root`, in the order Paths sort in.
+
+    A walk with os.scandir, each directory's entries in name order: that is the order of sorted
+    Paths (component by component), and the entries already say which are files, so nothing is
+    stat'ed twice; Path.rglob + sorted took a fifth of the whole conversion's time on 20,000 images.
+    Symlinked directories are not followed (as rglob); symlinked files are.
+    """
+    found: list[str] = []
+    top = folder.relative_to(root).as_posix()
+
+    def walk(path: str, prefix: str) -> None:
+        with os.scandir(path) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                walk(entry.path, f"{prefix}{entry.name}/")
+            elif _is_image_name(entry.name) and entry.is_file():
+                found.append(prefix + entry.name)
+
+    walk(str(folder), "" if top == "." else f"{top}/")
+    return found
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -109,10 +131,10 @@ def tiny_imagenet(root: Path) -> Dataset:
         folder = root / "train" / wnid / "images"
         if not folder.is_dir():
             raise UserError(f"{folder}: missing training folder for class {wnid} listed in wnids.txt")
-        files = _images_under(folder)
+        files = _images_under(folder, root)
         if not files:
             raise UserError(f"{folder}: class folder holds no images")
-        train += [(_rel(p, root), index[wnid]) for p in files]
+        train += [(rel, index[wnid]) for rel in files]
     splits = {"train": train}
     annotations = root / "val" / "val_annotations.txt"
     if annotations.is_file():
@@ -127,37 +149,38 @@ def tiny_imagenet(root: Path) -> Dataset:
         splits["val"] = sorted(val)
     labelled = {"train": True, "val": True}
     if (root / "test" / "images").is_dir():
-        splits["test"] = [(_rel(p, root), 0) for p in _images_under(root / "test" / "images")]
+        splits["test"] = [(rel, 0) for rel in _images_under(root / "test" / "images", root)]
         labelled["test"] = False
     return Dataset(root, "tiny-imagenet", wnids, splits, words, labelled)
 
 
-def _class_folder_split(root: Path) -> tuple[list[str], dict[str, list[Path]]]:
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+def _class_folder_split(folder: Path, root: Path) -> tuple[list[str], dict[str, list[str]]]:
+    """Class names (sorted) and each class's images relative to the dataset's `root`."""
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
-        raise UserError(f"{root}: no class folders (expected {root}/<class>/*.jpg)")
-    files = {c: _images_under(root / c) for c in classes}
+        raise UserError(f"{folder}: no class folders (expected {folder}/<class>/*.jpg)")
+    files = {c: _images_under(folder / c, root) for c in classes}
     for c, items in files.items():
         if not items:
-            raise UserError(f"{root / c}: class folder holds no images (jpg, jpeg, png, bmp)")
+            raise UserError(f"{folder / c}: class folder holds no images (jpg, jpeg, png, bmp)")
     return classes, files
 
 
 def class_folders(root: Path) -> Dataset:
     split_dirs = [s for s in SPLIT_NAMES if (root / s).is_dir()]
     if "train" in split_dirs:
-        classes, _ = _class_folder_split(root / "train")
+        classes, _ = _class_folder_split(root / "train", root)
         index = {c: i for i, c in enumerate(classes)}
         splits = {}
         for split in split_dirs:
-            split_classes, files = _class_folder_split(root / split)
+            split_classes, files = _class_folder_split(root / split, root)
             unknown = sorted(set(split_classes) - set(classes))
             if unknown:
                 raise UserError(f"{root / split}: class folder '{unknown[0]}' does not exist in {root / 'train'}")
-            splits[split] = [(_rel(p, root), index[c]) for c in split_classes for p in files[c]]
+            splits[split] = [(rel, index[c]) for c in split_classes for rel in files[c]]
     else:
-        classes, files = _class_folder_split(root)
-        splits = {"train": [(_rel(p, root), i) for i, c in enumerate(classes) for p in files[c]]}
+        classes, files = _class_folder_split(root, root)
+        splits = {"train": [(rel, i) for i, c in enumerate(classes) for rel in files[c]]}
     return Dataset(root, "class-folders", classes, splits, read_words(root / "words.txt", classes),
                    labelled={s: True for s in splits})
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,6 @@ from squeezecaffe.errors import UserError
 from squeezecaffe.fileio import fsync_dir
 from squeezecaffe.proto import pb
 
-COMMIT_EVERY = 1000  # records per transaction, as convert_imageset
 INITIAL_MAP_SIZE = 1 << 26  # 64 MiB; doubled whenever full
 
 
@@ -26,47 +26,39 @@ def datum_key(index: int, rel_path: str) -> bytes:
     return f"{index:08d}_{rel_path}".encode()
 
 
+def _open_for_writing(path: Path, map_size: int) -> lmdb.Environment:
+    # No fsync per transaction: the database is invisible under its temporary name until
+    # AtomicLmdbWriter.commit(), which syncs once before the rename; a crash before that leaves only
+    # a temporary to discard.
+    return lmdb.open(str(path), map_size=map_size, subdir=True, meminit=False, sync=False, metasync=False)
+
+
 class AtomicLmdbWriter:
-    """Writes an LMDB under a temporary name beside `final`; `commit()` renames it into place.
+    """An LMDB built under a temporary name beside `final`; `commit()` renames it into place.
 
     Until commit the final path holds what it held before (nothing, or the previous complete
-    database), whatever happens to this process. The map grows by doubling when full.
+    database), whatever happens to the processes writing it. The records themselves are written by
+    `LmdbAppender`s, one per writing process, on `self.tmp`.
     """
 
     def __init__(self, final: Path) -> None:
         self.final = Path(final)
         self.tmp = self.final.parent / f".{self.final.name}.tmp-{uuid.uuid4().hex[:8]}"
         self.tmp.mkdir(parents=True)
-        self.map_size = INITIAL_MAP_SIZE
-        # No fsync per transaction: the database is invisible under its temporary name until commit(),
-        # which syncs once before the rename; a crash before that leaves only a temporary to discard.
-        self.env = lmdb.open(str(self.tmp), map_size=self.map_size, subdir=True, meminit=False,
-                             sync=False, metasync=False)
-        self.pending: list[tuple[bytes, bytes]] = []
-        self.count = 0
-        self.bytes = 0
+        # Create the files here, so that several writer processes attach to one initialised database.
+        _open_for_writing(self.tmp, INITIAL_MAP_SIZE).close()
 
-    def put(self, key: bytes, value: bytes) -> None:
-        self.pending.append((key, value))
-        self.count += 1
-        self.bytes += len(value)
-        if len(self.pending) >= COMMIT_EVERY:
-            self.flush()
-
-    def flush(self) -> None:
-        while self.pending:
-            try:
-                with self.env.begin(write=True) as txn:
-                    txn.cursor().putmulti(self.pending)
-                self.pending.clear()
-            except lmdb.MapFullError:
-                self.map_size *= 2
-                self.env.set_mapsize(self.map_size)
+    @property
+    def data_file(self) -> Path:
+        return self.tmp / "data.mdb"
 
     def commit(self, force: bool = False) -> Path:
-        self.flush()
-        self.env.sync(True)
-        self.env.close()
+        """Make the finished database durable, then move it to the final path (replacing with `force`)."""
+        fd = os.open(self.data_file, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         lock = self.tmp / "lock.mdb"
         if lock.exists():  # readers (and Caffe) make their own
             lock.unlink()
@@ -86,10 +78,62 @@ class AtomicLmdbWriter:
         return self.final
 
     def abort(self) -> None:
-        try:
-            self.env.close()
-        finally:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class LmdbAppender:
+    """One process's write handle on a database being built: adds batches of records, one
+    transaction each, doubling the map when it is full.
+
+    Several processes may each hold one on the same database (LMDB serialises their transactions);
+    whoever grows the map passes the new size on, and the others adopt it before their next batch
+    (`append`'s `map_size` argument and result), so no process ever meets a map it cannot address.
+    """
+
+    def __init__(self, path: Path, map_size: int = INITIAL_MAP_SIZE) -> None:
+        self.map_size = max(map_size, INITIAL_MAP_SIZE)
+        self.env = _open_for_writing(path, self.map_size)
+
+    def append(self, pairs: list[tuple[bytes, bytes]], map_size: int = 0) -> int:
+        """Write `pairs` in one transaction; returns the map size in use afterwards."""
+        if map_size > self.map_size:
+            self.map_size = map_size
+            self.env.set_mapsize(map_size)
+        while True:
+            try:
+                with self.env.begin(write=True) as txn:
+                    txn.cursor().putmulti(pairs)
+                return self.map_size
+            except lmdb.MapFullError:
+                self.map_size *= 2
+                self.env.set_mapsize(self.map_size)
+
+    def close(self) -> None:
+        self.env.close()
+
+
+class BackgroundSync:
+    """Flushes a file to disk every `interval` seconds from a thread while it is being written.
+
+    The database is synced before it is renamed into place (that is what makes it durable);
+    writing back while the converter still decodes leaves that final sync little to do, instead
+    of a whole database's worth of I/O at the end.
+    """
+
+    def __init__(self, path: Path, interval: float = 0.2) -> None:
+        self.fd = os.open(path, os.O_RDONLY)
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(interval,), name="lmdb-writeback", daemon=True)
+        self.thread.start()
+
+    def _run(self, interval: float) -> None:
+        while not self.stop_event.wait(interval):
+            os.fdatasync(self.fd)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join()
+        os.close(self.fd)
 
 
 def remove_stale_temporaries(directory: Path) -> None:

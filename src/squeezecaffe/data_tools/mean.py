@@ -12,18 +12,47 @@ from squeezecaffe.errors import UserError
 from squeezecaffe.fileio import atomic_write_text
 from squeezecaffe.proto import pb, write_binary
 
+# Every integer up to 2^24 is a float32: uint8 pixels summed in float32 stay exact, whatever the order,
+# while each pixel's total is at most this (at least 65,793 images, more for darker pixels).
+EXACT_FLOAT32_TOTAL = 1 << 24
+
 
 class MixedSizesError(UserError):
     """The database holds images of several sizes (encoded, no --resize): no mean image exists."""
 
 
-def compute_mean(db: str | Path) -> tuple[pb.BlobProto, list[float], int]:
-    """(mean BlobProto, per-channel means, image count).
+def mean_blob(total: np.ndarray, count: int) -> tuple[pb.BlobProto, list[float]]:
+    """(mean BlobProto, per-channel means) of a float32 CxHxW sum of `count` images.
 
-    compute_image_mean sums in float32, image after image, then divides by the count in float32;
-    doing the same here makes the file equal Caffe's byte for byte. The blob uses the legacy
-    num/channels/height/width fields, as Caffe's tool does.
+    compute_image_mean divides the float32 sum by the count in float32; doing the same here makes
+    the file equal Caffe's byte for byte. The blob uses the legacy num/channels/height/width
+    fields, as Caffe's tool does.
     """
+    mean = total.astype(np.float32) / np.float32(count)
+    c, h, w = mean.shape
+    blob = pb.BlobProto(num=1, channels=c, height=h, width=w)
+    blob.data.extend(mean.ravel().tolist())
+    per_channel = [float(np.mean(mean[i], dtype=np.float64)) for i in range(c)]
+    return blob, per_channel
+
+
+def mean_from_pixel_sums(sums: np.ndarray, count: int) -> tuple[pb.BlobProto, list[float]] | None:
+    """The mean from exact integer sums of HxWxC (or HxW) images, or None where it would not be Caffe's.
+
+    compute_image_mean adds images one by one in float32. While no pixel's total passes 2^24 every
+    one of those additions is exact, so the float32 of the integer total is what it computes, in
+    any order: the converter's workers can sum the images they write. Past that, Caffe's rounding
+    depends on the order, and the caller reads the database in order instead (`compute_mean`).
+    """
+    if int(sums.max()) > EXACT_FLOAT32_TOTAL:
+        return None
+    chw = sums[None] if sums.ndim == 2 else sums.transpose(2, 0, 1)
+    return mean_blob(chw.astype(np.float32), count)
+
+
+def compute_mean(db: str | Path) -> tuple[pb.BlobProto, list[float], int]:
+    """(mean BlobProto, per-channel means, image count), summing in float32 image after image as
+    compute_image_mean does."""
     total: np.ndarray | None = None
     count = 0
     with LmdbReader(db) as reader:
@@ -38,17 +67,16 @@ def compute_mean(db: str | Path) -> tuple[pb.BlobProto, list[float], int]:
             count += 1
     if total is None:
         raise UserError(f"{db}: database is empty")
-    mean = total / np.float32(count)
-    c, h, w = mean.shape
-    blob = pb.BlobProto(num=1, channels=c, height=h, width=w)
-    blob.data.extend(mean.ravel().tolist())
-    per_channel = [float(np.mean(mean[i], dtype=np.float64)) for i in range(c)]
-    return blob, per_channel, count
+    return (*mean_blob(total, count), count)
 
 
 def write_mean(db: str | Path, out: str | Path) -> tuple[list[float], Path]:
+    """Write the mean of a database as Caffe's .binaryproto and its per-channel means as JSON."""
+    return save_mean(out, *compute_mean(db))
+
+
+def save_mean(out: str | Path, blob: pb.BlobProto, per_channel: list[float], count: int) -> tuple[list[float], Path]:
     """Write the .binaryproto and, beside it, `<name>.json` with the per-channel means (for mean_value)."""
-    blob, per_channel, count = compute_mean(db)
     out = Path(out)
     write_binary(out, blob)
     json_path = out.with_suffix(".json")
