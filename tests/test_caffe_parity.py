@@ -329,9 +329,9 @@ def test_solver_trace_lr_change_and_snapshots_cross_engines(kind: str, solver_da
 
     # real Caffe: 15 iterations, the LR scale 0.2 through snapshot -> rewritten solver -> restore, 15 more
     caffe_losses: list[float] = []
-    caffe_solver.step(15, lambda s: caffe_losses.append(s.loss))
+    caffe_solver.step(15, lambda s: caffe_losses.append(float(s.loss)))
     caffe_solver.set_lr_scale(0.2)  # writes caffe_snap_iter_15.{caffemodel,solverstate}
-    caffe_solver.step(15, lambda s: caffe_losses.append(s.loss))
+    caffe_solver.step(15, lambda s: caffe_losses.append(float(s.loss)))
     caffe_final, _ = caffe_solver.snapshot()
     assert caffe_solver.iter == 30 and len(caffe_losses) == 30
     del caffe_solver
@@ -341,10 +341,10 @@ def test_solver_trace_lr_change_and_snapshots_cross_engines(kind: str, solver_da
     torch_solver = _torch_solver(path)
     torch_solver.load_weights(init)
     torch_losses: list[float] = []
-    torch_solver.step(15, lambda s: torch_losses.append(s.loss))
+    torch_solver.step(15, lambda s: torch_losses.append(float(s.loss)))
     torch_mid, torch_mid_state = torch_solver.snapshot()
     torch_solver.base_lr = torch_solver.sp.base_lr * 0.2
-    torch_solver.step(15, lambda s: torch_losses.append(s.loss))
+    torch_solver.step(15, lambda s: torch_losses.append(float(s.loss)))
     torch_final, _ = torch_solver.snapshot()
     np.testing.assert_allclose(torch_losses, caffe_losses, rtol=1e-4)
     _same_weights(torch_final, caffe_final, f"{kind} final weights")
@@ -354,7 +354,7 @@ def test_solver_trace_lr_change_and_snapshots_cross_engines(kind: str, solver_da
     resumed.restore(tmp_path / "caffe_snap_iter_15.solverstate")
     resumed.base_lr = resumed.sp.base_lr * 0.2
     tail: list[float] = []
-    resumed.step(15, lambda s: tail.append(s.loss))
+    resumed.step(15, lambda s: tail.append(float(s.loss)))
     np.testing.assert_allclose(tail, caffe_losses[15:], rtol=1e-4)
     _same_weights(resumed.snapshot()[0], caffe_final, f"{kind} caffe->torch")
 
@@ -364,7 +364,7 @@ def test_solver_trace_lr_change_and_snapshots_cross_engines(kind: str, solver_da
     caffe_again.restore(torch_mid_state, lr_scale=0.2)
     assert caffe_again.iter == 15
     tail = []
-    caffe_again.step(15, lambda s: tail.append(s.loss))
+    caffe_again.step(15, lambda s: tail.append(float(s.loss)))
     np.testing.assert_allclose(tail, torch_losses[15:], rtol=1e-4)
     _same_weights(caffe_again.snapshot()[0], torch_final, f"{kind} torch->caffe")
     del caffe_again

@@ -93,7 +93,7 @@ def test_nesterov_poly_trace_with_snapshot_restore_and_lr_change_matches_caffe(t
     first.sp.snapshot_prefix = str(tmp_path / "tiny")
     load_caffemodel(first.train_net, SOLVER / "tiny_iter_0.caffemodel")
     losses = []
-    first.step(10, lambda s: losses.append(s.loss))
+    first.step(10, lambda s: losses.append(float(s.loss)))
     model, state = first.snapshot()
     assert model.name == "tiny_iter_10.caffemodel" and state.name == "tiny_iter_10.solverstate"
 
@@ -105,7 +105,7 @@ def test_nesterov_poly_trace_with_snapshot_restore_and_lr_change_matches_caffe(t
 
     second = Solver.from_file(SOLVER / "solver_lr_scaled.prototxt", feed=feed)
     second.restore(state)
-    second.step(10, lambda s: losses.append(s.loss))
+    second.step(10, lambda s: losses.append(float(s.loss)))
     np.testing.assert_allclose(losses, trace, rtol=1e-4)
 
     final = read_caffemodel(SOLVER / "tiny_iter_20.caffemodel")
@@ -123,6 +123,6 @@ def test_restoring_caffes_own_solverstate_continues_its_run():
     second.restore(SOLVER / "tiny_iter_10.solverstate")  # learned_net is relative: found beside the state
     assert second.iter == 10
     losses = []
-    second.step(10, lambda s: losses.append(s.loss))
+    second.step(10, lambda s: losses.append(float(s.loss)))
     trace = json.loads((SOLVER / "trace.json").read_text())["losses"]
     np.testing.assert_allclose(losses, trace[10:], rtol=1e-4)

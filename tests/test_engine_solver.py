@@ -114,9 +114,9 @@ def test_sgd_and_nesterov_with_poly_and_a_mid_run_lr_change_match_caffe_arithmet
     solver = mlp_solver(kind)
     start = solver_params(solver)
     losses = []
-    solver.step(10, lambda s: losses.append(s.loss))
+    solver.step(10, lambda s: losses.append(float(s.loss)))
     solver.base_lr = 0.02  # an LR drop: the momentum history still carries steps taken at 0.1
-    solver.step(10, lambda s: losses.append(s.loss))
+    solver.step(10, lambda s: losses.append(float(s.loss)))
     f32 = lambda v: float(np.float32(v))  # noqa: E731 - the solver's fields are float32 in the schema
     sp = dict(base_lr=f32(0.1), max_iter=40, power=f32(0.9), momentum=f32(0.9), weight_decay=f32(0.01), iter_size=2)
     want_params, want_hist, want_losses = caffe_reference(kind, start, solver.batches, sp, {10: 0.02})

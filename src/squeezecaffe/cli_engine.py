@@ -15,13 +15,17 @@ def _add_device_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--amp", choices=["bf16", "fp16"], help="autocast the forward; weights and updates stay fp32")
     p.add_argument("--gpu-transform", action="store_true",
                    help="Data layers ship uint8 pixels; crop, mean, scale and mirror run on the device")
+    p.add_argument("--data-in-memory", action="store_true",
+                   help="decode each database once into one uint8 tensor on the device (GPU memory with "
+                        "--device cuda) and batch from there; implies --gpu-transform")
 
 
 def _options(args: argparse.Namespace, workers: int = 0):
     from squeezecaffe.engines.torchcaffe.options import EngineOptions
 
     return EngineOptions(device=args.device, channels_last=args.channels_last, amp=args.amp, workers=workers,
-                         gpu_transform=getattr(args, "gpu_transform", False))
+                         gpu_transform=getattr(args, "gpu_transform", False),
+                         data_in_memory=getattr(args, "data_in_memory", False))
 
 
 def _read_input(spec: str):
@@ -154,8 +158,11 @@ def cmd_solve(args: argparse.Namespace) -> int:
 
     def on_iteration(stats) -> None:
         if display and (stats.iter - 1) % display == 0:
-            outs = ", ".join(f"{k} = {v:.6g}" for k, v in stats.outputs.items())
-            print(f"Iteration {stats.iter - 1}, loss = {stats.loss:.6g}, lr = {stats.lr:.6g}; {outs}", flush=True)
+            from squeezecaffe.engines.torchcaffe.solver import read_scalars
+
+            loss, *values = read_scalars([stats.loss, *stats.outputs.values()])  # the one wait for the device
+            outs = ", ".join(f"{k} = {v:.6g}" for k, v in zip(stats.outputs, values, strict=True))
+            print(f"Iteration {stats.iter - 1}, loss = {loss:.6g}, lr = {stats.lr:.6g}; {outs}", flush=True)
 
     def on_test(it: int, results) -> None:
         for i, res in enumerate(results):
@@ -226,7 +233,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                       batch_size=args.batch_size, test_batch_size=args.test_batch_size, input=args.input,
                       classes=args.classes, solver_set=_parse_overrides(args.solver_set), engine=args.engine,
                       device=args.device, amp=args.amp, channels_last=args.channels_last, workers=args.workers,
-                      gpu_transform=args.gpu_transform,
+                      gpu_transform=args.gpu_transform, data_in_memory=args.data_in_memory,
                       seed=args.seed, keep=args.keep, weights=args.weights, plateau=plateau)
     from squeezecaffe.engines.torchcaffe import distributed
 

@@ -37,10 +37,8 @@ def pick_engine(name: str, device: str = "cpu") -> str:
 
 
 class TorchEngine:
-    def __init__(self, solver_path: Path, *, device: str, amp: str | None, channels_last: bool, workers: int,
-                 seed: int, snapshot_prefix: str, dist: Dist | None = None, gpu_transform: bool = False) -> None:
-        options = EngineOptions(device=device, amp=amp, channels_last=channels_last, workers=workers,
-                                gpu_transform=gpu_transform)
+    def __init__(self, solver_path: Path, options: EngineOptions, *, seed: int, snapshot_prefix: str,
+                 dist: Dist | None = None) -> None:
         self.solver = Solver.from_file(solver_path, options=options, seed=seed, dist=dist)
         self.sp = self.solver.sp
         self.sp.snapshot_prefix = snapshot_prefix
@@ -48,14 +46,15 @@ class TorchEngine:
         self.sp.snapshot = 0
         self.device = options.device
         self.lr_scale = 1.0
-        self.val_net = self._val_net(solver_path, seed, workers)
+        self.val_net = self._val_net(solver_path, seed, options.workers)
 
     def _val_net(self, solver_path: Path, seed: int, workers: int) -> CaffeNet:
         tests = self.solver.test_net_params() if len(self.sp.test_iter) else []
         param, where = tests[0] if tests else self.solver.train_net_param()
         net = CaffeNet(param, "TEST", where=where, base_dir=solver_path.parent,
                        data=DataOptions(seed=seed, workers=workers,
-                                        device_transform=self.solver.options.data_transform_device()))
+                                        device_transform=self.solver.options.data_transform_device(),
+                                        in_memory=self.solver.options.data_in_memory))
         net.share_weights_from(self.solver.train_net)
         self.solver.options.apply(net)
         return net
@@ -94,16 +93,16 @@ class TorchEngine:
         return evaluate(self.val_net)
 
 
-def make_engine(name: str, solver_path: Path, run_dir: Path, *, device: str, amp: str | None, channels_last: bool,
-                workers: int, seed: int, snapshot_prefix: str, dist: Dist | None = None, gpu_transform: bool = False):
+def make_engine(name: str, solver_path: Path, run_dir: Path, options: EngineOptions, *, seed: int,
+                snapshot_prefix: str, dist: Dist | None = None):
     if name == "torch":
-        return TorchEngine(solver_path, device=device, amp=amp, channels_last=channels_last, workers=workers,
-                           seed=seed, snapshot_prefix=snapshot_prefix, dist=dist, gpu_transform=gpu_transform)
+        return TorchEngine(solver_path, options, seed=seed, snapshot_prefix=snapshot_prefix, dist=dist)
     from squeezecaffe.engines.pycaffe.solver import PycaffeSolver
 
     if dist is not None and dist.enabled:
         raise UserError("data-parallel training (torchrun) runs the torch engine; use --engine torch")
-    if amp or channels_last or gpu_transform:
-        raise UserError("--amp/--channels-last/--gpu-transform are torch-engine options; Caffe trains in fp32 NCHW")
-    return PycaffeSolver(solver_path, work_dir=run_dir / "caffe", log_path=run_dir / "caffe.log", device=device,
+    if options.torch_only:
+        raise UserError(f"{'/'.join(options.torch_only)}: torch-engine options; Caffe trains in fp32 NCHW from its "
+                        "own loader (use --engine torch)")
+    return PycaffeSolver(solver_path, work_dir=run_dir / "caffe", log_path=run_dir / "caffe.log", device=options.device,
                          seed=seed, snapshot_prefix=snapshot_prefix)

@@ -14,16 +14,21 @@ import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-from squeezecaffe.engines.torchcaffe.solver import IterationStats
+from squeezecaffe.engines.torchcaffe.options import EngineOptions
+from squeezecaffe.engines.torchcaffe.solver import IterationStats, read_scalars
 from squeezecaffe.errors import UserError
 from squeezecaffe.proto import pb, read_text
 from squeezecaffe.train import rundir
 from squeezecaffe.train.engine import make_engine, pick_engine
 from squeezecaffe.train.logs import RunLog, SilentLog
 from squeezecaffe.train.plateau import PlateauController, PlateauOptions
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 @dataclass
@@ -44,6 +49,7 @@ class TrainConfig:
     amp: str | None = None
     channels_last: bool = False
     gpu_transform: bool = False
+    data_in_memory: bool = False
     workers: int = 2
     seed: int = 42
     keep: int = 3
@@ -110,10 +116,11 @@ class Trainer:
         generated = not self.cfg.solver and file_sp.snapshot_prefix
         self.prefix = file_sp.snapshot_prefix if generated else str(self.run_dir / "snapshots" / self.solver_path.stem)
         self.engine_name = pick_engine(self.cfg.engine, self.cfg.device)
-        self.solver = make_engine(self.engine_name, self.solver_path, self.run_dir, device=device,
-                                  amp=self.cfg.amp, channels_last=self.cfg.channels_last, workers=self.cfg.workers,
-                                  seed=self.cfg.seed, snapshot_prefix=self.prefix, dist=self.dist,
-                                  gpu_transform=self.cfg.gpu_transform)
+        options = EngineOptions(device=device, amp=self.cfg.amp, channels_last=self.cfg.channels_last,
+                                workers=self.cfg.workers, gpu_transform=self.cfg.gpu_transform,
+                                data_in_memory=self.cfg.data_in_memory)
+        self.solver = make_engine(self.engine_name, self.solver_path, self.run_dir, options, seed=self.cfg.seed,
+                                  snapshot_prefix=self.prefix, dist=self.dist)
         sp = self.solver.sp
         self.max_iter = sp.max_iter
         records, batch_size = self.solver.train_geometry()
@@ -122,7 +129,7 @@ class Trainer:
         self.controller = PlateauController(PlateauOptions(**self.cfg.plateau, base_lr=sp.base_lr))
         self.best_top1 = -1.0
         self.interrupted = False
-        self.window: list[float] = []
+        self.window: list[tuple[int, Tensor | float]] = []  # (iteration, loss) since the last display
         self.t0 = time.time()
         if self.cfg.weights:
             self.solver.load_weights(self.cfg.weights)
@@ -161,18 +168,29 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def _on_iteration(self, stats: IterationStats, bar) -> None:
-        if not math.isfinite(stats.loss):
-            raise FloatingPointError(stats.iter - 1)
-        self.window.append(stats.loss)
+        self.window.append((stats.iter, stats.loss))
         display = self.solver.sp.display or 20
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{stats.loss:.4f}", lr=f"{stats.lr:.3g}")
         if (stats.iter - 1) % display == 0 or stats.iter == self.max_iter:
-            loss = sum(self.window) / len(self.window)
+            losses = self._read_window()
             self.window = []
+            loss = sum(losses) / len(losses)
+            if bar is not None:
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{stats.lr:.3g}")
             self.log.row(Phase="train", Epoch=f"{stats.iter / self.iters_per_epoch:.3f}", NumIters=stats.iter,
                          Seconds=time.time() - self.t0, LearningRate=stats.lr, LRScale=self.controller.scale, loss=loss)
+
+    def _read_window(self) -> list[float]:
+        """The losses since the last display, read from the device in one transfer (the only wait for the
+        device between displays); a non-finite one ends training at its iteration. Read values stay in
+        the window, so reading again (at the end of an epoch, before a snapshot) costs nothing."""
+        values = read_scalars([loss for _, loss in self.window])
+        self.window = [(it, value) for (it, _), value in zip(self.window, values, strict=True)]
+        bad = next((it for it, value in self.window if not math.isfinite(value)), None)
+        if bad is not None:
+            raise FloatingPointError(bad - 1)
+        return values
 
     def _handle_signal(self, signum, frame) -> None:
         self.interrupted = True
@@ -203,6 +221,7 @@ class Trainer:
             started, start_iter = time.time(), solver.iter
             try:
                 solver.step(end - solver.iter, lambda s, bar=bar: self._on_iteration(s, bar), lambda: self.interrupted)
+                self._read_window()  # no snapshot of weights that a non-finite loss went into
             except FloatingPointError as exc:
                 bar.close()
                 return self._diverged(int(exc.args[0]))

@@ -74,12 +74,13 @@ def average_(tensors: list[torch.Tensor], ctx: Dist) -> None:
         offset += n
 
 
-def mean_scalar(value: float, ctx: Dist, device: torch.device | str = "cpu") -> float:
+def mean_tensor(value: torch.Tensor, ctx: Dist) -> torch.Tensor:
+    """The mean of a tensor over the ranks, left on its device (no host sync under NCCL)."""
     if not ctx.enabled:
         return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return float(t) / ctx.world
+    value = value.clone()
+    dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value / ctx.world
 
 
 def broadcast_object(obj, ctx: Dist):

@@ -437,8 +437,8 @@ class Accuracy(CaffeLayer):
         safe = torch.where(valid, lab, torch.zeros_like(lab))
         true_score = scores.gather(1, safe[:, None])
         correct = ((scores > true_score).sum(1) < p.top_k) & valid
-        count = int(valid.sum())
-        acc = correct.sum().float() / max(count, 1)
+        count = valid.sum().clamp_min(1)  # on the device: reading it would wait for the device every batch
+        acc = correct.sum().float() / count.float()
         tops = [acc.to(bottoms[0].dtype)]
         if len(self.lp.top) > 1:
             per_class_n = torch.bincount(safe[valid], minlength=classes).float()

@@ -5,6 +5,9 @@ records k*B .. k*B+B-1 (mod the size). We keep that order, and draw each record'
 mirror from a generator seeded by (seed, record position), so batches are the same for any number
 of worker processes and a resumed run can seek straight to the position an uninterrupted run
 would have reached.
+
+With `in_memory`, the database is decoded once into one uint8 tensor on the training device and
+batches are gathered from it there, each record's draws made exactly as the workers make them.
 """
 
 from __future__ import annotations
@@ -36,11 +39,60 @@ class _Records(Dataset):
 
     def __getitem__(self, position: int):
         img, label = self.reader[position % len(self.reader)]
-        rng = np.random.default_rng([self.seed, position])
+        rng = _record_rng(self.seed, position)
         if self.raw:
             h_off, w_off, mirror = self.transformer.draw(img.shape[1], img.shape[2], rng)
             return img, label, (h_off, w_off), mirror
         return self.transformer(img, rng), label
+
+
+def _record_rng(seed: int, position: int) -> np.random.Generator:
+    """The generator of one record position's crop and mirror draws, whichever path makes them."""
+    return np.random.default_rng([seed, position])
+
+
+class InMemoryRecords:
+    """A whole database decoded once into one uint8 N x C x H x W tensor (and its labels) on a device.
+
+    Batches are gathered from it by record position, with the crop and mirror of every record drawn
+    as the workers draw them: the loader's batches, without worker processes, decoding or moving
+    pixels from the host after the first pass. The database must hold one image size, and on a GPU
+    take at most half of its free memory.
+    """
+
+    def __init__(self, reader: LmdbReader, transformer: DataTransformer, seed: int, device: str, where: str) -> None:
+        self.transformer, self.seed, self.device = transformer, seed, torch.device(device)
+        first, _ = reader[0]
+        count, shape = len(reader), tuple(first.shape)
+        needed = count * int(np.prod(shape))
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            if needed > free // 2:
+                raise UserError(f"{where}: --data-in-memory needs {needed / 2**30:.2f} GiB of {self.device} for "
+                                f"{reader.path}, more than half of the {free / 2**30:.2f} GiB free; leave it off")
+        pixels = np.empty((count, *shape), np.uint8)
+        labels = np.empty(count, np.float32)
+        for i, (img, label) in enumerate(reader):
+            if img.shape != shape:
+                raise UserError(f"{where}: --data-in-memory needs one image size, but record {i} of {reader.path} is "
+                                f"{'x'.join(map(str, img.shape))} and the first {'x'.join(map(str, shape))} "
+                                "(rebuild the database with --resize)")
+            pixels[i] = img
+            labels[i] = label
+        self.pixels = torch.from_numpy(pixels).to(self.device)
+        self.labels = torch.from_numpy(labels).to(self.device)
+
+    def __len__(self) -> int:
+        return self.pixels.shape[0]
+
+    def batch(self, positions: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(uint8 pixels and labels on the device, crop offsets and mirror flags on the host) of `positions`."""
+        _, _, height, width = self.pixels.shape
+        draws = [self.transformer.draw(height, width, _record_rng(self.seed, p)) for p in positions]
+        index = torch.tensor([p % len(self) for p in positions]).to(self.device, non_blocking=True)
+        offsets = torch.tensor([(h, w) for h, w, _ in draws], dtype=torch.int64)
+        mirror = torch.tensor([m for _, _, m in draws], dtype=torch.bool)
+        return self.pixels[index], self.labels[index], offsets, mirror
 
 
 class _SequentialBatches(Sampler[list[int]]):
@@ -92,7 +144,7 @@ class DataLayerLoader:
 
     def __init__(self, lp: pb.LayerParameter, phase: int, seed: int = 0, workers: int = 0, pin_memory: bool = False,
                  prefetch: int = 4, base_dir: Path | None = None, where: str = "net", rank: int = 0,
-                 world: int = 1, device_transform: str | None = None) -> None:
+                 world: int = 1, device_transform: str | None = None, in_memory: bool = False) -> None:
         dp = lp.data_param
         name = f"{where}: layer '{lp.name}' (Data)"
         if not dp.source:
@@ -116,12 +168,19 @@ class DataLayerLoader:
         self.sampler = _SequentialBatches(self.batch_size, rank=rank, world=world)
         # device_transform: ship uint8 pixels and apply crop/mean/scale/mirror on that device (DeviceTransform)
         self.device_transform = DeviceTransform(self.transformer, device_transform) if device_transform else None
-        self.loader = DataLoader(
-            _Records(self.reader, self.transformer, seed, raw=self.device_transform is not None),
-            batch_sampler=self.sampler, num_workers=workers,
-            collate_fn=_collate_raw if self.device_transform else _collate, pin_memory=pin_memory,
-            prefetch_factor=prefetch if workers else None, persistent_workers=workers > 0,
-        )
+        self.memory: InMemoryRecords | None = None
+        self.loader: DataLoader | None = None
+        if in_memory:
+            if self.device_transform is None:
+                raise UserError(f"{name}: the in-memory dataset needs the device transform (a device to live on)")
+            self.memory = InMemoryRecords(self.reader, self.transformer, seed, device_transform, name)
+        else:
+            self.loader = DataLoader(
+                _Records(self.reader, self.transformer, seed, raw=self.device_transform is not None),
+                batch_sampler=self.sampler, num_workers=workers,
+                collate_fn=_collate_raw if self.device_transform else _collate, pin_memory=pin_memory,
+                prefetch_factor=prefetch if workers else None, persistent_workers=workers > 0,
+            )
         self._it: Iterator | None = None
 
     def __len__(self) -> int:
@@ -138,9 +197,12 @@ class DataLayerLoader:
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._it is None:
-            self._it = iter(self.loader)
+            self._it = iter(self.sampler if self.memory is not None else self.loader)
         batch = next(self._it)
         self.sampler.start += self.sampler.stride  # the position of the next batch (the iterator runs ahead)
+        if self.memory is not None:
+            pixels, labels, offsets, mirror = self.memory.batch(batch)
+            return self.device_transform(pixels, offsets, mirror), labels
         if self.device_transform is not None:
             pixels, labels, offsets, mirror = batch
             return self.device_transform(pixels, offsets, mirror), labels.to(self.device_transform.device)

@@ -36,6 +36,7 @@ class DataOptions:
     rank: int = 0  # data-parallel training: this process takes the records at positions = rank (mod world)
     world: int = 1
     device_transform: str | None = None  # transform uint8 batches on this device (see device_transform.py)
+    in_memory: bool = False  # the whole database decoded once into a tensor on that device (loader.py)
 
 
 def default_loss_weights(lp: pb.LayerParameter) -> list[float]:
@@ -72,7 +73,7 @@ class CaffeNet(nn.Module):
                 opts = data or DataOptions()
                 loader = DataLayerLoader(lp, self.state.phase, opts.seed, opts.workers, opts.pin_memory,
                                          opts.prefetch, base_dir, where, rank=opts.rank, world=opts.world,
-                                         device_transform=opts.device_transform)
+                                         device_transform=opts.device_transform, in_memory=opts.in_memory)
                 self.loaders[lp.name] = loader
                 data_shapes[lp.name] = (1, *loader.shape[1:])
         filtered = self._with_input_shapes(input_shapes) if input_shapes else self.filtered

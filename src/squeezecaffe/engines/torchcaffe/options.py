@@ -20,9 +20,17 @@ class EngineOptions:
     prefetch: int = 4
     dtype: str = "float32"  # master precision of weights, histories and updates ("float64" for reference checks)
     gpu_transform: bool = False  # Data layers ship uint8 and crop/mean/scale/mirror on the device
+    data_in_memory: bool = False  # each database decoded once into device memory (implies gpu_transform)
 
     def data_transform_device(self) -> str | None:
-        return str(self.torch_device()) if self.gpu_transform else None
+        return str(self.torch_device()) if self.gpu_transform or self.data_in_memory else None
+
+    @property
+    def torch_only(self) -> list[str]:
+        """The options set here that only the torch engine has (Caffe trains in fp32 NCHW from its own loader)."""
+        flags = {"--amp": self.amp, "--channels-last": self.channels_last, "--gpu-transform": self.gpu_transform,
+                 "--data-in-memory": self.data_in_memory}
+        return [flag for flag, value in flags.items() if value]
 
     def torch_device(self) -> torch.device:
         try:

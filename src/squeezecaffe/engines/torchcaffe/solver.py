@@ -9,7 +9,6 @@ update with lr = policy(iter) * lr_mult; w -= update; iter += 1; snapshot if ite
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from squeezecaffe.engines.torchcaffe.distributed import Dist, average_, mean_scalar
+from squeezecaffe.engines.torchcaffe.distributed import Dist, average_, mean_tensor
 from squeezecaffe.engines.torchcaffe.fillers import fill_net
 from squeezecaffe.engines.torchcaffe.net import CaffeNet, DataOptions
 from squeezecaffe.engines.torchcaffe.options import EngineOptions
@@ -34,10 +33,23 @@ Feed = Callable[[str, int, int], Mapping[str, Tensor]]
 
 @dataclass
 class IterationStats:
+    """One iteration's figures. The torch engine leaves `loss` and `outputs` as 0-d tensors on the
+    training device: reading one (float()) waits for the device to finish, so a caller reads them
+    at display intervals (`read_scalars` reads many in one transfer), never every iteration."""
+
     iter: int  # the iteration just completed (counting from 1)
-    loss: float  # the objective averaged over iter_size passes
+    loss: Tensor | float  # the objective averaged over iter_size passes
     lr: float  # the base rate used for this update (before lr_mult)
-    outputs: dict[str, float] = field(default_factory=dict)  # scalar train-net outputs, averaged over passes
+    outputs: dict[str, Tensor | float] = field(default_factory=dict)  # scalar train-net outputs, averaged over passes
+
+
+def read_scalars(values: list[Tensor | float]) -> list[float]:
+    """Python floats of 0-d tensors (and floats) with one device-to-host transfer for all of them."""
+    tensors = [v for v in values if isinstance(v, Tensor)]
+    if not tensors:
+        return [float(v) for v in values]
+    read = iter(torch.stack([t.detach().to(torch.float64) for t in tensors]).tolist())
+    return [next(read) if isinstance(v, Tensor) else float(v) for v in values]
 
 
 class Solver:
@@ -59,7 +71,8 @@ class Solver:
         device = self.options.torch_device()
         data = DataOptions(seed=self.seed, workers=self.options.workers, pin_memory=device.type == "cuda",
                            prefetch=self.options.prefetch, rank=self.dist.rank, world=self.dist.world,
-                           device_transform=self.options.data_transform_device())
+                           device_transform=self.options.data_transform_device(),
+                           in_memory=self.options.data_in_memory)
         train_param, train_where = self.train_net_param()
         self.train_net = CaffeNet(train_param, "TRAIN", stages=tuple(sp.train_state.stage), level=sp.train_state.level,
                                   where=train_where, base_dir=base_dir, data=data)
@@ -69,7 +82,7 @@ class Solver:
             state = sp.test_state[i] if i < len(sp.test_state) else pb.NetState()
             test_data = DataOptions(seed=self.seed + 1 + i, workers=self.options.workers,
                                     pin_memory=data.pin_memory, prefetch=data.prefetch,
-                                    device_transform=data.device_transform)
+                                    device_transform=data.device_transform, in_memory=data.in_memory)
             net = CaffeNet(param, "TEST", stages=tuple(state.stage), level=state.level, where=test_where,
                            base_dir=base_dir, data=test_data)
             net.share_weights_from(self.train_net)
@@ -149,23 +162,24 @@ class Solver:
             if sp.test_interval and self.iter % sp.test_interval == 0 and (self.iter > 0 or sp.test_initialization):
                 self.test_all()
             self.train_net.train()
-            loss = 0.0
-            outputs: dict[str, float] = {}
+            # Losses and outputs stay on the device: nothing here waits for the device to finish.
+            loss: Tensor | float = 0.0
+            outputs: dict[str, Tensor | float] = {}
             for k in range(sp.iter_size):
                 self.train_net.step_key = self.iter * sp.iter_size + k
                 result = self.train_net(self._inputs("TRAIN", self.iter, k))
                 if result.loss.requires_grad:
                     result.loss.backward()
-                loss += float(result.loss.detach())
+                loss = loss + result.loss.detach().to(torch.float64)
                 for name in self.train_net.output_blobs:
                     t = result.blobs[name]
                     if t.numel() == 1:
-                        outputs[name] = outputs.get(name, 0.0) + float(t.detach()) / sp.iter_size
+                        outputs[name] = outputs.get(name, 0.0) + t.detach().reshape(()).to(torch.float64) / sp.iter_size
             rate = self.learning_rate()
             self.apply_update(rate)
             self.iter += 1
-            loss = mean_scalar(loss, self.dist)  # the global batch's loss, as one process would report it
-            if callback is not None:
+            loss = mean_tensor(torch.as_tensor(loss), self.dist)  # a tensor: iter_size >= 1 passes were added
+            if callback is not None:  # the global batch's loss, as one process would report it
                 callback(IterationStats(self.iter, loss / sp.iter_size, rate, outputs))
             if sp.snapshot and self.iter % sp.snapshot == 0:
                 self.snapshot()
@@ -191,10 +205,12 @@ class Solver:
             return
         average_(diffs, self.dist)  # data-parallel: the mean over the ranks, as Caffe's multi-GPU solver
         if sp.clip_gradients >= 0:
-            l2norm = math.sqrt(float(torch.stack([d.double().square().sum() for d in diffs]).sum()))  # one sync
-            if l2norm > sp.clip_gradients:
-                for d in diffs:
-                    d.mul_(sp.clip_gradients / l2norm)
+            # Caffe scales by clip / norm when norm > clip; min(1, clip / norm) on the device is the same
+            # update (times exactly 1 otherwise) without waiting for the norm on the host.
+            l2norm = torch.stack([d.double().square().sum() for d in diffs]).sum().sqrt()
+            factor = (sp.clip_gradients / l2norm).clamp(max=1.0).to(diffs[0].dtype)
+            for d in diffs:
+                d.mul_(factor)
         n = len(self.params)
         for i, diff in zip(self.updated, diffs, strict=True):
             _, _, blob, lr_mult, decay_mult = self.params[i]
