@@ -4,12 +4,17 @@ same network under the same kind of update, and (c) pycaffe when built, side by 
 (b) is the reference that shows what the prototxt interpreter costs: the same layers (conv without bias ->
 BatchNorm with affine scale/bias as Caffe's BatchNorm+Scale -> ReLU, Fire modules, TypeA 1x1-conv and TypeB
 identity bypasses, ceil-mode max pools, dropout, global average pool) written directly, trained with
-torch.optim.SGD (Nesterov momentum, weight decay, foreach updates). Every contender trains on one fixed batch
-already on the device (Input-fed), so the figures are compute only: forward, backward, update. For each device
-(CPU; CUDA when present) and batch size it prints images/s and, on CUDA, peak memory.
+torch.optim.SGD (Nesterov momentum, weight decay, foreach updates). These contenders train on one fixed batch
+already on the device (Input-fed), so their figures are compute only: forward, backward, update.
+
+Then (a) again fed by a Data layer from a real LMDB of random 64x64 images: through the DataLoader (worker
+processes; on CUDA with the transform on the GPU) and from the database held in device memory
+(--data-in-memory). fed / compute-only below 1 is the share of the time spent waiting for data (its
+complement); on a busy 2-core CPU run-to-run noise is larger than that share.
+For each device (CPU; CUDA when present) and batch size it prints images/s and, on CUDA, peak memory.
 
     python bench/train_speed.py [--models fullbypass8,fullbypass12] [--batches 64,256,1024] [--iters 5]
-                                [--devices cpu,cuda] [--json out.json]
+                                [--devices cpu,cuda] [--workers 4] [--records 4096] [--json out.json]
 
 Default batches on the CPU are small (a 2-core CPU trains ~30 images/s); pass --cpu-batches to change them.
 """
@@ -30,8 +35,11 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from caffe_vs_torch import save_json, time_caffe, training_net
 
+from squeezecaffe.data_tools.decode import raw_datum_bytes
+from squeezecaffe.data_tools.lmdb_io import AtomicLmdbWriter, LmdbAppender, datum_key
 from squeezecaffe.engines.torchcaffe.options import EngineOptions
 from squeezecaffe.engines.torchcaffe.solver import Solver
+from squeezecaffe.proto import parse_text, pb, read_text, to_text
 
 # (squeeze, expand) per Fire, bypass kind per Fire ("conv" = TypeA, "id" = TypeB), pools after these Fires
 ARCH = {
@@ -122,6 +130,51 @@ def time_engine(solver_path: Path, x: torch.Tensor, y: torch.Tensor, warmup: int
     return iters * len(x) / (time.perf_counter() - t0)
 
 
+def random_lmdb(path: Path, records: int, classes: int) -> Path:
+    """An LMDB of raw Datums: smooth random 64x64 BGR images (as JPEG-decoded photos look), random labels."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    writer = AtomicLmdbWriter(path)
+    appender = LmdbAppender(writer.tmp)
+    pairs = []
+    for i in range(records):
+        img = cv2.resize(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), (64, 64), interpolation=cv2.INTER_CUBIC)
+        pairs.append((datum_key(i, f"img_{i}.JPEG"), raw_datum_bytes(img, int(rng.integers(classes)))))
+    appender.append(pairs)
+    appender.close()
+    return writer.commit()
+
+
+def data_fed_solver(solver_path: Path, db: Path) -> Path:
+    """The bench net with its Input layer swapped for a Data layer on `db` (mirror and mean values, as netgen's)."""
+    net = read_text(Path(read_text(solver_path, pb.SolverParameter).net), pb.NetParameter)
+    batch = net.layer[0].input_param.shape[0].dim[0]
+    data = parse_text(f'name: "data" type: "Data" top: "data" top: "label" transform_param {{ mirror: true '
+                      f'mean_value: 104 mean_value: 117 mean_value: 123 }} data_param {{ source: "{db}" '
+                      f'batch_size: {batch} backend: LMDB }}', pb.LayerParameter)
+    layers = [data, *(lp for lp in net.layer if lp.type != "Input")]  # the data and the label Inputs
+    del net.layer[:]
+    net.layer.extend(layers)
+    path = solver_path.with_name("bench_data_net.prototxt")
+    path.write_text(to_text(net))
+    sp = read_text(solver_path, pb.SolverParameter)
+    sp.net = str(path)
+    fed = solver_path.with_name("bench_data_solver.prototxt")
+    fed.write_text(to_text(sp))
+    return fed
+
+
+def time_engine_fed(solver_path: Path, batch: int, warmup: int, iters: int, options: EngineOptions) -> float:
+    solver = Solver.from_file(solver_path, options=options, seed=1)
+    solver.step(warmup)
+    _sync(options.device)
+    t0 = time.perf_counter()
+    solver.step(iters)
+    _sync(options.device)
+    return iters * batch / (time.perf_counter() - t0)
+
+
 def parameter_count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -135,11 +188,14 @@ def main() -> int:
     p.add_argument("--classes", type=int, default=200)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="DataLoader workers (fed runs)")
+    p.add_argument("--records", type=int, default=4096, help="images in the random LMDB of the fed runs")
     p.add_argument("--json", help="also write the figures to this JSON file")
     args = p.parse_args()
     devices = [d for d in args.devices.split(",") if d == "cpu" or torch.cuda.is_available()]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        db = random_lmdb(Path(tmp) / "random_lmdb", args.records, args.classes)
         for device in devices:
             batches = args.cpu_batches if device == "cpu" else args.batches
             for model in args.models.split(","):
@@ -163,7 +219,17 @@ def main() -> int:
 
                         if caffe_available():
                             caffe = time_caffe(solver_path, x_np, y_np, args.warmup, args.iters, folder)
+                    fed_solver = data_fed_solver(solver_path, db)
+                    on_gpu = device.startswith("cuda")
+                    loader = time_engine_fed(fed_solver, batch, args.warmup, args.iters, EngineOptions(
+                        device=device, workers=args.workers, gpu_transform=on_gpu))
+                    in_memory = time_engine_fed(fed_solver, batch, args.warmup, args.iters, EngineOptions(
+                        device=device, data_in_memory=True))
                     rows.append({"device": device, "model": model, "batch": batch, "engine": round(engine, 1),
+                                 "engine_lmdb_loader": round(loader, 1), "engine_in_memory": round(in_memory, 1),
+                                 "loader_over_compute": round(loader / engine, 3),
+                                 "in_memory_over_compute": round(in_memory / engine, 3),
+                                 "loader_workers": args.workers,
                                  "reference": round(reference, 1), "engine_over_reference": round(engine / reference, 3),
                                  "pycaffe": None if caffe is None else round(caffe, 1),
                                  "peak_gib": None if peak is None else round(peak, 2),
@@ -173,13 +239,17 @@ def main() -> int:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     machine = f"{cpu_name()} x{os.cpu_count()}, {gpu}, torch {torch.__version__}"
     print(f"\ntraining images/s, 64x64x3, {args.classes} classes, {args.iters} timed iterations ({machine})\n")
-    print("| device | model | batch | (a) engine | (b) hand-written | a/b | (c) pycaffe | peak GiB |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print("| device | model | batch | (a) engine | (b) hand-written | a/b | (c) pycaffe | (a) + LMDB loader "
+          "(/ a) | (a) + in-memory data (/ a) | peak GiB |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         caffe = "—" if r["pycaffe"] is None else f"{r['pycaffe']:.1f}"
         peak = "—" if r["peak_gib"] is None else f"{r['peak_gib']:.2f}"
         print(f"| {r['device']} | {r['model']} | {r['batch']} | {r['engine']:.1f} | {r['reference']:.1f} | "
-              f"{r['engine_over_reference']:.2f} | {caffe} | {peak} |")
+              f"{r['engine_over_reference']:.2f} | {caffe} | {r['engine_lmdb_loader']:.1f} "
+              f"({r['loader_over_compute']:.2f}) | {r['engine_in_memory']:.1f} ({r['in_memory_over_compute']:.2f}) | "
+              f"{peak} |")
+    print(f"\nLMDB loader: {args.workers} worker processes; (/ a) = fed / compute-only: 1 - it is the data wait")
     save_json(args.json, machine, rows)
     return 0
 
