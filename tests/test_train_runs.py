@@ -139,3 +139,17 @@ def test_plot_overlays_runs(finished_run: Path, tmp_path: Path, capsys):
 def test_a_diverging_run_stops_naming_the_iteration(data: Path, tmp_path: Path, capsys):
     code, _, err = run(capsys, *TRAIN[:-1], "base_lr=1e20", "--data", str(data), "--run-dir", str(tmp_path / "nan"))
     assert code == 2 and "iteration 1: the training loss is not finite" in err and "lower learning rate" in err
+
+
+def test_data_in_memory_trains_the_same_run(data: Path, finished_run: Path, tmp_path: Path, capsys):
+    """`--data-in-memory` (train and val databases decoded into one tensor each) gives the default run, weights
+    and log, byte for byte on the CPU."""
+    run_dir = tmp_path / "mem"
+    code, _, err = run(capsys, *TRAIN, "--data", str(data), "--run-dir", str(run_dir), "--data-in-memory")
+    assert code == 0, err
+    snapshot = "snapshots/cifar_resnet_1111_iter_24.caffemodel"
+    assert (run_dir / snapshot).read_bytes() == (finished_run / snapshot).read_bytes()
+    keys = ("NumIters", "loss", "val_loss", "val_top1")
+    assert [[r[k] for k in keys] for r in read_log(run_dir / "log.csv")] == \
+        [[r[k] for k in keys] for r in read_log(finished_run / "log.csv")]
+    assert json.loads((run_dir / "config.json").read_text())["data_in_memory"] is True
