@@ -210,3 +210,19 @@ def test_listing_follows_path_order(tmp_path: Path) -> None:
     assert _images_under(root, root) == [p.relative_to(root).as_posix() for p in expect]
     assert _images_under(root / "a", root) == ["a/x.jpg", "a/y/z.PNG"]
     assert "b/..jpg" in _images_under(root, root) and "b/.jpg" not in _images_under(root, root)
+
+
+def test_reports_that_cross_are_taken_in_chunk_order() -> None:
+    """Workers report after writing, so chunk 1's report may come before chunk 0's."""
+    from tqdm import tqdm
+
+    def collected(order: list[int]) -> tuple:
+        collect = convert._Collector(tqdm(disable=True))
+        messages = [("chunk", 0, 2, [b"k0", b"k1"], [("a.png", "broken")], 10, (3, 4, 4)),
+                    ("chunk", 1, 2, [b"k2"], [("b.png", "empty")], 5, (3, 8, 8))]
+        for i in order:
+            collect(messages[i])
+        return collect.keys.hexdigest(), collect.skipped, collect.shape, collect.count, collect.bytes
+
+    assert collected([1, 0]) == collected([0, 1])
+    assert collected([1, 0])[1:] == ([("a.png", "broken"), ("b.png", "empty")], (3, 4, 4), 3, 15)

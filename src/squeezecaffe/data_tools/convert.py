@@ -235,7 +235,7 @@ class _Collector:
         self.bar = bar
         self.keys = hashlib.sha256()
         self.next = 0
-        self.waiting: dict[int, tuple[list, list]] = {}
+        self.waiting: dict[int, tuple[list, list, tuple | None]] = {}
         self.skipped: list[tuple[str, str]] = []
         self.count = 0
         self.bytes = 0
@@ -249,16 +249,16 @@ class _Collector:
                 self.sums = sums if self.sums is None else self.sums + sums
             return
         _, chunk, size, keys, skipped, nbytes, shape = message
-        self.waiting[chunk] = (keys, skipped)
-        while self.next in self.waiting:  # messages may cross; keys are hashed in the database's order
-            in_order, skipped_in_order = self.waiting.pop(self.next)
+        self.waiting[chunk] = (keys, skipped, shape)
+        while self.next in self.waiting:  # messages may cross; what depends on order is taken in chunk order
+            in_order, skipped_in_order, shape_in_order = self.waiting.pop(self.next)
             for key in in_order:
                 self.keys.update(key + b"\n")
             self.skipped += skipped_in_order
+            self.shape = self.shape or shape_in_order  # the first record's (the manifest's size)
             self.next += 1
         self.count += len(keys)
         self.bytes += nbytes
-        self.shape = self.shape or shape
         self.bar.update(size)
 
 
