@@ -173,21 +173,18 @@ def _write_chunks(job: _SplitJob, chunks: Iterable[int], turns: _Turns, report: 
     """
     appender = LmdbAppender(job.db, turns.state[_MAP])
     sums = None
-    ready: deque[tuple[int, list[Decoded]]] = deque()
+    ready: deque[tuple[int, list[Decoded], dict]] = deque()
 
-    def write(chunk: int, decoded: list[Decoded]) -> None:
+    def write(chunk: int, decoded: list[Decoded], partial_sums: dict) -> None:
         nonlocal sums
         with turns.turn(chunk, parent_pid) as state:
             pairs, keys, skipped, written = _place(job, chunk, decoded, state)
             if pairs:
                 state[_MAP] = appender.append(pairs, state[_MAP])
             state[_WRITTEN] += len(pairs)
-        images = [d.image for d in written if d.image is not None]
-        if images:
-            # A chunk's sum fits uint16 (CHUNK * 255 < 2^16), the cheapest add; totals are uint64.
-            partial = np.zeros(images[0].shape, np.uint16)
-            for image in images:
-                np.add(partial, image, out=partial)
+        # Every record written has the database's size, and every decoded record of that size was written.
+        partial = partial_sums.get(written[0].shape) if written else None
+        if partial is not None:
             sums = partial.astype(np.uint64) if sums is None else sums + partial
         report(("chunk", chunk, len(decoded), keys, skipped, sum(len(v) for _, v in pairs),
                 written[0].shape if written else None))
@@ -195,11 +192,20 @@ def _write_chunks(job: _SplitJob, chunks: Iterable[int], turns: _Turns, report: 
     try:
         for chunk in chunks:
             decoded = []
+            partial_sums: dict[tuple, np.ndarray] = {}  # raw images summed per size, then let go
             for rel, label in job.items[job.bounds[chunk]:job.bounds[chunk + 1]]:
-                decoded.append(make_datum(job.root / rel, label, job.decode))
+                d = make_datum(job.root / rel, label, job.decode)
+                if d.image is not None:
+                    # A chunk's sum fits uint16 (CHUNK * 255 < 2^16), the cheapest add; totals are uint64.
+                    partial = partial_sums.get(d.shape)
+                    if partial is None:
+                        partial = partial_sums[d.shape] = np.zeros(d.image.shape, np.uint16)
+                    np.add(partial, d.image, out=partial)
+                    d.image = None
+                decoded.append(d)
                 if ready and turns.is_turn(ready[0][0]):
                     write(*ready.popleft())
-            ready.append((chunk, decoded))
+            ready.append((chunk, decoded, partial_sums))
             if len(ready) > 1:
                 write(*ready.popleft())
         while ready:
