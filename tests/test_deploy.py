@@ -189,3 +189,20 @@ def test_bad_eval_and_classify_calls_are_one_line(argv, message, finished_run, d
     code, _, err = run(capsys, *argv)
     assert code == 2
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_test_transform_follows_caffes_phase_rules(tmp_path: Path) -> None:
+    """The TEST transform is the Data layer Caffe would put in the TEST net: one with no include rule counts."""
+    from squeezecaffe.deploy.artifacts import _test_transform
+
+    layer = 'layer {{ name: "{n}" type: "Data" top: "data" top: "label" {inc} transform_param {{ mirror: true ' \
+            'mean_value: {m} }} data_param {{ source: "x" batch_size: 1 }} }}\n'
+    path = tmp_path / "train_val.prototxt"
+    path.write_text(layer.format(n="d", inc="", m=100))
+    tp = _test_transform(path)
+    assert tp is not None and list(tp.mean_value) == [100] and not tp.mirror
+    path.write_text(layer.format(n="tr", inc="include { phase: TRAIN }", m=1)
+                    + layer.format(n="te", inc="exclude { phase: TRAIN }", m=7))
+    assert list(_test_transform(path).mean_value) == [7]
+    path.write_text(layer.format(n="tr", inc="include { phase: TRAIN }", m=1))
+    assert _test_transform(path) is None

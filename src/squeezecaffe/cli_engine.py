@@ -24,8 +24,7 @@ def _options(args: argparse.Namespace, workers: int = 0):
     from squeezecaffe.engines.torchcaffe.options import EngineOptions
 
     return EngineOptions(device=args.device, channels_last=args.channels_last, amp=args.amp, workers=workers,
-                         gpu_transform=getattr(args, "gpu_transform", False),
-                         data_in_memory=getattr(args, "data_in_memory", False))
+                         gpu_transform=args.gpu_transform, data_in_memory=args.data_in_memory)
 
 
 def _read_input(spec: str):

@@ -72,9 +72,12 @@ def _input_shape(net: pb.NetParameter, where: str) -> tuple[int, int, int]:
 
 
 def _test_transform(train_val: Path) -> pb.TransformationParameter | None:
+    """The transform of the Data layer Caffe's include/exclude rules put in the TEST net, never mirrored."""
+    from squeezecaffe.netgen.state import filter_net, make_state
+
     net = read_text(train_val, pb.NetParameter)
-    for lp in net.layer:
-        if lp.type == "Data" and any(r.phase == pb.TEST for r in lp.include):
+    for lp in filter_net(net, make_state(pb.TEST)).layer:
+        if lp.type == "Data":
             tp = pb.TransformationParameter()
             tp.CopyFrom(lp.transform_param)
             tp.mirror = False

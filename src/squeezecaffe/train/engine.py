@@ -46,15 +46,13 @@ class TorchEngine:
         self.sp.snapshot = 0
         self.device = options.device
         self.lr_scale = 1.0
-        self.val_net = self._val_net(solver_path, seed, options.workers)
+        self.val_net = self._val_net(solver_path, seed)
 
-    def _val_net(self, solver_path: Path, seed: int, workers: int) -> CaffeNet:
+    def _val_net(self, solver_path: Path, seed: int) -> CaffeNet:
         tests = self.solver.test_net_params() if len(self.sp.test_iter) else []
         param, where = tests[0] if tests else self.solver.train_net_param()
         net = CaffeNet(param, "TEST", where=where, base_dir=solver_path.parent,
-                       data=DataOptions(seed=seed, workers=workers,
-                                        device_transform=self.solver.options.data_transform_device(),
-                                        in_memory=self.solver.options.data_in_memory))
+                       data=DataOptions.for_engine(self.solver.options, seed))
         net.share_weights_from(self.solver.train_net)
         self.solver.options.apply(net)
         return net

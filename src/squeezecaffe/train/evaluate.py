@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +18,7 @@ import torch
 
 from squeezecaffe.engines.torchcaffe.net import CaffeNet
 from squeezecaffe.errors import UserError
+from squeezecaffe.proto import pb
 
 
 @dataclass
@@ -29,12 +30,12 @@ class EvalResult:
     seconds: float = 0.0
 
 
-def logits_blob(net: CaffeNet) -> tuple[str, str]:
-    """(logits blob, label blob): the bottoms of the net's SoftmaxWithLoss layer."""
-    for lp in net.filtered.layer:
+def logits_blob(layers: Iterable[pb.LayerParameter], where: str) -> tuple[str, str]:
+    """(logits blob, label blob): the bottoms of the net's SoftmaxWithLoss layer (both engines validate on them)."""
+    for lp in layers:
         if lp.type == "SoftmaxWithLoss":
             return lp.bottom[0], lp.bottom[1]
-    raise UserError(f"{net.where}: no SoftmaxWithLoss layer in the TEST net, so there are no logits to score")
+    raise UserError(f"{where}: no SoftmaxWithLoss layer in the TEST net, so there are no logits to score")
 
 
 def score_logits(logits, labels):
@@ -68,7 +69,7 @@ def evaluate(net: CaffeNet) -> EvalResult:
     if len(net.loaders) != 1:
         raise UserError(f"{net.where}: evaluation needs exactly one Data layer in the TEST net")
     loader = next(iter(net.loaders.values()))
-    logits_name, label_name = logits_blob(net)
+    logits_name, label_name = logits_blob(net.filtered.layer, net.where)
     net.eval()
     net.seek_data(0)
 

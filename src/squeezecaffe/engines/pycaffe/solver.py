@@ -213,16 +213,15 @@ class PycaffeSolver:
     def validate(self):
         """Whole-database loss/top-1/top-5 on Caffe's test net (sharing the train net's weights), every record
         once, collected and scored by the same function as the torch engine's validation."""
-        from squeezecaffe.train.evaluate import evaluate_batches
+        from squeezecaffe.netgen.state import filter_net, make_state
+        from squeezecaffe.train.evaluate import evaluate_batches, logits_blob
 
         if not len(self.solver.test_nets):
             raise UserError(f"{self.net_path}: no TEST net to validate on")
         net = self.solver.test_nets[0]
         test_data = data_layer(self.net_param, pb.TEST, str(self.net_path))
-        loss_layer = next((lp for lp in self.net_param.layer if lp.type == "SoftmaxWithLoss"), None)
-        if loss_layer is None:
-            raise UserError(f"{self.net_path}: no SoftmaxWithLoss layer, so there are no logits to score")
-        logits_name, label_name = loss_layer.bottom[0], loss_layer.bottom[1]
+        logits_name, label_name = logits_blob(filter_net(self.net_param, make_state(pb.TEST)).layer,
+                                              str(self.net_path))
         total = record_count(resolve_beside(test_data.data_param.source, self.net_path.parent))
         self._call("share weights", net.share_with, self.solver.net)
 

@@ -88,10 +88,9 @@ class InMemoryRecords:
     def batch(self, positions: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(uint8 pixels and labels on the device, crop offsets and mirror flags on the host) of `positions`."""
         _, _, height, width = self.pixels.shape
-        draws = [self.transformer.draw(height, width, _record_rng(self.seed, p)) for p in positions]
+        offsets, mirror = _draw_tensors([self.transformer.draw(height, width, _record_rng(self.seed, p))
+                                         for p in positions])
         index = torch.tensor([p % len(self) for p in positions]).to(self.device, non_blocking=True)
-        offsets = torch.tensor([(h, w) for h, w, _ in draws], dtype=torch.int64)
-        mirror = torch.tensor([m for _, _, m in draws], dtype=torch.bool)
         return self.pixels[index], self.labels[index], offsets, mirror
 
 
@@ -134,9 +133,14 @@ def _collate_raw(samples: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     """uint8 pixels (the device transform's input), labels, crop offsets, mirror flags."""
     pixels = _stack(samples, "--gpu-transform needs one image size (rebuild the database with --resize)")
     labels = torch.tensor([s[1] for s in samples], dtype=torch.float32)
-    offsets = torch.tensor([s[2] for s in samples], dtype=torch.int64)
-    mirror = torch.tensor([s[3] for s in samples], dtype=torch.bool)
+    offsets, mirror = _draw_tensors([(*s[2], s[3]) for s in samples])
     return pixels, labels, offsets, mirror
+
+
+def _draw_tensors(draws: list[tuple[int, int, bool]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, column) crop offsets as N x 2 int64 and mirror flags as N bools: DeviceTransform's inputs."""
+    offsets = torch.tensor([(h, w) for h, w, _ in draws], dtype=torch.int64).reshape(-1, 2)
+    return offsets, torch.tensor([m for _, _, m in draws], dtype=torch.bool)
 
 
 class DataLayerLoader:

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from squeezecaffe.engines.torchcaffe.layers import LAYERS, SUPPORTED_TYPES, DataLayer, LayerContext, fuse_batchnorm_scale
 from squeezecaffe.engines.torchcaffe.loader import DataLayerLoader
+from squeezecaffe.engines.torchcaffe.options import EngineOptions
 from squeezecaffe.errors import UserError
 from squeezecaffe.netgen.inference import infer_layers, net_input_shapes
 from squeezecaffe.netgen.state import filter_net, make_state
@@ -37,6 +38,13 @@ class DataOptions:
     world: int = 1
     device_transform: str | None = None  # transform uint8 batches on this device (see device_transform.py)
     in_memory: bool = False  # the whole database decoded once into a tensor on that device (loader.py)
+
+    @classmethod
+    def for_engine(cls, options: EngineOptions, seed: int, rank: int = 0, world: int = 1) -> DataOptions:
+        """The Data layers' settings the engine options imply: one rule for train, test and validation nets."""
+        return cls(seed=seed, workers=options.workers, pin_memory=options.torch_device().type == "cuda",
+                   prefetch=options.prefetch, rank=rank, world=world,
+                   device_transform=options.data_transform_device(), in_memory=options.data_in_memory)
 
 
 def default_loss_weights(lp: pb.LayerParameter) -> list[float]:

@@ -68,11 +68,7 @@ class Solver:
         if sp.regularization_type not in ("L1", "L2"):
             raise UserError(f"{where}: regularization_type '{sp.regularization_type}' (use L1 or L2)")
         self.seed = seed if seed is not None else (sp.random_seed if sp.random_seed >= 0 else 0)
-        device = self.options.torch_device()
-        data = DataOptions(seed=self.seed, workers=self.options.workers, pin_memory=device.type == "cuda",
-                           prefetch=self.options.prefetch, rank=self.dist.rank, world=self.dist.world,
-                           device_transform=self.options.data_transform_device(),
-                           in_memory=self.options.data_in_memory)
+        data = DataOptions.for_engine(self.options, self.seed, self.dist.rank, self.dist.world)
         train_param, train_where = self.train_net_param()
         self.train_net = CaffeNet(train_param, "TRAIN", stages=tuple(sp.train_state.stage), level=sp.train_state.level,
                                   where=train_where, base_dir=base_dir, data=data)
@@ -80,11 +76,8 @@ class Solver:
         self.test_nets = []
         for i, (param, test_where) in enumerate(self.test_net_params()):
             state = sp.test_state[i] if i < len(sp.test_state) else pb.NetState()
-            test_data = DataOptions(seed=self.seed + 1 + i, workers=self.options.workers,
-                                    pin_memory=data.pin_memory, prefetch=data.prefetch,
-                                    device_transform=data.device_transform, in_memory=data.in_memory)
             net = CaffeNet(param, "TEST", stages=tuple(state.stage), level=state.level, where=test_where,
-                           base_dir=base_dir, data=test_data)
+                           base_dir=base_dir, data=DataOptions.for_engine(self.options, self.seed + 1 + i))
             net.share_weights_from(self.train_net)
             self.test_nets.append(net)
         for net in [self.train_net, *self.test_nets]:
@@ -232,14 +225,15 @@ class Solver:
         net = self.test_nets[index]
         net.eval()
         net.seek_data(0)
-        sums: dict[str, float] = {}
+        sums: dict[str, Tensor] = {}
         for k in range(self.sp.test_iter[index]):
             result = net(self._inputs("TEST", self.iter, k))
             for name in net.output_blobs:
                 t = result.blobs[name]
-                if t.numel() == 1:
-                    sums[name] = sums.get(name, 0.0) + float(t)
-        return {name: v / self.sp.test_iter[index] for name, v in sums.items()}
+                if t.numel() == 1:  # summed on the device, read once after the last batch
+                    sums[name] = sums.get(name, 0.0) + t.reshape(()).to(torch.float64)
+        values = read_scalars(list(sums.values()))
+        return {name: v / self.sp.test_iter[index] for name, v in zip(sums, values, strict=True)}
 
     def test_all(self) -> list[dict[str, float]]:
         results = [self.test(i) for i in range(len(self.test_nets))]
