@@ -146,7 +146,12 @@ def test_a_failing_worker_stops_the_command_and_leaves_no_database(tmp_path: Pat
     assert _leftovers(tmp_path / "out") == []
 
     monkeypatch.setattr(convert, "make_datum", _fail_on("class_0/img_5.png", lambda: os._exit(3)))
-    with pytest.raises(RuntimeError, match=r"died \(exit code 3\)"):
+    with pytest.raises(UserError, match=r"died \(exit code 3\) while writing .*; nothing was kept$"):
+        build_lmdb(src, tmp_path / "out", quiet(jobs=2))
+    assert _leftovers(tmp_path / "out") == []
+
+    monkeypatch.setattr(convert, "make_datum", _fail_on("class_1/img_7.png", lambda: os.kill(os.getpid(), 9)))
+    with pytest.raises(UserError, match=r"died \(killed by signal 9\)"):  # as the out-of-memory killer does
         build_lmdb(src, tmp_path / "out", quiet(jobs=2))
     assert _leftovers(tmp_path / "out") == []
 

@@ -305,9 +305,10 @@ class _Workers:
                 except EOFError:
                     proc = self.conns.pop(conn)
                     proc.join()
-                    if proc not in done and proc.exitcode != 0:
-                        failures.append((f"converter worker {proc.name} died (exit code {proc.exitcode}) "
-                                         f"while writing {self.job.db}", None))
+                    if proc not in done and proc.exitcode != 0:  # killed (out of memory, say): not a bug
+                        how = f"killed by signal {-proc.exitcode}" if proc.exitcode < 0 else f"exit code {proc.exitcode}"
+                        failures.append((f"converter worker {proc.name} died ({how}) while writing {self.job.db}; "
+                                         "nothing was kept", ""))
                         self.turns.stop()
                     continue
                 if message[0] == "error":
@@ -319,9 +320,9 @@ class _Workers:
                 if message[0] == "done":
                     done.add(self.conns[conn])
                 collect(message)
-        if failures:
+        if failures:  # a traceback means a bug (RuntimeError, shown whole); anything else is one line
             text, detail = failures[0]
-            raise UserError(text) if detail == "" else RuntimeError(text)
+            raise RuntimeError(text) if detail else UserError(text)
         if len(done) < len(self.procs):
             raise RuntimeError(f"converter workers stopped before writing all of {self.job.db}")
 
