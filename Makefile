@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 MODEL ?= fullbypass12
 OUT ?= out
 
-.PHONY: setup demo netgen-demo caffe test test-slow lint prototxt proto summary draw train build-lmdb bench-data bench-caffe docker clean
+.PHONY: setup demo netgen-demo caffe test test-fast test-slow test-gpu lint fashion-mnist default-data prototxt proto summary draw train build-lmdb bench-data bench-caffe docker clean
 
 # Create .venv and install the package with its dev tools; re-runs only when pyproject.toml changes.
 # torch==2.13.0 is named first so pip takes the CPU wheel instead of a multi-GB CUDA build on machines
@@ -26,13 +26,21 @@ $(STAMP): pyproject.toml
 # -> PNG folders -> LMDB -> fullbypass8 trained with the torch engine -> test eval -> Table-3 report.
 # A short schedule by default (a few minutes on 2 CPU cores); FULL=1 for the full one.
 FASHION := /usr/share/datasets/fashion-mnist
-demo: setup
+fashion-mnist:
 	@test -f $(FASHION)/train-labels-idx1-ubyte.gz || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
 	  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then \
 	    sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist; \
 	  else echo "Fashion-MNIST is not installed; run: sudo apt-get install dataset-fashion-mnist"; exit 1; fi; }
+
+demo: setup fashion-mnist
 	$(BIN)/squeezecaffe demo --out $(OUT)/demo $(if $(FULL),--full)
+
+# The built-in default dataset (`make train` / `make build-lmdb` without DATA): all of Fashion-MNIST as a
+# build-lmdb data directory (57,000 train / 3,000 val / 10,000 test, 28x28 gray), built on first use.
+DEFAULT_DATA := $(OUT)/data/fashion-mnist
+default-data: setup fashion-mnist
+	$(BIN)/squeezecaffe default-data $(DEFAULT_DATA)
 
 # Generate one model's prototxt and print its tables (no data needed).
 netgen-demo: setup
@@ -54,8 +62,16 @@ test: setup
 	  echo "Caffe could not be built here: its parity tests will be skipped"; }; fi
 	$(if $(and $(filter true,$(CI)),$(if $(NO_CAFFE),,1)),SQUEEZECAFFE_REQUIRE_CAFFE=1) $(BIN)/python -m pytest -q
 
+# Tiers (see docs/testing.md): `test` is the whole CPU suite (what CI runs); `test-fast` leaves out the tests
+# marked slow (for day-to-day work); `test-slow` runs only those; `test-gpu` the CUDA tests (skip without a GPU).
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow and not gpu and not docker"
+
 test-slow: setup
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m "slow and not gpu and not docker"
+
+test-gpu: setup
+	$(BIN)/python -m pytest -q -m gpu
 
 lint: setup
 	$(BIN)/ruff check src tests bench
@@ -77,13 +93,14 @@ draw: setup
 # JPEG/PNG dataset -> OUT/{train,val,test}_lmdb + mean.binaryproto + labels.txt + manifest.json.
 # make build-lmdb DATA=~/tiny-imagenet-200 OUT=data/tiny [ARGS="--resize 64x64 --encoded"]
 DATA ?=
+# Without DATA, both use the built-in default dataset (Fashion-MNIST, see default-data) and say so first.
 train: setup
-	@test -n "$(MODEL)" -a -n "$(DATA)" || { echo "usage: make train MODEL=fullbypass12 DATA=data/dir [ENGINE=auto|torch|caffe] [DEVICE=cpu|cuda] [EPOCHS=N] [ARGS=...]"; exit 2; }
-	$(BIN)/squeezecaffe train "$(MODEL)" --data "$(DATA)" --engine "$(or $(ENGINE),auto)" --device "$(or $(DEVICE),cpu)" $(if $(EPOCHS),--epochs $(EPOCHS)) $(ARGS)
+	@if [ -z "$(DATA)" ]; then echo "make train: no DATA given, so training on the built-in default dataset $(DEFAULT_DATA) (Fashion-MNIST); give DATA=dir for your own"; $(MAKE) --no-print-directory default-data; fi
+	$(BIN)/squeezecaffe train "$(MODEL)" --data "$(or $(DATA),$(DEFAULT_DATA))" --engine "$(or $(ENGINE),auto)" --device "$(or $(DEVICE),cpu)" $(if $(EPOCHS),--epochs $(EPOCHS)) $(ARGS)
 
 build-lmdb: setup
-	@test -n "$(DATA)" || { echo "usage: make build-lmdb DATA=path/to/images OUT=data/name [ARGS=...]"; exit 2; }
-	$(BIN)/squeezecaffe build-lmdb "$(DATA)" "$(OUT)" $(ARGS)
+	@if [ -z "$(DATA)" ]; then echo "make build-lmdb: no DATA given, so building the built-in default dataset into $(DEFAULT_DATA) (Fashion-MNIST); give DATA=images OUT=dir for your own"; $(MAKE) --no-print-directory default-data; \
+	else $(BIN)/squeezecaffe build-lmdb "$(DATA)" "$(OUT)" $(ARGS); fi
 
 # The NVIDIA GPU image (needs a Docker engine; docker/install.sh is what it runs, tested by the suite).
 IMAGE ?= squeezecaffe

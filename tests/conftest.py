@@ -71,6 +71,18 @@ def random_caffemodel(net: pb.NetParameter, seed: int = 0) -> pb.NetParameter:
     return model
 
 
+# Full-size registry rows whose sweeps cost most (227x227 ImageNet nets, the wide CIFAR ResNets): in `make test`
+# and `make test-slow`, left out of `make test-fast`, where a narrow fullbypass8 (same graph) stands in.
+SLOW_MODELS = frozenset({"squeezenet_v1_0", "squeezenet_v1_1", "simple_bypass_v1_0", "complex_bypass_v1_0",
+                         "cifar_resnet_18", "cifar_resnet_2231", "cifar_resnet_2221", "cifar_resnet_2211",
+                         "cifar_resnet_2111"})
+
+
+def model_params(names) -> list:
+    """Registry names as pytest parameters, the costly ones marked slow."""
+    return [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_MODELS else n for n in names]
+
+
 def have(tool: str) -> bool:
     return shutil.which(tool) is not None
 

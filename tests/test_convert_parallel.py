@@ -57,7 +57,8 @@ def test_raw_datum_bytes_are_protobufs_serialization() -> None:
         assert raw_datum_bytes(img, label) == expect.SerializeToString(), (shape, label)
 
 
-@pytest.mark.parametrize("flags", [{}, {"gray": True}, {"resize": (8, 8)}, {"encoded": True}, {"shuffle": True}])
+@pytest.mark.parametrize("flags", [{}, {"gray": True}, {"resize": (8, 8)}, {"encoded": True}, {"shuffle": "all"},
+                                   {"shuffle": "none"}])
 def test_any_number_of_workers_writes_the_one_process_database(flags, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(convert, "CHUNK", 8)  # forked workers inherit it: 15 chunks, quarter chunks at the end
     src = mixed_folder(tmp_path / "cf")
@@ -171,6 +172,7 @@ def _children(pid: int) -> list[int]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs /proc to list a process's children")
+@pytest.mark.slow
 def test_workers_exit_when_the_parent_is_killed(tmp_path: Path) -> None:
     src = write_class_folders(tmp_path / "cf", classes=4, per_class=1500, size=(32, 32), ext=".jpg")
     out = tmp_path / "data"

@@ -48,7 +48,7 @@ def quiet(**kw) -> ConvertOptions:
 def test_equals_convert_imageset_record_for_record(mode, flags, tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
     code = main(["build-lmdb", str(CAFFE_LMDB / "list.txt"), str(out), "--root", str(CAFFE_LMDB / "images"),
-                 "--splits", "train", "--quiet", *flags])
+                 "--splits", "train", "--quiet", "--keep-order", *flags])
     assert code == 0, capsys.readouterr().err
     assert records(out / "train_lmdb") == records(CAFFE_LMDB / f"{mode}_lmdb")
 
@@ -67,7 +67,7 @@ def test_mean_equals_compute_image_mean_byte_for_byte(tmp_path: Path, capsys) ->
 def test_tiny_imagenet_layout_pixels_and_labels(tmp_path: Path) -> None:
     src = write_tiny_imagenet(tmp_path / "tiny")
     out = tmp_path / "data"
-    manifest, results = build_lmdb(src, out, quiet(jobs=2))
+    manifest, results = build_lmdb(src, out, quiet(jobs=2, shuffle="none"))  # listing order, to check the keys
     assert manifest.classes == 3 and (manifest.height, manifest.width) == (64, 64)
     assert {r.name: r.count for r in results} == {"train": 12, "val": 6, "test": 2}
     ds = discover(src)
@@ -94,7 +94,7 @@ def test_tiny_imagenet_layout_pixels_and_labels(tmp_path: Path) -> None:
 def test_class_folders_stratified_split_and_shuffle(tmp_path: Path) -> None:
     src = write_class_folders(tmp_path / "cf", classes=3, per_class=10)
     out = tmp_path / "data"
-    manifest, _ = build_lmdb(src, out, quiet(shuffle=True, seed=3), val_fraction=0.2)
+    manifest, _ = build_lmdb(src, out, quiet(shuffle="all", seed=3), val_fraction=0.2)
     assert manifest.split_count("train") == 24 and manifest.split_count("val") == 6
     val_labels = sorted(label for _, label in LmdbReader(out / "val_lmdb"))
     assert val_labels == [0, 0, 1, 1, 2, 2]
@@ -102,7 +102,7 @@ def test_class_folders_stratified_split_and_shuffle(tmp_path: Path) -> None:
     paths = [k.decode().split("_", 1)[1] for k in keys]
     assert paths != sorted(paths)  # shuffled
     again = tmp_path / "again"
-    build_lmdb(src, again, quiet(shuffle=True, seed=3), val_fraction=0.2)
+    build_lmdb(src, again, quiet(shuffle="all", seed=3), val_fraction=0.2)
     assert records(again / "train_lmdb") == records(out / "train_lmdb")  # seeded
 
 
@@ -193,6 +193,7 @@ def _kill_when_writing(cmd: list[str], out: Path) -> bool:
     return any(".tmp-" in p.name for p in out.glob(".*"))
 
 
+@pytest.mark.slow
 def test_sigkill_mid_write_leaves_no_partial_database(tmp_path: Path) -> None:
     """Kill the converter while it writes: the final path holds nothing or the previous complete database."""
     src = write_class_folders(tmp_path / "cf", classes=4, per_class=1500, size=(32, 32), ext=".jpg")

@@ -17,7 +17,7 @@ from squeezecaffe.data_tools.lmdb_io import LmdbReader
 from squeezecaffe.deploy.artifacts import resolve_artifacts
 from squeezecaffe.deploy.preprocess import Preprocessor
 from squeezecaffe.engines.torchcaffe.net import load_net
-from squeezecaffe.engines.torchcaffe.weights import load_caffemodel
+from squeezecaffe.engines.torchcaffe.weights import load_caffemodel, read_caffemodel
 from squeezecaffe.netgen.summary import summarize
 from squeezecaffe.proto import pb, read_text
 from squeezecaffe.train.logs import read_log
@@ -32,24 +32,40 @@ def epoch1(run_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def evals(finished_run: Path, tmp_path_factory) -> dict[str, dict]:
-    """The val split scored by both runtimes, with the epoch-1 weights (found inside the run's snapshots/)."""
+def mistaken(finished_run: Path, data: Path) -> Path:
+    """A model that makes mistakes to compare runtimes on (the trained weights score 100% on this easy set): the
+    epoch-1 weights with the classifier's class-0 bias raised by the median margin of the other classes' val images
+    over class 0, so about half of them go to class 0. Written inside the run's snapshots/ (eval finds the run)."""
+    path = finished_run / "snapshots" / "mistaken.caffemodel"
+    logits, labels = _direct_logits(finished_run, data / "val_lmdb", epoch1(finished_run))
+    others = labels != 0
+    shift = float(np.median(logits[others, labels[others]] - logits[others, 0])) + 1e-3
+    model = read_caffemodel(epoch1(finished_run))
+    bias = next(lp for lp in model.layer if lp.name == "classifier").blobs[1]
+    bias.data[0] += shift
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+@pytest.fixture(scope="module")
+def evals(mistaken: Path, tmp_path_factory) -> dict[str, dict]:
+    """The val split scored by both runtimes, with the mistaken weights (found inside the run's snapshots/)."""
     from squeezecaffe.cli import main
 
     out = tmp_path_factory.mktemp("evals")
     results = {}
     for engine in ("torch", "opencv"):
-        assert main(["eval", str(epoch1(finished_run)), "--split", "val", "--engine", engine, "--out",
+        assert main(["eval", str(mistaken), "--split", "val", "--engine", engine, "--out",
                      str(out / engine), "--quiet"]) == 0
         results[engine] = json.loads((out / engine / "metrics.json").read_text())
         results[engine]["dir"] = out / engine
     return results
 
 
-def _direct_logits(run_dir: Path, db: Path) -> tuple[np.ndarray, np.ndarray]:
+def _direct_logits(run_dir: Path, db: Path, weights: Path) -> tuple[np.ndarray, np.ndarray]:
     """The deploy net run by hand: TEST mean from train_val, every record once."""
     net = load_net(run_dir / "deploy.prototxt")
-    assert not load_caffemodel(net, epoch1(run_dir)).missing
+    assert not load_caffemodel(net, weights).missing
     net.eval()
     train_val = read_text(run_dir / "train_val.prototxt", pb.NetParameter)
     mean = np.asarray(next(lp for lp in train_val.layer if lp.type == "Data").transform_param.mean_value, np.float32)
@@ -61,14 +77,15 @@ def _direct_logits(run_dir: Path, db: Path) -> tuple[np.ndarray, np.ndarray]:
     return logits.astype(np.float64), np.asarray(labels)
 
 
-def test_eval_torch_and_opencv_agree_and_json_equals_a_direct_recomputation(evals, finished_run: Path, data: Path):
+def test_eval_torch_and_opencv_agree_and_json_equals_a_direct_recomputation(evals, mistaken: Path, finished_run: Path,
+                                                                          data: Path):
     torch_m, cv_m = evals["torch"], evals["opencv"]
     assert torch_m["count"] == cv_m["count"] == 40
     assert 0.3 < torch_m["top1"] < 1.0 and torch_m["errors"]  # a model with mistakes to compare
     assert torch_m["top1"] == cv_m["top1"] and torch_m["confusion"] == cv_m["confusion"]
     assert abs(torch_m["loss"] - cv_m["loss"]) < 1e-4
 
-    logits, labels = _direct_logits(finished_run, data / "val_lmdb")
+    logits, labels = _direct_logits(finished_run, data / "val_lmdb", mistaken)
     predicted = logits.argmax(1)
     assert torch_m["top1"] == pytest.approx((predicted == labels).mean(), abs=1e-12)
     top5 = np.argsort(-logits, axis=1)[:, :5]

@@ -64,6 +64,7 @@ def _solver(folder: Path, data: Path, batch: int) -> Path:
     return folder / "solver.prototxt"
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_with_double_batch(ddp_data: Path, tmp_path: Path) -> None:
     single = tmp_path / "single"
     solver1 = _solver(single, ddp_data, 8)
@@ -86,7 +87,8 @@ def test_two_processes_equal_one_with_double_batch(ddp_data: Path, tmp_path: Pat
     assert [r["NumIters"] for r in one] == [r["NumIters"] for r in two] and len(one) >= 12
     for a, b in zip(one, two, strict=True):
         key = "loss" if a["Phase"] == "train" else "val_loss"
-        assert float(b[key]) == pytest.approx(float(a[key]), rel=1e-5), (a, b)
+        # abs: a loss near 0 is -log(p) for p near 1, which float32 resolves to ~6e-8 whatever the engine
+        assert float(b[key]) == pytest.approx(float(a[key]), rel=1e-5, abs=1e-6), (a, b)
     final = sorted((single / "run" / "snapshots").glob("*.caffemodel"))[-1].name
     m1 = read_caffemodel(single / "run" / "snapshots" / final)
     m2 = read_caffemodel(double / "run" / "snapshots" / final)  # written once, by rank 0

@@ -17,9 +17,9 @@ from squeezecaffe.engines.torchcaffe.weights import load_caffemodel, save_caffem
 from squeezecaffe.errors import UserError
 from squeezecaffe.netgen.builder import build_deploy
 from squeezecaffe.netgen.config import resolve
-from squeezecaffe.netgen.registry import MODELS
+from squeezecaffe.netgen.registry import MODELS, narrowed
 from squeezecaffe.proto import parse_text, pb
-from tests.conftest import random_caffemodel
+from tests.conftest import model_params, random_caffemodel
 
 
 def _opencv_prob(prototxt: Path, caffemodel: Path, x: np.ndarray) -> np.ndarray:
@@ -28,9 +28,9 @@ def _opencv_prob(prototxt: Path, caffemodel: Path, x: np.ndarray) -> np.ndarray:
     return net.forward().reshape(len(x), -1)
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", [*model_params(sorted(MODELS)), "fullbypass8_narrow4"])
 def test_engine_and_opencv_agree_on_every_registered_model(name: str, tmp_path: Path) -> None:
-    spec = MODELS[name]
+    spec = MODELS[name] if name in MODELS else narrowed(MODELS[name.split("_narrow")[0]], 4)
     cfg, _ = resolve(spec)
     deploy = build_deploy(spec, cfg)
     prototxt = tmp_path / "deploy.prototxt"

@@ -88,7 +88,7 @@ def test_limits_are_stratified_seeded_subsets_and_val_is_held_out_of_split_folde
     assert subset == sorted(subset, key=items.index)  # original order kept
 
     export_pngs(tmp_path / "png", fashion_like(tmp_path / "idx"), jobs=1)
-    manifest, _ = build_lmdb(tmp_path / "png", tmp_path / "data", ConvertOptions(jobs=1, progress=False, shuffle=True,
+    manifest, _ = build_lmdb(tmp_path / "png", tmp_path / "data", ConvertOptions(jobs=1, progress=False, shuffle="all",
                              gray=True), val_fraction=0.25, limits={"train": 40})
     assert {s: v["count"] for s, v in manifest.splits.items()} == {"train": 40, "val": 30, "test": 30}
     assert manifest.channels == 1 and (manifest.height, manifest.width) == (28, 28)
@@ -110,6 +110,7 @@ def test_bad_limit_is_one_line(tmp_path: Path, capsys):
     assert code == 2 and "--limit 'train=lots'" in err
 
 
+@pytest.mark.slow
 def test_demo_runs_every_step_and_reports_test_accuracy(tmp_path: Path, capsys):
     src = fashion_like(tmp_path / "idx", train_per_class=16, test_per_class=4)
     code, out, err = run(capsys, "demo", "--src", str(src), "--out", str(tmp_path / "demo"), "--model", "original8",

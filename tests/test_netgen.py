@@ -19,7 +19,7 @@ from squeezecaffe.netgen.registry import MODELS
 from squeezecaffe.netgen.state import filter_net, make_state
 from squeezecaffe.netgen.summary import summarize
 from squeezecaffe.proto import pb
-from tests.conftest import REPO, random_caffemodel
+from tests.conftest import REPO, model_params, random_caffemodel
 
 NAMES = list(MODELS)
 
@@ -120,7 +120,7 @@ def test_no_stray_committed_models() -> None:
     assert committed == set(MODELS), "prototxt/ holds a model the registry no longer has: run 'make prototxt'"
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", model_params(NAMES))
 def test_deploy_loads_in_opencv_and_gives_probabilities(name: str, tmp_path: Path) -> None:
     spec = MODELS[name]
     cfg, _ = resolve(spec)

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from squeezecaffe.engines.torchcaffe.net import load_net
@@ -63,6 +64,7 @@ def test_resume_from_epoch_2_gives_the_same_epoch_3_weights(finished_run: Path, 
     assert [r["Epoch"] for r in epochs] == ["1", "2", "3"]  # no duplicate rows after the resume
 
 
+@pytest.mark.slow
 def test_sigkill_never_leaves_a_snapshot_that_resume_would_pick(data: Path, tmp_path: Path):
     run_dir = tmp_path / "killed"
     cmd = [sys.executable, "-m", "squeezecaffe.cli", *TRAIN, "--epochs", "40", "--data", str(data),
@@ -86,6 +88,7 @@ def test_sigkill_never_leaves_a_snapshot_that_resume_would_pick(data: Path, tmp_
         assert read_binary(done["solverstate"], pb.SolverState).iter == done["iter"]
 
 
+@pytest.mark.slow
 def test_sigint_snapshots_and_prints_the_resume_command(data: Path, tmp_path: Path):
     run_dir = tmp_path / "interrupted"
     cmd = [sys.executable, "-m", "squeezecaffe.cli", *TRAIN, "--epochs", "40", "--data", str(data),
@@ -141,6 +144,7 @@ def test_a_diverging_run_stops_naming_the_iteration(data: Path, tmp_path: Path, 
     assert code == 2 and "iteration 1: the training loss is not finite" in err and "lower learning rate" in err
 
 
+@pytest.mark.slow
 def test_data_in_memory_trains_the_same_run(data: Path, finished_run: Path, tmp_path: Path, capsys):
     """`--data-in-memory` (train and val databases decoded into one tensor each) gives the default run, weights
     and log, byte for byte on the CPU."""

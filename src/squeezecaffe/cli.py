@@ -112,11 +112,18 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_gen(args: argparse.Namespace) -> int:
+    from squeezecaffe.netgen.config import parse_hw
     from squeezecaffe.netgen.emit import generate, write_generated
+    from squeezecaffe.netgen.recipes import resolve_recipe
     from squeezecaffe.netgen.registry import get_model
 
     spec = get_model(args.model)
-    cfg, sched = _resolve_from_args(args, spec)
+    result = resolve_recipe(
+        spec, args.recipe, classes=args.classes, input_size=parse_hw(args.input) if args.input else None,
+        batch_size=args.batch_size, test_batch_size=args.test_batch_size, train_size=args.train_size,
+        val_size=args.val_size, epochs=args.epochs, data_dir=args.data, use_mean_file=args.mean_file)
+    cfg, sched = result.cfg, result.sched
+    print(f"recipe {args.recipe}: " + ", ".join(f"{k} {v}" for k, v in result.values.items() if k != "recipe"))
     out = Path(args.out)
     model = generate(spec, out, cfg, sched, _parse_overrides(args.solver_set),
                      snapshot_prefix=str(out / "snapshots" / spec.name))
@@ -150,7 +157,8 @@ def cmd_build_lmdb(args: argparse.Namespace) -> int:
         raise UserError(f"--jobs {args.jobs}: must be 0 (all cores) or more")
     options = ConvertOptions(
         resize=parse_hw(args.resize, "--resize") if args.resize else None, gray=args.gray, encoded=args.encoded,
-        shuffle=args.shuffle, seed=args.seed, jobs=args.jobs or 0, max_skip=args.max_skip, force=args.force,
+        shuffle="none" if args.keep_order else "all" if args.shuffle else "train", seed=args.seed,
+        jobs=args.jobs or 0, max_skip=args.max_skip, force=args.force,
         splits=tuple(args.splits.split(",")), progress=not args.quiet)
     manifest, results = build_lmdb(args.src, args.out, options, root=args.root, classes=args.classes,
                                    val_fraction=args.val_fraction, limits=parse_limits(args.limit))
@@ -196,15 +204,29 @@ def cmd_import_fashion_mnist(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_default_data(args: argparse.Namespace) -> int:
+    from squeezecaffe.data_tools.default_data import ensure_default_data
+
+    out, reused = ensure_default_data(args.out, args.src, quiet=args.quiet)
+    print(f"default dataset (Fashion-MNIST, 10 classes, 28x28 gray) {'already built' if reused else 'built'}: {out}")
+    return 0
+
+
 def _register_data_verbs(sub: argparse._SubParsersAction) -> None:
+    from squeezecaffe.data_tools.fashion_mnist import DEFAULT_SOURCE
+
     p = sub.add_parser("build-lmdb", help="image folders / list files -> Caffe LMDBs + mean + labels + manifest")
     p.add_argument("src", help="Tiny ImageNet root, class-folder root, a list file, or a folder with train.txt/val.txt")
     p.add_argument("out", help="output data directory (train_lmdb/, val_lmdb/, mean.binaryproto, labels.txt, ...)")
     p.add_argument("--resize", metavar="HxW", help="resize every image (bilinear), e.g. 64x64")
     p.add_argument("--gray", action="store_true", help="store 1-channel images")
     p.add_argument("--encoded", action="store_true", help="store the JPEG/PNG bytes instead of raw pixels")
-    p.add_argument("--shuffle", action="store_true", help="shuffle the record order (seeded by --seed)")
-    p.add_argument("--seed", type=int, default=0)
+    order = p.add_mutually_exclusive_group()
+    order.add_argument("--keep-order", action="store_true",
+                       help="keep the listing order (class by class, as convert_imageset without --shuffle); "
+                            "by default the training split is shuffled, seeded by --seed")
+    order.add_argument("--shuffle", action="store_true", help="shuffle every split, not only train")
+    p.add_argument("--seed", type=int, default=0, help="seed of the shuffle and of the --val-fraction/--limit draws")
     p.add_argument("--jobs", type=int, help="decoding processes (default: all cores)")
     p.add_argument("--max-skip", type=float, default=0.01, help="fail when more than this fraction is broken")
     p.add_argument("--force", action="store_true", help="replace existing databases in OUT")
@@ -221,11 +243,17 @@ def _register_data_verbs(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("import-fashion-mnist",
                        help="Fashion-MNIST IDX files -> OUT/{train,test}/<class>/*.png + words.txt")
     p.add_argument("out", help="output folder (reused when a finished export is already there)")
-    p.add_argument("--src", default="/usr/share/datasets/fashion-mnist",
+    p.add_argument("--src", default=str(DEFAULT_SOURCE),
                    help="folder of the four IDX(.gz) files (default: Debian's dataset-fashion-mnist)")
     p.add_argument("--jobs", type=int, help="writer processes (default: all cores)")
     p.add_argument("--force", action="store_true", help="replace OUT")
     p.set_defaults(func=cmd_import_fashion_mnist)
+
+    p = sub.add_parser("default-data", help="build (or reuse) the built-in default dataset: Fashion-MNIST as LMDBs")
+    p.add_argument("out", nargs="?", default="out/data/fashion-mnist", help="data directory (default %(default)s)")
+    p.add_argument("--src", default=str(DEFAULT_SOURCE), help="folder of the Fashion-MNIST IDX files")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_default_data)
 
     p = sub.add_parser("mean", help="mean image of a database (.binaryproto as compute_image_mean) + per-channel JSON")
     p.add_argument("db")
@@ -259,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("--out", required=True, help="output directory")
     _add_net_overrides(p)
+    p.add_argument("--recipe", default="default", help="default, paper or registry (see docs/training.md)")
     p.set_defaults(func=cmd_gen)
 
     p = sub.add_parser("prototxt", help="regenerate the committed prototxt/<model>/ files of every model")

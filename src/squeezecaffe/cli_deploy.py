@@ -101,6 +101,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def register_deploy_verbs(sub: argparse._SubParsersAction) -> None:
+    from squeezecaffe.data_tools.fashion_mnist import DEFAULT_SOURCE
+
     p = sub.add_parser("eval", help="top-1/top-5/loss, per-class accuracy, confusion matrix and error grid of a "
                                     "trained model over a whole database or image folder")
     _add_model_options(p)
@@ -128,7 +130,7 @@ def register_deploy_verbs(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="Fashion-MNIST end to end: import, build-lmdb, train, eval, report")
     p.add_argument("--out", default="out/demo", help="working folder (default out/demo)")
     p.add_argument("--full", action="store_true", help="the full schedule (all training images, 20 epochs)")
-    p.add_argument("--src", default="/usr/share/datasets/fashion-mnist", help="folder of the IDX files")
+    p.add_argument("--src", default=str(DEFAULT_SOURCE), help="folder of the IDX files")
     p.add_argument("--model", default="fullbypass8")
     p.add_argument("--epochs", type=int)
     p.add_argument("--train-images", type=int, help="stratified training subset size")

@@ -212,12 +212,14 @@ def register_engine_verbs(sub: argparse._SubParsersAction) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     import time
 
+    from squeezecaffe.train.rundir import RunLock
     from squeezecaffe.train.runner import TrainConfig, Trainer, prepare_run
 
     if args.resume:
-        trainer = Trainer(Path(args.resume), progress=not args.quiet)
-        trainer.resume()
-        return trainer.run()
+        with RunLock(Path(args.resume)):
+            trainer = Trainer(Path(args.resume), progress=not args.quiet)
+            trainer.resume()
+            return trainer.run()
     try:
         factors = [float(f) for f in args.factors.split(",")]
     except ValueError:
@@ -233,17 +235,22 @@ def cmd_train(args: argparse.Namespace) -> int:
                       classes=args.classes, solver_set=_parse_overrides(args.solver_set), engine=args.engine,
                       device=args.device, amp=args.amp, channels_last=args.channels_last, workers=args.workers,
                       gpu_transform=args.gpu_transform, data_in_memory=args.data_in_memory,
-                      seed=args.seed, keep=args.keep, weights=args.weights, plateau=plateau)
+                      seed=args.seed, keep=args.keep, weights=args.weights, plateau=plateau,
+                      allow_sorted=args.allow_sorted, recipe=args.recipe, guard={"retries": args.guard_retries})
     from squeezecaffe.engines.torchcaffe import distributed
 
     ctx, _ = distributed.init(args.device)  # under torchrun: every rank runs this; rank 0 writes the run dir
     name = args.model or Path(args.solver or "run").stem
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = distributed.broadcast_object(run_dir, ctx)
-    if ctx.is_main:
-        prepare_run(cfg, run_dir)
-    distributed.barrier(ctx)
-    return Trainer(run_dir, progress=not args.quiet).run()
+    lock = RunLock(run_dir)  # held by the one process that writes the run directory (rank 0 under torchrun)
+    try:
+        if ctx.is_main:
+            prepare_run(cfg, run_dir, lock)
+        distributed.barrier(ctx)
+        return Trainer(run_dir, progress=not args.quiet).run()
+    finally:
+        lock.release()
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -278,6 +285,13 @@ def register_train_verbs(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-lr", type=float, default=0.0)
     p.add_argument("--cooldown", type=int, default=0)
     p.add_argument("--stop-after", type=int, help="stop after this many drops without improvement")
+    p.add_argument("--recipe", default="default",
+                   help="default (rate follows the batch, enough iterations for small sets), paper, or registry")
+    p.add_argument("--guard-retries", type=int, default=3,
+                   help="recoveries from a divergence or collapse (restore the best snapshot, divide the LR) before "
+                        "the run stops; 0 stops at the first sign")
+    p.add_argument("--allow-sorted", action="store_true",
+                   help="train even when the training database is in label order (refused by default)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_device_options(p)
     p.set_defaults(func=cmd_train)

@@ -16,6 +16,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from squeezecaffe.data_tools.default_data import is_current
 from squeezecaffe.errors import UserError
 
 
@@ -47,15 +48,6 @@ def _step(argv: list[str]) -> None:
         raise UserError(f"demo step failed: squeezecaffe {' '.join(argv)}")
 
 
-def _data_is_current(data_dir: Path, limits: dict[str, int]) -> bool:
-    manifest = data_dir / "manifest.json"
-    if not manifest.is_file():
-        return False
-    options = json.loads(manifest.read_text(encoding="utf-8")).get("options", {})
-    return (options.get("limits") == limits and options.get("val_fraction") == VAL_FRACTION
-            and options.get("gray") is True and options.get("shuffle") is True)
-
-
 def run_demo(out: Path, schedule: DemoSchedule, *, src: str, model: str = "fullbypass8", quiet: bool = False) -> Path:
     """Runs every step; returns the run directory (its eval/ and the report beside it)."""
     out = Path(out)
@@ -63,7 +55,7 @@ def run_demo(out: Path, schedule: DemoSchedule, *, src: str, model: str = "fullb
     print(schedule.describe(model) + (" (make demo FULL=1 for the full schedule)" if schedule is SHORT else ""))
     _step(["import-fashion-mnist", str(png), "--src", src])
     limits = {"val": schedule.val_images} | ({"train": schedule.train_images} if schedule.train_images else {})
-    if _data_is_current(data, limits):
+    if is_current(data, val_fraction=VAL_FRACTION, limits=limits, shuffle="all"):
         print(f"\n{data}: already built with these options; reusing it")
     else:
         _step(["build-lmdb", str(png), str(data), "--gray", "--shuffle", "--val-fraction", str(VAL_FRACTION),

@@ -52,7 +52,9 @@ class ConvertOptions:
     resize: tuple[int, int] | None = None
     gray: bool = False
     encoded: bool = False
-    shuffle: bool = False
+    # Record order: "train" (the default) shuffles the training split, seeded, so batches mix the classes; "all"
+    # shuffles every split; "none" keeps the listing order (convert_imageset's default: class by class).
+    shuffle: str = "train"
     seed: int = 0
     jobs: int = 0  # 0 = all cores
     max_skip: float = 0.01  # fraction of a split that may fail before the command fails
@@ -338,7 +340,7 @@ class _Workers:
 
 def convert_split(dataset: Dataset, split: str, out_db: Path, options: ConvertOptions) -> SplitResult:
     items = list(dataset.splits[split])
-    if options.shuffle:
+    if options.shuffle == "all" or (options.shuffle == "train" and split == "train"):
         random.Random(options.seed).shuffle(items)
     jobs = max(1, min(options.jobs or os.cpu_count() or 1, -(-len(items) // CHUNK)))
     writer = AtomicLmdbWriter(out_db)
@@ -386,9 +388,14 @@ def convert_split(dataset: Dataset, split: str, out_db: Path, options: ConvertOp
     return result
 
 
+SHUFFLE_MODES = ("train", "all", "none")
+
+
 def build_lmdb(src: str | Path, out: str | Path, options: ConvertOptions, *, root: str | Path | None = None,
                classes: int | None = None, val_fraction: float = 0.0,
                limits: dict[str, int] | None = None) -> tuple[DataManifest, list[SplitResult]]:
+    if options.shuffle not in SHUFFLE_MODES:
+        raise UserError(f"shuffle {options.shuffle!r}: choose one of {', '.join(SHUFFLE_MODES)}")
     dataset = discover(src, root=root, classes=classes, val_fraction=val_fraction, seed=options.seed, limits=limits)
     out = Path(out)
     splits = [s for s in options.splits if dataset.splits.get(s)]

@@ -7,7 +7,7 @@ can hold our generated nets to them (DESIGN.md §3 gives their sources).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from squeezecaffe.errors import UserError
@@ -246,3 +246,30 @@ def get_model(name: str) -> ModelSpec:
         return MODELS[name]
     except KeyError:
         raise UserError(f"unknown model '{name}'; known models: {', '.join(MODELS)}") from None
+
+
+def narrowed(spec: ModelSpec, divisor: int = 4) -> ModelSpec:
+    """The same graph with every width divided by `divisor` (layers, names, bypasses and head unchanged).
+
+    For fast tests of structure: a narrow fullbypass8 exercises every kind of layer and connection the full one
+    has at a sixteenth of the arithmetic. Widths stay proportional, so identity bypasses still see in == out.
+    Published figures do not carry over.
+    """
+
+    def narrow(width: int) -> int:
+        return max(2, width // divisor)
+
+    def token(t: BodyToken) -> BodyToken:
+        if isinstance(t, Fire):
+            return replace(t, squeeze=narrow(t.squeeze), expand=narrow(t.expand))
+        if isinstance(t, BasicBlock):
+            return replace(t, width=narrow(t.width))
+        if isinstance(t, SqueezeNext):
+            return replace(t, out=narrow(t.out))
+        return t
+
+    return replace(spec, name=f"{spec.name}_narrow{divisor}", description=f"{spec.description}, widths / {divisor}",
+                   stem=replace(spec.stem, num_output=narrow(spec.stem.num_output)),
+                   body=tuple(token(t) for t in spec.body),
+                   head=replace(spec.head, hidden=tuple(narrow(h) for h in spec.head.hidden)),
+                   published_params=None, published_params_without_bypass=None, published_results="")

@@ -14,7 +14,7 @@ from squeezecaffe.engines.torchcaffe.net import CaffeNet, DataOptions
 from squeezecaffe.engines.torchcaffe.options import EngineOptions
 from squeezecaffe.engines.torchcaffe.solver import Solver
 from squeezecaffe.errors import UserError
-from squeezecaffe.train.evaluate import EvalResult, evaluate
+from squeezecaffe.train.evaluate import EvalResult, evaluate, logits_blob
 
 ENGINES = ("auto", "torch", "caffe")
 
@@ -61,10 +61,23 @@ class TorchEngine:
     def iter(self) -> int:
         return self.solver.iter
 
-    def train_geometry(self) -> tuple[int, int]:
+    def _train_loader(self):
         loader = next(iter(self.solver.train_net.loaders.values()), None)
         if loader is None:
             raise UserError(f"{self.solver.where}: the TRAIN net has no Data layer to define an epoch")
+        return loader
+
+    def train_source(self) -> Path:
+        """The TRAIN Data layer's database."""
+        return Path(self._train_loader().source)
+
+    def classes(self) -> int:
+        """Channels of the logits the validation net scores (the guard's chance levels)."""
+        logits, _ = logits_blob(self.val_net.filtered.layer, self.val_net.where)
+        return int(self.val_net.top_shapes[logits][1])
+
+    def train_geometry(self) -> tuple[int, int]:
+        loader = self._train_loader()
         return len(loader), loader.batch_size
 
     def step(self, iters, callback=None, should_stop=None) -> None:

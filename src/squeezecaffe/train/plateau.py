@@ -81,6 +81,17 @@ class PlateauController:
         self.history.append({"epoch": self.epochs, "top1": top1, "event": event, "scale": self.scale})
         return self.scale
 
+    def force_drop(self) -> float:
+        """Divide the scale by the cycle's next factor now (the divergence guard's recovery); returns the new scale.
+        The plateau counter restarts, so the restored epochs get their full patience again."""
+        opt = self.options
+        factor = opt.factors[self.drops % len(opt.factors)]
+        floor = opt.min_lr / opt.base_lr if opt.base_lr > 0 else 0.0
+        self.scale = max(self.scale / factor, floor)
+        self.drops += 1
+        self.counter = 0
+        return self.scale
+
     @property
     def last_event(self) -> str:
         return self.history[-1]["event"] if self.history else ""

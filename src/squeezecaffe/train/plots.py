@@ -43,10 +43,16 @@ def plot_runs(run_dirs: list[Path], out: Path) -> Path:
                     ax_lr.axvline(float(r["NumIters"]), color=line.get_color(), ls=":", lw=1)
                     ax_lr.annotate(r["event"], (float(r["NumIters"]), 1), xycoords=("data", "axes fraction"),
                                    rotation=90, va="top", fontsize=7, color=line.get_color())
+        for r in rows:  # the divergence guard's recoveries: where the run went wrong and was restored
+            if r["Phase"] == "event":
+                for ax in (ax_loss, ax_lr):
+                    ax.axvline(float(r["NumIters"]), color="red", ls="--", lw=1)
+                ax_loss.annotate("guard", (float(r["NumIters"]), 1), xycoords=("data", "axes fraction"), rotation=90,
+                                 va="top", fontsize=7, color="red")
         ax_lr.plot(_floats(train, "NumIters"), _floats(train, "LearningRate"), color=line.get_color(), label=label)
     ax_loss.set(title="loss", xlabel="iteration")
     ax_acc.set(title="validation accuracy (%)", xlabel="epoch")
-    ax_lr.set(title="learning rate (plateau drops dotted)", xlabel="iteration", yscale="log")
+    ax_lr.set(title="learning rate (plateau drops dotted, guard recoveries red)", xlabel="iteration", yscale="log")
     for ax in (ax_loss, ax_acc, ax_lr):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

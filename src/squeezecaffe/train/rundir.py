@@ -119,10 +119,13 @@ def latest_complete(prefix: str) -> dict | None:
     return None
 
 
-def prune_snapshots(prefix: str, keep: int) -> None:
-    """Keep the newest `keep` complete snapshots; the marker goes first so a half-pruned one is ignored."""
+def prune_snapshots(prefix: str, keep: int, protect: int | None = None) -> None:
+    """Keep the newest `keep` complete snapshots, and the one at iteration `protect` (the best epoch's, which the
+    divergence guard restores); the marker goes first so a half-pruned one is ignored."""
     markers = snapshot_markers(prefix)
     for it, marker in markers[: max(0, len(markers) - keep)]:
+        if it == protect:
+            continue
         marker.unlink(missing_ok=True)
         for suffix in (".caffemodel", ".solverstate"):
             Path(f"{prefix}_iter_{it}{suffix}").unlink(missing_ok=True)
@@ -137,3 +140,46 @@ def remove_stale(folder: Path) -> None:
     if folder.is_dir():
         for p in folder.glob(".*.tmp"):
             p.unlink(missing_ok=True)
+
+
+LOCK = ".lock"
+
+
+class RunLock:
+    """One training process per run directory: an exclusive flock on RUN_DIR/.lock that holds the owner's pid.
+
+    The kernel drops a flock when its process dies however it dies, so a lock left by a killed run never
+    blocks `--resume`; a second live `train` on the same directory is refused with one line naming the pid.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / LOCK
+        self.fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        import fcntl
+
+        make_run_dir(self.path.parent)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise UserError(f"{self.path.parent}: another training process (pid {holder}) is using this run "
+                            "directory; wait for it to finish or choose another --run-dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing drops the flock; the file stays (its pid is stale, and harmless)
+            self.fd = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -24,6 +24,7 @@ from squeezecaffe.errors import UserError
 from squeezecaffe.proto import pb, read_text
 from squeezecaffe.train import rundir
 from squeezecaffe.train.engine import make_engine, pick_engine
+from squeezecaffe.train.guard import Diverged, DivergenceGuard, GuardOptions
 from squeezecaffe.train.logs import RunLog, SilentLog
 from squeezecaffe.train.plateau import PlateauController, PlateauOptions
 
@@ -55,17 +56,26 @@ class TrainConfig:
     keep: int = 3
     weights: str | None = None
     plateau: dict = field(default_factory=dict)  # PlateauOptions fields except base_lr
+    allow_sorted: bool = False  # train on a database in label order (refused otherwise: see data_tools/order.py)
+    recipe: str = "default"  # solver/transform settings for the model, data size and batch (netgen/recipes.py)
+    guard: dict = field(default_factory=dict)  # GuardOptions fields (train/guard.py)
 
 
-def prepare_run(cfg: TrainConfig, run_dir: Path) -> Path:
-    """Create the run directory with its prototxt, config.json and run.json; returns solver.prototxt."""
-    from squeezecaffe.netgen.config import parse_hw, resolve
+def prepare_run(cfg: TrainConfig, run_dir: Path, lock: rundir.RunLock | None = None) -> Path:
+    """Create the run directory with its prototxt, config.json and run.json; returns solver.prototxt.
+
+    `lock` is taken once the engine is known to exist, before anything is written into the directory."""
+    from squeezecaffe.netgen.config import parse_hw
     from squeezecaffe.netgen.emit import generate, write_generated
+    from squeezecaffe.netgen.recipes import resolve_recipe
     from squeezecaffe.netgen.registry import get_model
 
     engine = pick_engine(cfg.engine, cfg.device)
     cfg.engine = engine  # a resumed run keeps the engine it started with
+    if lock is not None:
+        lock.acquire()
     run_dir = rundir.make_run_dir(run_dir)
+    recipe: dict = {"recipe": "none (a hand-written solver)"}
     if cfg.solver:
         solver_path = Path(cfg.solver).resolve()
         if not solver_path.is_file():
@@ -87,15 +97,16 @@ def prepare_run(cfg: TrainConfig, run_dir: Path) -> Path:
             raise UserError(f"--classes {cfg.classes} but {cfg.data} holds {manifest.classes} classes")
         if not manifest.splits.get("val", {}).get("count"):
             raise UserError(f"{cfg.data}: no validation split (rebuild with --val-fraction, or give val images)")
-        net_cfg, sched = resolve(spec, input_size=parse_hw(cfg.input) if cfg.input else None,
-                                 batch_size=cfg.batch_size, test_batch_size=cfg.test_batch_size, epochs=cfg.epochs,
-                                 data_dir=str(Path(cfg.data).resolve()))
-        model = generate(spec, run_dir, net_cfg, sched, cfg.solver_set,
+        result = resolve_recipe(spec, cfg.recipe, input_size=parse_hw(cfg.input) if cfg.input else None,
+                                batch_size=cfg.batch_size, test_batch_size=cfg.test_batch_size, epochs=cfg.epochs,
+                                data_dir=str(Path(cfg.data).resolve()))
+        recipe = {**result.values, **{f"solver_set.{k}": v for k, v in cfg.solver_set.items()}}
+        model = generate(spec, run_dir, result.cfg, result.sched, cfg.solver_set,
                          snapshot_prefix=str(run_dir / "snapshots" / spec.name))
         write_generated(model, run_dir)
         solver_path = run_dir / "solver.prototxt"
     rundir.write_json(run_dir / rundir.CONFIG, {**asdict(cfg), "solver_path": str(solver_path)})
-    rundir.write_json(run_dir / rundir.PROVENANCE, rundir.provenance(engine, cfg.device))
+    rundir.write_json(run_dir / rundir.PROVENANCE, {**rundir.provenance(engine, cfg.device), "recipe": recipe})
     return solver_path
 
 
@@ -116,23 +127,38 @@ class Trainer:
         generated = not self.cfg.solver and file_sp.snapshot_prefix
         self.prefix = file_sp.snapshot_prefix if generated else str(self.run_dir / "snapshots" / self.solver_path.stem)
         self.engine_name = pick_engine(self.cfg.engine, self.cfg.device)
-        options = EngineOptions(device=device, amp=self.cfg.amp, channels_last=self.cfg.channels_last,
-                                workers=self.cfg.workers, gpu_transform=self.cfg.gpu_transform,
-                                data_in_memory=self.cfg.data_in_memory)
-        self.solver = make_engine(self.engine_name, self.solver_path, self.run_dir, options, seed=self.cfg.seed,
-                                  snapshot_prefix=self.prefix, dist=self.dist)
+        self.engine_options = EngineOptions(device=device, amp=self.cfg.amp, channels_last=self.cfg.channels_last,
+                                            workers=self.cfg.workers, gpu_transform=self.cfg.gpu_transform,
+                                            data_in_memory=self.cfg.data_in_memory)
+        self.solver = self._make_engine()
         sp = self.solver.sp
         self.max_iter = sp.max_iter
+        if not self.cfg.allow_sorted and self.main:
+            self._refuse_sorted_data()
         records, batch_size = self.solver.train_geometry()
         self.images_per_iter = batch_size * sp.iter_size * self.dist.world  # the global batch
         self.iters_per_epoch = max(1, math.ceil(records / self.images_per_iter))
         self.controller = PlateauController(PlateauOptions(**self.cfg.plateau, base_lr=sp.base_lr))
         self.best_top1 = -1.0
+        self.best_iter: int | None = None  # the snapshot of the best epoch: kept through pruning for the guard
+        self.guard = DivergenceGuard(self.solver.classes(), GuardOptions(**self.cfg.guard))
         self.interrupted = False
         self.window: list[tuple[int, Tensor | float]] = []  # (iteration, loss) since the last display
         self.t0 = time.time()
         if self.cfg.weights:
             self.solver.load_weights(self.cfg.weights)
+
+    def _make_engine(self):
+        return make_engine(self.engine_name, self.solver_path, self.run_dir, self.engine_options, seed=self.cfg.seed,
+                           snapshot_prefix=self.prefix, dist=self.dist)
+
+    def _refuse_sorted_data(self) -> None:
+        from squeezecaffe.data_tools.order import label_order, sorted_message
+
+        source = self.solver.train_source()
+        order = label_order(source)
+        if order.looks_sorted:
+            raise UserError(sorted_message(source, order))
 
     # ------------------------------------------------------------------ resume
     def resume(self) -> int:
@@ -147,6 +173,8 @@ class Trainer:
         self.controller.load_state_dict(info["controller"])
         self.solver.restore(info["solverstate"], lr_scale=self.controller.scale)
         self.best_top1 = info["best_top1"]
+        self.best_iter = info.get("best_iter")
+        self.guard.load_state_dict(info.get("guard", {}))
         self.log.truncate_after(self.solver.iter)
         self.log.line(f"resumed from {info['solverstate']} (iteration {self.solver.iter}, lr scale "
                       f"{self.controller.scale:g})")
@@ -159,10 +187,10 @@ class Trainer:
         model, state = self.solver.snapshot()  # rank 0 writes; the others get the names
         info = {"iter": self.solver.iter, "epoch": self.solver.iter / self.iters_per_epoch, "epoch_done": epoch_done,
                 "caffemodel": str(model), "solverstate": str(state), "controller": self.controller.state_dict(),
-                "best_top1": self.best_top1}
+                "best_top1": self.best_top1, "best_iter": self.best_iter, "guard": self.guard.state_dict()}
         if self.main:
             rundir.write_json(Path(f"{self.prefix}_iter_{self.solver.iter}.json"), info)  # the marker: written last
-            rundir.prune_snapshots(self.prefix, max(1, self.cfg.keep))
+            rundir.prune_snapshots(self.prefix, max(1, self.cfg.keep), protect=self.best_iter)
         barrier(self.dist)
         return info
 
@@ -183,13 +211,13 @@ class Trainer:
 
     def _read_window(self) -> list[float]:
         """The losses since the last display, read from the device in one transfer (the only wait for the
-        device between displays); a non-finite one ends training at its iteration. Read values stay in
-        the window, so reading again (at the end of an epoch, before a snapshot) costs nothing."""
+        device between displays), and shown to the guard (a non-finite loss or a spike raises Diverged). Read
+        values stay in the window, so reading again (at the end of an epoch, before a snapshot) costs nothing."""
         values = read_scalars([loss for _, loss in self.window])
         self.window = [(it, value) for (it, _), value in zip(self.window, values, strict=True)]
-        bad = next((it for it, value in self.window if not math.isfinite(value)), None)
-        if bad is not None:
-            raise FloatingPointError(bad - 1)
+        if values:
+            bad = next((it for it, value in self.window if not math.isfinite(value)), None)
+            self.guard.check_loss(values, bad - 1 if bad is not None else self.window[-1][0])
         return values
 
     def _handle_signal(self, signum, frame) -> None:
@@ -222,9 +250,11 @@ class Trainer:
             try:
                 solver.step(end - solver.iter, lambda s, bar=bar: self._on_iteration(s, bar), lambda: self.interrupted)
                 self._read_window()  # no snapshot of weights that a non-finite loss went into
-            except FloatingPointError as exc:
+            except Diverged as exc:
                 bar.close()
-                return self._diverged(int(exc.args[0]))
+                self._recover(exc.reason, exc.iteration)
+                solver = self.solver
+                continue
             bar.close()
             rate = (solver.iter - start_iter) * self.images_per_iter / max(time.time() - started, 1e-9)
             if self.interrupted:
@@ -233,11 +263,20 @@ class Trainer:
                               f"  squeezecaffe train --resume {self.run_dir}")
                 return 0
             result = solver.validate()
+            collapse = self.guard.collapsed(result.top1, self.best_top1)
+            if collapse is not None:
+                self.log.row(Phase="val", Epoch=epoch + 1, NumIters=solver.iter, Seconds=time.time() - self.t0,
+                             LearningRate=solver.learning_rate(), LRScale=self.controller.scale, val_loss=result.loss,
+                             val_top1=result.top1, val_top5=result.top5, images_per_s=rate, event="collapse")
+                self._recover(collapse, solver.iter)
+                solver = self.solver
+                continue
             scale = self.controller.update(result.top1)
             solver.set_lr_scale(scale)
             improved = result.top1 > self.best_top1
             if improved:
                 self.best_top1 = result.top1
+                self.best_iter = solver.iter
             info = self.snapshot(epoch_done=True)
             if improved and self.main:
                 rundir.copy_atomic(Path(info["caffemodel"]), self.run_dir / "best.caffemodel")
@@ -254,14 +293,38 @@ class Trainer:
         self.finish()
         return 0
 
-    def _diverged(self, iteration: int) -> int:
-        info = rundir.latest_complete(self.prefix)
-        where = "no snapshot was taken before it"
-        if info is not None and self.main:
-            rundir.copy_atomic(Path(info["caffemodel"]), self.run_dir / "last_good.caffemodel")
-            where = f"the last good weights (iteration {info['iter']}) are in {self.run_dir / 'last_good.caffemodel'}"
-        raise UserError(f"iteration {iteration}: the training loss is not finite; {where}. Try a lower learning "
-                        "rate (e.g. --solver-set base_lr=<half the current one>)")
+    def _recover(self, reason: str, iteration: int) -> None:
+        """Restore the best snapshot (or the initial weights before any) with the LR divided by the controller's
+        next factor; after `retries` recoveries, stop with one line saying what happened and where the best
+        model is."""
+        best = self.run_dir / "best.caffemodel"
+        if self.guard.exhausted:
+            where = (f"the best model (val top-1 {100 * self.best_top1:.2f}%) is {best}" if best.is_file()
+                     else "no epoch finished, so there is no model to keep")
+            tried = (f"; still after {self.guard.recoveries} recoveries (each restored the best snapshot and "
+                     "divided the learning rate)" if self.guard.recoveries else "")
+            raise UserError(f"iteration {iteration}: {reason}{tried}; {where}. Try a lower learning rate (e.g. "
+                            f"--solver-set base_lr={self.solver.sp.base_lr / 10:g}) or --recipe default")
+        scale = self.controller.force_drop()
+        marker = Path(f"{self.prefix}_iter_{self.best_iter}.json") if self.best_iter is not None else None
+        if marker is not None and marker.is_file():
+            info = rundir.read_json(marker)
+            self.solver.restore(info["solverstate"], lr_scale=scale)
+            restored = f"the best snapshot (iteration {info['iter']})"
+        else:  # nothing finished yet: start again from the initial weights
+            del self.solver
+            self.solver = self._make_engine()
+            if self.cfg.weights:
+                self.solver.load_weights(self.cfg.weights)
+            self.solver.set_lr_scale(scale)
+            restored = "the initial weights"
+        self.guard.recovered()
+        self.window = []
+        event = f"guard: {reason}; restored {restored}, lr scale {scale:g}"
+        self.log.row(Phase="event", Epoch=f"{iteration / self.iters_per_epoch:.3f}", NumIters=iteration,
+                     Seconds=time.time() - self.t0, LearningRate=self.solver.learning_rate(), LRScale=scale,
+                     event=event.replace(",", ";"))
+        self.log.line(f"{event} (recovery {self.guard.recoveries} of {self.guard.options.retries})")
 
     def finish(self) -> None:
         from squeezecaffe.train.plots import plot_runs

@@ -156,10 +156,20 @@ class PycaffeSolver:
     def net(self):
         return self.solver.net
 
+    def train_source(self) -> Path:
+        """The TRAIN Data layer's database."""
+        return Path(resolve_beside(self.train_data.data_param.source, self.net_path.parent))
+
+    def classes(self) -> int:
+        """Channels of the logits the TRAIN net's loss scores (the guard's chance levels)."""
+        from squeezecaffe.netgen.state import filter_net, make_state
+        from squeezecaffe.train.evaluate import logits_blob
+        logits, _ = logits_blob(filter_net(self.net_param, make_state(pb.TRAIN)).layer, str(self.net_path))
+        return int(self.solver.net.blobs[logits].data.shape[1])
+
     def train_geometry(self) -> tuple[int, int]:
         """(records in the TRAIN database, batch size): what an epoch is."""
-        source = resolve_beside(self.train_data.data_param.source, self.net_path.parent)
-        return record_count(source), self.train_data.data_param.batch_size
+        return record_count(self.train_source()), self.train_data.data_param.batch_size
 
     def learning_rate(self) -> float:
         from squeezecaffe.solvers.lr_policy import learning_rate, multistep_current_step

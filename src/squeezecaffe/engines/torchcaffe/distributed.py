@@ -49,10 +49,14 @@ def init(device: str) -> tuple[Dist, str]:
     if not ctx.enabled:
         return ctx, device
     if device.startswith("cuda"):
+        # more ranks than GPUs (e.g. 2 ranks sharing one GPU to test): ranks share devices round-robin, and
+        # since NCCL refuses two ranks on one device, they talk through gloo
+        gpus = max(1, torch.cuda.device_count())
         local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        device = f"cuda:{local}"
-        backend = "nccl"
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", str(ctx.world)))
+        torch.cuda.set_device(local % gpus)
+        device = f"cuda:{local % gpus}"
+        backend = "nccl" if per_node <= gpus else "gloo"
     else:
         backend = "gloo"
     if not dist.is_initialized():

@@ -86,6 +86,9 @@ class CaffeNet(nn.Module):
                 data_shapes[lp.name] = (1, *loader.shape[1:])
         filtered = self._with_input_shapes(input_shapes) if input_shapes else self.filtered
         infos = infer_layers(filtered, where=where, data_shapes=data_shapes)
+        # every top's shape as inferred (batch dimension from the Data layer or Input); an in-place top: the last
+        self.top_shapes = {top: tuple(shape) for info, lp in zip(infos, self.filtered.layer, strict=True)
+                           for top, shape in zip(lp.top, info.top_shapes, strict=False)}
         self.layer_names = [lp.name for lp in self.filtered.layer]
         modules = []
         for lp, info in zip(self.filtered.layer, infos, strict=True):
