@@ -13,7 +13,7 @@ from squeezecaffe.netgen.inference import infer_net
 from squeezecaffe.proto import pb
 
 REPO = Path(__file__).resolve().parents[1]
-# Golden outputs of real Caffe, copied from ../shared/fixtures/caffe (see tests/fixtures/caffe/README.md).
+# Golden outputs of real Caffe (see tests/fixtures/caffe/README.md for how each was made).
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "caffe"
 
 

@@ -76,10 +76,11 @@ def _tiny() -> CaffeNet:
 def test_saved_caffemodel_round_trips_and_keeps_caffe_layouts(tmp_path: Path) -> None:
     net = _tiny()
     fill_net(net, 0)
+    gen = torch.Generator().manual_seed(5)
     with torch.no_grad():
         for module in net.layers:
             for blob in module.blobs:
-                blob.copy_(torch.randn(blob.shape))
+                blob.copy_(torch.randn(blob.shape, generator=gen))
     path = save_caffemodel(net, tmp_path / "t.caffemodel")
     model = pb.NetParameter.FromString(path.read_bytes())
     shapes = {layer.name: [tuple(b.shape.dim) for b in layer.blobs] for layer in model.layer}

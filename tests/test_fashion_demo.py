@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
+from squeezecaffe.cli import main
 from squeezecaffe.data_tools.convert import ConvertOptions, build_lmdb
 from squeezecaffe.data_tools.fashion_mnist import CLASS_NAMES, class_folder, export_pngs, read_idx
 from squeezecaffe.data_tools.layouts import discover, read_labels, stratified_subset
@@ -131,3 +132,15 @@ def test_demo_runs_every_step_and_reports_test_accuracy(tmp_path: Path, capsys):
                          "--quiet")
     assert code == 0, err
     assert "already there" in out and "already built with these options" in out
+
+
+def test_default_data_builds_once_shuffled_with_a_validation_split(tmp_path: Path, capsys):
+    src = fashion_like(tmp_path / "idx", train_per_class=20)
+    out = tmp_path / "data" / "fashion-mnist"
+    assert main(["default-data", str(out), "--src", str(src), "--quiet"]) == 0
+    assert "built:" in capsys.readouterr().out
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["classes"] == 10 and manifest["options"]["shuffle"] == "train"
+    assert {s: v["count"] for s, v in manifest["splits"].items()} == {"train": 190, "val": 10, "test": 30}
+    assert main(["default-data", str(out), "--src", str(src), "--quiet"]) == 0
+    assert "already built" in capsys.readouterr().out

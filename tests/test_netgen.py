@@ -46,7 +46,7 @@ def test_published_parameter_count(name: str, summaries: dict) -> None:
 
 
 def test_exact_figures_of_design_table(summaries: dict) -> None:
-    """The numbers DESIGN.md §3 states, spelled out so a registry typo cannot hide them."""
+    """The numbers the papers state (docs/architecture.md, Readings), spelled out so a registry typo cannot hide them."""
     assert summaries["fullbypass8"].weights == 1_163_296
     assert summaries["fullbypass8"].weights_without_bypass == 823_328
     assert summaries["original8"].weights == summaries["partialbypass8"].weights == 823_328

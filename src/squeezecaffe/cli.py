@@ -123,11 +123,28 @@ def cmd_gen(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, test_batch_size=args.test_batch_size, train_size=args.train_size,
         val_size=args.val_size, epochs=args.epochs, data_dir=args.data, use_mean_file=args.mean_file)
     cfg, sched = result.cfg, result.sched
-    print(f"recipe {args.recipe}: " + ", ".join(f"{k} {v}" for k, v in result.values.items() if k != "recipe"))
+    values = dict(result.values)
     out = Path(args.out)
-    model = generate(spec, out, cfg, sched, _parse_overrides(args.solver_set),
-                     snapshot_prefix=str(out / "snapshots" / spec.name))
-    for path in write_generated(model, out):
+    overrides = _parse_overrides(args.solver_set)
+    if args.base_lr is not None:
+        overrides["base_lr"] = args.base_lr
+
+    def write() -> list[Path]:
+        model = generate(spec, out, cfg, sched, overrides, snapshot_prefix=str(out / "snapshots" / spec.name))
+        return write_generated(model, out)
+
+    if overrides.get("base_lr") == "auto":
+        from squeezecaffe.train.lr_find import auto_base_lr
+
+        if not args.data:
+            raise UserError("--base-lr auto runs the LR range test on the data: give --data DIR")
+        overrides.pop("base_lr")
+        rate, found = auto_base_lr(lambda: write() and out / "solver.prototxt", out, f"{spec.name}: LR range test",
+                                   seed=0)
+        overrides["base_lr"] = str(rate)
+        values.update(found)
+    print(f"recipe {args.recipe}: " + ", ".join(f"{k} {v}" for k, v in values.items() if k != "recipe"))
+    for path in write():
         print(path)
     return 0
 
@@ -288,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory")
     _add_net_overrides(p)
     p.add_argument("--recipe", default="default", help="default, paper or registry (see docs/training.md)")
+    p.add_argument("--base-lr", help="a rate, or auto: run the LR range test on --data first (lr-find)")
     p.set_defaults(func=cmd_gen)
 
     p = sub.add_parser("prototxt", help="regenerate the committed prototxt/<model>/ files of every model")

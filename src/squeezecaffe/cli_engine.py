@@ -230,9 +230,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from squeezecaffe.train.plateau import PlateauOptions
 
     PlateauOptions(**plateau)  # reject bad controller options before anything is written
+    solver_set = _parse_overrides(args.solver_set)
+    if args.base_lr is not None:
+        solver_set["base_lr"] = args.base_lr
     cfg = TrainConfig(model=args.model, solver=args.solver, data=args.data, epochs=args.epochs,
                       batch_size=args.batch_size, test_batch_size=args.test_batch_size, input=args.input,
-                      classes=args.classes, solver_set=_parse_overrides(args.solver_set), engine=args.engine,
+                      classes=args.classes, solver_set=solver_set, engine=args.engine,
                       device=args.device, amp=args.amp, channels_last=args.channels_last, workers=args.workers,
                       gpu_transform=args.gpu_transform, data_in_memory=args.data_in_memory,
                       seed=args.seed, keep=args.keep, weights=args.weights, plateau=plateau,
@@ -251,6 +254,31 @@ def cmd_train(args: argparse.Namespace) -> int:
         return Trainer(run_dir, progress=not args.quiet).run()
     finally:
         lock.release()
+
+
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    import json
+    import tempfile
+
+    from squeezecaffe.train.lr_find import find_lr, plot_sweep
+    from squeezecaffe.train.runner import TrainConfig, generate_run_files
+
+    cfg = TrainConfig(model=args.model, data=args.data, batch_size=args.batch_size, input=args.input,
+                      recipe=args.recipe, device=args.device, workers=args.workers, seed=args.seed)
+    with tempfile.TemporaryDirectory(prefix="lr-find-") as tmp:
+        solver_path, _ = generate_run_files(cfg, Path(tmp))
+        sweep = find_lr(solver_path, start=args.start, end=args.end, iterations=args.iterations, seed=args.seed,
+                        device=args.device, workers=args.workers)
+    out = Path(args.output or f"lr_find_{args.model}.png")
+    plot_sweep(sweep, out, f"{args.model} on {Path(args.data).name}: LR range test")
+    out.with_suffix(".json").write_text(json.dumps({"rates": sweep.rates, "losses": sweep.losses,
+                                                     "smoothed": sweep.smoothed, "suggestion": sweep.suggestion}))
+    print(f"swept {len(sweep.rates)} iterations from {sweep.rates[0]:.3g} to {sweep.rates[-1]:.3g}; smoothed loss "
+          f"lowest ({sweep.smoothed[sweep.best]:.4f}) at {sweep.rates[sweep.best]:.3g}")
+    print(f"suggested base_lr: {sweep.suggestion:.3g}   (plot: {out}; use it with --base-lr, or --base-lr auto)")
+    if sweep.best == len(sweep.smoothed) - 1:
+        print(f"note: the loss was still falling at the end of the range; sweep further (--end {10 * args.end:g})")
+    return 0
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -285,6 +313,7 @@ def register_train_verbs(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-lr", type=float, default=0.0)
     p.add_argument("--cooldown", type=int, default=0)
     p.add_argument("--stop-after", type=int, help="stop after this many drops without improvement")
+    p.add_argument("--base-lr", help="a rate, or auto: run the LR range test (lr-find) first and use its suggestion")
     p.add_argument("--recipe", default="default",
                    help="default (rate follows the batch, enough iterations for small sets), paper, or registry")
     p.add_argument("--guard-retries", type=int, default=3,
@@ -295,6 +324,21 @@ def register_train_verbs(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_device_options(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("lr-find", help="LR range test: loss vs an exponentially growing rate, and a suggested base_lr")
+    p.add_argument("model", help="registered model name")
+    p.add_argument("--data", required=True, help="data directory written by build-lmdb")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--input", help="network input HxW")
+    p.add_argument("--recipe", default="default")
+    p.add_argument("--start", type=float, default=1e-5, help="first rate (default 1e-5)")
+    p.add_argument("--end", type=float, default=10.0, help="last rate (default 10)")
+    p.add_argument("--iterations", type=int, default=200, help="sweep length (default 200)")
+    p.add_argument("--workers", type=int, default=2, help="data loader processes")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("-o", "--output", help="the plot (default lr_find_MODEL.png; the figures beside it as .json)")
+    p.set_defaults(func=cmd_lr_find)
 
     p = sub.add_parser("plot", help="training curves of one or several runs (overlaid) to a PNG")
     p.add_argument("runs", nargs="+")

@@ -88,7 +88,7 @@ def build_train_val(spec: ModelSpec, cfg: NetConfig) -> pb.NetParameter:
     top-5 layer is left out (whole-database top-5 is still computed from the logits by validation and eval).
     """
     n = NetBuilder(spec.name)
-    style = ConvStyle(batchnorm=spec.batchnorm, weight_filler=spec.weight_filler)
+    style = ConvStyle(batchnorm=spec.batchnorm, weight_filler=spec.weight_filler, bn_fraction=cfg.bn_fraction)
     for phase, source, batch in (("TRAIN", cfg.train_source, cfg.batch_size),
                                  ("TEST", cfg.val_source, cfg.test_batch_size)):
         n.layer("Data", name="data", tops=["data", "label"], include=dict(phase=phase),

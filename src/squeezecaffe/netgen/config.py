@@ -25,6 +25,7 @@ class NetConfig:
     mean_file: str | None  # when set, used instead of mean_value
     crop: bool  # crop input_size out of larger stored images
     mirror: bool
+    bn_fraction: float | None = None  # BatchNorm moving_average_fraction in train_val (None: Caffe's 0.999)
 
 
 @dataclass(frozen=True)

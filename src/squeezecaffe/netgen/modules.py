@@ -23,6 +23,7 @@ class ConvStyle:
     batchnorm: bool  # conv (no bias) -> BatchNorm -> Scale(bias), as the Tiny-ImageNet and ResNet nets
     weight_filler: str = "xavier"  # Caffe filler type for conv kernels
     emit_params: bool = True  # lr/decay multipliers (train_val); deploy nets leave them out
+    bn_fraction: float | None = None  # BatchNorm's moving_average_fraction (None: Caffe's default 0.999)
 
 
 def _sub(name: str, leaf: str) -> str:
@@ -73,7 +74,7 @@ def conv(
     )
     if style.batchnorm:
         n.layer("BatchNorm", top, name=_sub(name, "bn"), tops=[top],
-                param=BN_FROZEN_PARAMS if style.emit_params else None)
+                param=BN_FROZEN_PARAMS if style.emit_params else None, moving_average_fraction=style.bn_fraction)
         n.layer("Scale", top, name=_sub(name, "scale"), tops=[top], bias_term=True)
     if relu:
         n.layer("ReLU", top, name=_sub(name, "relu"), tops=[top])

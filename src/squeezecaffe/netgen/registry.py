@@ -2,7 +2,7 @@
 
 Adding a model = adding a row. The tests enumerate `MODELS`, so a new row is generated,
 summarized and load-checked with no test edited. Published figures sit in the row so the tests
-can hold our generated nets to them (DESIGN.md §3 gives their sources).
+can hold our generated nets to them (docs/architecture.md, "Readings", gives their sources).
 """
 
 from __future__ import annotations
@@ -206,7 +206,7 @@ _ROWS: tuple[ModelSpec, ...] = (
         Head("conv", dropout=0.5), batchnorm=True, weight_filler="msra", published_params=1_572_896,
         published_depth=26, published_results="val top-1 0.58, top-5 0.83",
         reading="the paper gives ~1.6M and 'two more TypeA-TypeB sets, with a maxpool before the last TypeA'; "
-                "this sequence is DESIGN.md's documented reading"),
+                "this sequence is our documented reading (docs/architecture.md, Readings)"),
     # --- CIFAR-10 ----------------------------------------------------------------------------
     *(
         ModelSpec(

@@ -61,15 +61,52 @@ class TrainConfig:
     guard: dict = field(default_factory=dict)  # GuardOptions fields (train/guard.py)
 
 
-def prepare_run(cfg: TrainConfig, run_dir: Path, lock: rundir.RunLock | None = None) -> Path:
-    """Create the run directory with its prototxt, config.json and run.json; returns solver.prototxt.
-
-    `lock` is taken once the engine is known to exist, before anything is written into the directory."""
+def generate_run_files(cfg: TrainConfig, out_dir: Path) -> tuple[Path, dict]:
+    """A registry model's train_val/deploy/solver for `cfg.data`, its recipe and overrides applied, in `out_dir`;
+    returns (solver.prototxt, what the recipe set). `base_lr auto` runs the LR range test first (lr_find.py)."""
+    from squeezecaffe.data_tools.manifest import read_manifest
     from squeezecaffe.netgen.config import parse_hw
     from squeezecaffe.netgen.emit import generate, write_generated
     from squeezecaffe.netgen.recipes import resolve_recipe
     from squeezecaffe.netgen.registry import get_model
 
+    if not cfg.model:
+        raise UserError("give a MODEL name or --solver")
+    if not cfg.data:
+        raise UserError("--data DIR is needed (a directory written by 'squeezecaffe build-lmdb')")
+    spec = get_model(cfg.model)
+    manifest = read_manifest(cfg.data)
+    if cfg.classes is not None and cfg.classes != manifest.classes:
+        raise UserError(f"--classes {cfg.classes} but {cfg.data} holds {manifest.classes} classes")
+    if not manifest.splits.get("val", {}).get("count"):
+        raise UserError(f"{cfg.data}: no validation split (rebuild with --val-fraction, or give val images)")
+    result = resolve_recipe(spec, cfg.recipe, input_size=parse_hw(cfg.input) if cfg.input else None,
+                            batch_size=cfg.batch_size, test_batch_size=cfg.test_batch_size, epochs=cfg.epochs,
+                            data_dir=str(Path(cfg.data).resolve()))
+    overrides = dict(cfg.solver_set)
+    recipe = {**result.values, **{f"solver_set.{k}": v for k, v in overrides.items()}}
+
+    def write() -> Path:
+        model = generate(spec, out_dir, result.cfg, result.sched, overrides,
+                         snapshot_prefix=str(out_dir / "snapshots" / spec.name))
+        write_generated(model, out_dir)
+        return out_dir / "solver.prototxt"
+
+    if overrides.get("base_lr") == "auto":
+        from squeezecaffe.train.lr_find import auto_base_lr
+
+        overrides.pop("base_lr")
+        rate, found = auto_base_lr(write, out_dir, f"{spec.name}: LR range test", seed=cfg.seed, device=cfg.device,
+                                   workers=cfg.workers)
+        overrides["base_lr"] = str(rate)
+        recipe.update({"solver_set.base_lr": "auto", **found})
+    return write(), recipe
+
+
+def prepare_run(cfg: TrainConfig, run_dir: Path, lock: rundir.RunLock | None = None) -> Path:
+    """Create the run directory with its prototxt, config.json and run.json; returns solver.prototxt.
+
+    `lock` is taken once the engine is known to exist, before anything is written into the directory."""
     engine = pick_engine(cfg.engine, cfg.device)
     cfg.engine = engine  # a resumed run keeps the engine it started with
     if lock is not None:
@@ -85,26 +122,7 @@ def prepare_run(cfg: TrainConfig, run_dir: Path, lock: rundir.RunLock | None = N
         if net and not (Path(net).exists() or (solver_path.parent / net).exists()):
             raise UserError(f"{cfg.solver}: its net file {net} does not exist")
     else:
-        if not cfg.model:
-            raise UserError("give a MODEL name or --solver")
-        if not cfg.data:
-            raise UserError("--data DIR is needed (a directory written by 'squeezecaffe build-lmdb')")
-        spec = get_model(cfg.model)
-        from squeezecaffe.data_tools.manifest import read_manifest
-
-        manifest = read_manifest(cfg.data)
-        if cfg.classes is not None and cfg.classes != manifest.classes:
-            raise UserError(f"--classes {cfg.classes} but {cfg.data} holds {manifest.classes} classes")
-        if not manifest.splits.get("val", {}).get("count"):
-            raise UserError(f"{cfg.data}: no validation split (rebuild with --val-fraction, or give val images)")
-        result = resolve_recipe(spec, cfg.recipe, input_size=parse_hw(cfg.input) if cfg.input else None,
-                                batch_size=cfg.batch_size, test_batch_size=cfg.test_batch_size, epochs=cfg.epochs,
-                                data_dir=str(Path(cfg.data).resolve()))
-        recipe = {**result.values, **{f"solver_set.{k}": v for k, v in cfg.solver_set.items()}}
-        model = generate(spec, run_dir, result.cfg, result.sched, cfg.solver_set,
-                         snapshot_prefix=str(run_dir / "snapshots" / spec.name))
-        write_generated(model, run_dir)
-        solver_path = run_dir / "solver.prototxt"
+        solver_path, recipe = generate_run_files(cfg, run_dir)
     rundir.write_json(run_dir / rundir.CONFIG, {**asdict(cfg), "solver_path": str(solver_path)})
     rundir.write_json(run_dir / rundir.PROVENANCE, {**rundir.provenance(engine, cfg.device), "recipe": recipe})
     return solver_path
