@@ -282,3 +282,13 @@ def test_encoded_images_of_several_sizes_get_channel_means(tmp_path: Path) -> No
     manifest, _ = build_lmdb(src, tmp_path / "d", quiet(encoded=True))
     assert not (tmp_path / "d" / "mean.binaryproto").exists()
     assert len(manifest.mean_values) == 3 and all(0 < v < 255 for v in manifest.mean_values)
+
+
+def test_the_mean_comes_from_train_whatever_the_split_order(tmp_path: Path) -> None:
+    src = write_class_folders(tmp_path / "cf", classes=2, per_class=10)
+    a, b = tmp_path / "a", tmp_path / "b"
+    build_lmdb(src, a, quiet(jobs=1), val_fraction=0.5)
+    build_lmdb(src, b, quiet(jobs=1, splits=("val", "train")), val_fraction=0.5)
+    assert (a / "mean.binaryproto").read_bytes() == (b / "mean.binaryproto").read_bytes()
+    with pytest.raises(UserError, match="unknown split 'tset'"):
+        build_lmdb(src, tmp_path / "c", quiet(jobs=1, splits=("train", "tset")))

@@ -96,3 +96,19 @@ def test_two_processes_equal_one_with_double_batch(ddp_data: Path, tmp_path: Pat
         for b1, b2 in zip(l1.blobs, l2.blobs, strict=True):
             np.testing.assert_allclose(blob_values(b2), blob_values(b1), rtol=1e-5, atol=1e-7)
     assert '"processes": 2' in (double / "run" / "run.json").read_text()
+
+
+@pytest.mark.slow
+def test_a_generated_model_under_torchrun_runs_the_epochs_asked_for(ddp_data: Path, tmp_path: Path) -> None:
+    """`train MODEL --epochs 2` on 2 ranks: 2 epochs of the global batch, not 2 x 2 (the solver counts both ranks)."""
+    run_dir = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "squeezecaffe",
+                             "train", "cifar_resnet_1111", "--data", str(ddp_data), "--engine", "torch",
+                             "--batch-size", "4", "--epochs", "2", "--workers", "0", "--quiet",
+                             "--run-dir", str(run_dir)],
+                            capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    val = [r for r in read_log(run_dir / "log.csv") if r["Phase"] == "val"]
+    per_epoch = -(-36 // (4 * 2))  # 36 training images, global batch 8
+    assert [r["Epoch"] for r in val] == ["1", "2"] and int(val[-1]["NumIters"]) == 2 * per_epoch

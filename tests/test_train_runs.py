@@ -156,3 +156,17 @@ def test_data_in_memory_trains_the_same_run(data: Path, finished_run: Path, tmp_
     assert [[r[k] for k in keys] for r in read_log(run_dir / "log.csv")] == \
         [[r[k] for k in keys] for r in read_log(finished_run / "log.csv")]
     assert json.loads((run_dir / "config.json").read_text())["data_in_memory"] is True
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"epochz": 3}, "unknown key 'epochz'"),
+    ({"workers": "two"}, "workers is 'two', expected int"),
+    ({"plateau": [1, 2]}, "plateau is [1, 2], expected dict"),
+])
+def test_a_hand_edited_config_is_one_line(finished_run: Path, tmp_path: Path, capsys, edit, message) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(finished_run, copy)
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, **edit}))
+    code, _, err = run(capsys, "train", "--resume", str(copy), "--quiet")
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1

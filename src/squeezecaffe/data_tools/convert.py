@@ -398,6 +398,9 @@ def build_lmdb(src: str | Path, out: str | Path, options: ConvertOptions, *, roo
         raise UserError(f"shuffle {options.shuffle!r}: choose one of {', '.join(SHUFFLE_MODES)}")
     dataset = discover(src, root=root, classes=classes, val_fraction=val_fraction, seed=options.seed, limits=limits)
     out = Path(out)
+    unknown = [s for s in options.splits if s not in ("train", "val", "test")]
+    if unknown:
+        raise UserError(f"--splits: unknown split {unknown[0]!r} (choose from train, val, test)")
     splits = [s for s in options.splits if dataset.splits.get(s)]
     if "train" not in splits:
         raise UserError(f"{src}: no training images found")
@@ -413,7 +416,7 @@ def build_lmdb(src: str | Path, out: str | Path, options: ConvertOptions, *, roo
     skipped_lines = [f"{r.name}\t{path}\t{reason}\n" for r in results for path, reason in r.skipped]
     atomic_write_text(out / "skipped.txt", "".join(skipped_lines))
     atomic_write_text(out / "labels.txt", dataset.labels_txt())
-    train = results[0]
+    train = next(r for r in results if r.name == "train")  # the mean and the manifest's image size come from it
     exact = mean_from_pixel_sums(train.pixel_sums, train.count) if train.pixel_sums is not None else None
     try:
         if exact is not None:  # summed by the workers; equal to what reading the database back gives
@@ -422,7 +425,7 @@ def build_lmdb(src: str | Path, out: str | Path, options: ConvertOptions, *, roo
             mean_values, _ = write_mean(out / "train_lmdb", out / "mean.binaryproto")
     except MixedSizesError:  # encoded images of several sizes: no mean image, per-channel means still work
         mean_values = channel_means(out / "train_lmdb")
-    shape = results[0].shape or (1 if options.gray else 3, 0, 0)
+    shape = train.shape or (1 if options.gray else 3, 0, 0)
     manifest = DataManifest(
         classes=dataset.classes, channels=shape[0], height=(options.resize or shape[1:])[0],
         width=(options.resize or shape[1:])[1],

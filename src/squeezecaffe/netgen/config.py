@@ -38,6 +38,7 @@ class TrainSchedule:
     weight_decay: float
     power: float
     momentum: float
+    world: int = 1  # data-parallel processes: each runs `batch` images an iteration, so an epoch has 1/world the iterations
 
 
 def parse_hw(text: str, what: str = "--input") -> tuple[int, int]:

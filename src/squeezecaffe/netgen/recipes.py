@@ -6,9 +6,9 @@ epochs). Applied unchanged to another dataset or batch they go wrong in predicta
 data and batch into a schedule; everything it sets lands in the generated solver/train_val, so the prototxt stays
 a complete description that real Caffe trains the same way, and `run.json` records the recipe and its values.
 
-- `default`: the rate follows the global batch (by the square root of its ratio to the row's batch), small sets get enough iterations (epochs raised until the run
-  has MIN_ITERATIONS), and BatchNorm averages over a tenth of the run (BN_WINDOW). Explicit --epochs /
-  --batch-size / --solver-set values always win.
+- `default`: the rate follows the global batch (by the square root of its ratio to the row's batch), small
+  sets get enough iterations (epochs raised until the run has MIN_ITERATIONS), and BatchNorm averages over a
+  tenth of the run (BN_WINDOW). Explicit --epochs / --batch-size / --solver-set values always win.
 - `paper`: the seed studies' own schedules where they state them (Tiny-ImageNet nets: batch 40 for original8,
   10 for fullbypass12; epochs 50+/50+/35+/~30) with Nesterov + poly at the row's rate and the plateau
   controller; docs/training.md says what we chose where the papers leave a row open.

@@ -21,7 +21,7 @@ def build_solver(
     `overrides` maps any SolverParameter field to a value in text-format spelling
     (`base_lr=0.01`, `type=Adam`, `solver_mode=CPU`); they are applied last.
     """
-    epoch = iterations_per_epoch(sched.train_size, cfg.batch_size, sched.iter_size)
+    epoch = iterations_per_epoch(sched.train_size, cfg.batch_size * sched.world, sched.iter_size)
     s = pb.SolverParameter(
         net=net_path,
         test_iter=[test_iterations(sched.val_size, cfg.test_batch_size)],

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -61,10 +61,30 @@ class TrainConfig:
     guard: dict = field(default_factory=dict)  # GuardOptions fields (train/guard.py)
 
 
+def load_config(raw: dict, path: Path) -> TrainConfig:
+    """config.json -> TrainConfig, naming an unknown key or a wrong type in one line (a hand-edited file)."""
+    from dataclasses import MISSING, fields
+
+    known = {f.name: f for f in fields(TrainConfig)}
+    for key, value in raw.items():
+        if key not in known:
+            raise UserError(f"{path}: unknown key {key!r} (known: {', '.join(known)})")
+        f = known[key]
+        expected = dict if f.default_factory is not MISSING else type(f.default) if f.default is not None else None
+        if expected is None or value is None:
+            continue
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            continue
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise UserError(f"{path}: {key} is {value!r}, expected {expected.__name__}")
+    return TrainConfig(**raw)
+
+
 def generate_run_files(cfg: TrainConfig, out_dir: Path) -> tuple[Path, dict]:
     """A registry model's train_val/deploy/solver for `cfg.data`, its recipe and overrides applied, in `out_dir`;
     returns (solver.prototxt, what the recipe set). `base_lr auto` runs the LR range test first (lr_find.py)."""
     from squeezecaffe.data_tools.manifest import read_manifest
+    from squeezecaffe.engines.torchcaffe import distributed
     from squeezecaffe.netgen.config import parse_hw
     from squeezecaffe.netgen.emit import generate, write_generated
     from squeezecaffe.netgen.recipes import resolve_recipe
@@ -85,9 +105,11 @@ def generate_run_files(cfg: TrainConfig, out_dir: Path) -> tuple[Path, dict]:
                             data_dir=str(Path(cfg.data).resolve()))
     overrides = dict(cfg.solver_set)
     recipe = {**result.values, **{f"solver_set.{k}": v for k, v in overrides.items()}}
+    # under torchrun every rank reads its own batch: the generated solver's epochs count the global batch
+    sched = replace(result.sched, world=distributed.from_env().world)
 
     def write() -> Path:
-        model = generate(spec, out_dir, result.cfg, result.sched, overrides,
+        model = generate(spec, out_dir, result.cfg, sched, overrides,
                          snapshot_prefix=str(out_dir / "snapshots" / spec.name))
         write_generated(model, out_dir)
         return out_dir / "solver.prototxt"
@@ -135,7 +157,7 @@ class Trainer:
         self.run_dir = Path(run_dir).resolve()
         raw = rundir.read_json(self.run_dir / rundir.CONFIG)
         self.solver_path = Path(raw.pop("solver_path"))
-        self.cfg = TrainConfig(**raw)
+        self.cfg = load_config(raw, self.run_dir / rundir.CONFIG)
         self.dist, device = distributed.init(self.cfg.device)  # torchrun: this rank's device
         self.main = self.dist.is_main
         self.progress = progress and self.main
