@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from squeezecaffe.cli import main
 from squeezecaffe.engines.torchcaffe.net import load_net
 from squeezecaffe.engines.torchcaffe.weights import load_caffemodel
 from squeezecaffe.proto import pb, read_binary
@@ -170,3 +171,34 @@ def test_a_hand_edited_config_is_one_line(finished_run: Path, tmp_path: Path, ca
     (copy / "config.json").write_text(json.dumps({**config, **edit}))
     code, _, err = run(capsys, "train", "--resume", str(copy), "--quiet")
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_tensorboard_event_files_hold_the_run(data: Path, tmp_path: Path, capsys, no_caffe) -> None:
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = tmp_path / "tb"
+    assert main([*TRAIN, "--epochs", "2", "--data", str(data), "--run-dir", str(run_dir), "--tensorboard"]) == 0
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/learning_rate", "val/top1", "val/top5", "val/loss"} <= tags
+    val = [r for r in read_log(run_dir / "log.csv") if r["Phase"] == "val"]
+    assert [e.step for e in events.Scalars("val/top1")] == [int(r["NumIters"]) for r in val]
+    assert [e.value for e in events.Scalars("val/top1")] == pytest.approx([float(r["val_top1"]) for r in val])
+
+
+def test_tensorboard_without_the_extra_is_one_line(data: Path, tmp_path: Path, capsys, monkeypatch, no_caffe) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name.startswith("torch.utils.tensorboard"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    code, _, err = run(capsys, *TRAIN, "--epochs", "1", "--data", str(data), "--run-dir", str(tmp_path / "r"),
+                       "--tensorboard")
+    assert code == 2 and "pip install 'squeezecaffe[tensorboard]'" in err and len(err.strip().splitlines()) == 1

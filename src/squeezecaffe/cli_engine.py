@@ -239,7 +239,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                       device=args.device, amp=args.amp, channels_last=args.channels_last, workers=args.workers,
                       gpu_transform=args.gpu_transform, data_in_memory=args.data_in_memory,
                       seed=args.seed, keep=args.keep, weights=args.weights, plateau=plateau,
-                      allow_sorted=args.allow_sorted, recipe=args.recipe, guard={"retries": args.guard_retries})
+                      allow_sorted=args.allow_sorted, recipe=args.recipe, guard={"retries": args.guard_retries},
+                      tensorboard=args.tensorboard)
     from squeezecaffe.engines.torchcaffe import distributed
 
     ctx, _ = distributed.init(args.device)  # under torchrun: every rank runs this; rank 0 writes the run dir
@@ -319,6 +320,8 @@ def register_train_verbs(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--guard-retries", type=int, default=3,
                    help="recoveries from a divergence or collapse (restore the best snapshot, divide the LR) before "
                         "the run stops; 0 stops at the first sign")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard event files into the run directory (needs the tensorboard extra)")
     p.add_argument("--allow-sorted", action="store_true",
                    help="train even when the training database is in label order (refused by default)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

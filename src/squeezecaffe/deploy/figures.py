@@ -6,30 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
-from squeezecaffe.fileio import atomic_write_bytes
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, out: Path) -> Path:
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    _pyplot().close(fig)
-    return atomic_write_bytes(out, buf.getvalue())
+from squeezecaffe.pictures import pyplot, save_png
 
 
 def confusion_png(confusion: np.ndarray, names: list[str], out: Path, title: str) -> Path:
     """Rows are true classes normalised to 1; counts are written in the cells when there are few classes."""
-    plt = _pyplot()
+    plt = pyplot()
     k = len(confusion)
     rows = confusion.sum(axis=1, keepdims=True)
     rates = np.divide(confusion, rows, out=np.zeros(confusion.shape, np.float64), where=rows > 0)
@@ -51,12 +33,12 @@ def confusion_png(confusion: np.ndarray, names: list[str], out: Path, title: str
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    return _save(fig, out)
+    return save_png(fig, out)
 
 
 def error_grid_png(examples: list[tuple[np.ndarray, str, str, float]], out: Path, title: str) -> Path:
     """Each example: (uint8 CHW BGR or 1-channel image, true name, predicted name, its probability)."""
-    plt = _pyplot()
+    plt = pyplot()
     n = max(1, len(examples))
     cols = min(8, n)
     rows = int(np.ceil(n / cols))
@@ -71,4 +53,4 @@ def error_grid_png(examples: list[tuple[np.ndarray, str, str, float]], out: Path
         axes[0, 0].text(0.5, 0.5, "no wrong predictions", ha="center", va="center")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    return _save(fig, out)
+    return save_png(fig, out)

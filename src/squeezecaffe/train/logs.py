@@ -17,11 +17,44 @@ COLUMNS = ["Phase", "Epoch", "NumIters", "Seconds", "LearningRate", "LRScale", "
            "val_top5", "images_per_s", "event"]
 
 
+# log.csv column -> TensorBoard tag, for the rows of each phase
+TB_TAGS = {"train": {"loss": "train/loss", "LearningRate": "train/learning_rate", "LRScale": "train/lr_scale"},
+           "val": {"val_loss": "val/loss", "val_top1": "val/top1", "val_top5": "val/top5",
+                   "images_per_s": "speed/images_per_s"}}
+
+
+class TensorBoardLog:
+    """The same rows as TensorBoard event files in the run directory (`tensorboard --logdir runs/` shows several
+    runs side by side, live); the controller's and the guard's events as text. Needs the `tensorboard` extra."""
+
+    def __init__(self, run_dir: Path) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            from squeezecaffe.errors import UserError
+
+            raise UserError("--tensorboard needs the tensorboard package: pip install 'squeezecaffe[tensorboard]' "
+                            "(or pip install tensorboard)") from None
+        self.writer = SummaryWriter(log_dir=str(run_dir))
+
+    def row(self, values: dict) -> None:
+        step = int(values.get("NumIters", 0))
+        for column, tag in TB_TAGS.get(values.get("Phase", ""), {}).items():
+            value = values.get(column, "")
+            if value != "":
+                self.writer.add_scalar(tag, float(value), step)
+        if values.get("event") and values.get("event") not in ("improved",) and not str(values["event"]).startswith(
+                "plateau"):
+            self.writer.add_text("events", f"iteration {step}: {values['event']}", step)
+        self.writer.flush()
+
+
 class RunLog:
-    def __init__(self, run_dir: Path, echo: bool = True) -> None:
+    def __init__(self, run_dir: Path, echo: bool = True, tensorboard: bool = False) -> None:
         self.csv_path = run_dir / "log.csv"
         self.raw_path = run_dir / "train.log"
         self.echo = echo
+        self.tensorboard = TensorBoardLog(run_dir) if tensorboard else None
         if not self.csv_path.exists():
             atomic_write_text(self.csv_path, ",".join(COLUMNS) + "\n")
 
@@ -35,6 +68,8 @@ class RunLog:
     def row(self, **values) -> None:
         with self.csv_path.open("a", newline="") as f:
             csv.writer(f).writerow([_fmt(values.get(c, "")) for c in COLUMNS])
+        if self.tensorboard is not None:
+            self.tensorboard.row(values)
 
     def line(self, text: str) -> None:
         if self.echo:

@@ -10,13 +10,12 @@ with no warm-up) needs. It is a starting point measured on the user's data, not 
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from squeezecaffe.errors import UserError
-from squeezecaffe.fileio import atomic_write_bytes
+from squeezecaffe.pictures import pyplot, save_png
 
 SMOOTHING = 0.95  # weight of the past in the loss average
 EXPLODED = 4.0  # stop when the smoothed loss exceeds this multiple of its minimum
@@ -77,12 +76,7 @@ def run_sweep(solver, rates: list[float]) -> LrSweep:
 
 
 def plot_sweep(sweep: LrSweep, path: Path, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = pyplot().subplots(figsize=(7, 4.5))
     ax.plot(sweep.rates, sweep.losses, lw=0.8, alpha=0.4, label="loss")
     ax.plot(sweep.rates, sweep.smoothed, lw=1.8, label="smoothed")
     ax.axvline(sweep.rates[sweep.best], color="grey", ls=":", label=f"minimum at {sweep.rates[sweep.best]:.3g}")
@@ -93,10 +87,7 @@ def plot_sweep(sweep: LrSweep, path: Path, title: str) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
+    return save_png(fig, path)
 
 
 def find_lr(solver_path: Path, *, start: float, end: float, iterations: int, seed: int, device: str = "cpu",

@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
 from squeezecaffe.errors import UserError
-from squeezecaffe.fileio import atomic_write_bytes
+from squeezecaffe.pictures import pyplot, save_png
 from squeezecaffe.train.logs import read_log
 
 
@@ -20,7 +14,7 @@ def _floats(rows, key):
 
 
 def plot_runs(run_dirs: list[Path], out: Path) -> Path:
-    fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(16, 4.5))
+    fig, (ax_loss, ax_acc, ax_lr) = pyplot().subplots(1, 3, figsize=(16, 4.5))
     for run in run_dirs:
         log = Path(run) / "log.csv"
         if not log.is_file():
@@ -57,7 +51,4 @@ def plot_runs(run_dirs: list[Path], out: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return atomic_write_bytes(out, buf.getvalue())
+    return save_png(fig, out)

@@ -59,6 +59,7 @@ class TrainConfig:
     allow_sorted: bool = False  # train on a database in label order (refused otherwise: see data_tools/order.py)
     recipe: str = "default"  # solver/transform settings for the model, data size and batch (netgen/recipes.py)
     guard: dict = field(default_factory=dict)  # GuardOptions fields (train/guard.py)
+    tensorboard: bool = False  # also write TensorBoard event files into the run directory
 
 
 def load_config(raw: dict, path: Path) -> TrainConfig:
@@ -161,7 +162,7 @@ class Trainer:
         self.dist, device = distributed.init(self.cfg.device)  # torchrun: this rank's device
         self.main = self.dist.is_main
         self.progress = progress and self.main
-        self.log = RunLog(self.run_dir, echo) if self.main else SilentLog()
+        self.log = RunLog(self.run_dir, echo, tensorboard=self.cfg.tensorboard) if self.main else SilentLog()
         file_sp = read_text(self.solver_path, pb.SolverParameter)
         # snapshots always live in the run directory (a hand-written solver's prefix may point anywhere)
         generated = not self.cfg.solver and file_sp.snapshot_prefix
