@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from squeezecaffe.cli import main as cli
+from squeezecaffe.data_tools.fashion_mnist import DEFAULT_SOURCE
 from squeezecaffe.train.logs import read_log
 from squeezecaffe.train.report import markdown_table, run_row
 
@@ -49,7 +50,7 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cpu")
     p.add_argument("--engine", default="torch", help="torch (the README's figures) or caffe")
-    p.add_argument("--src", default="/usr/share/datasets/fashion-mnist")
+    p.add_argument("--src", default=str(DEFAULT_SOURCE))
     p.add_argument("--out", default="out/bench_accuracy")
     p.add_argument("--json", help="also write the figures to this JSON file")
     args = p.parse_args()

@@ -88,7 +88,8 @@ def pool_out(size: int, kernel: int, stride: int, pad: int) -> int:
     return out
 
 
-def _axis(axis: int, ndim: int) -> int:
+def canonical_axis(axis: int, ndim: int) -> int:
+    """Caffe's CanonicalAxisIndex: a negative axis counts from the end."""
     return axis + ndim if axis < 0 else axis
 
 
@@ -148,7 +149,7 @@ class _Inferer:
 
     def _innerproduct(self, layer, bottoms, info, data_shape):
         p = layer.inner_product_param
-        axis = _axis(p.axis, len(bottoms[0]))
+        axis = canonical_axis(p.axis, len(bottoms[0]))
         fan_in = math.prod(bottoms[0][axis:])
         outer = math.prod(bottoms[0][:axis])
         info.top_shapes = [(*bottoms[0][:axis], p.num_output)]
@@ -167,12 +168,12 @@ class _Inferer:
         p = layer.scale_param
         info.top_shapes = [bottoms[0]]
         if len(bottoms) == 1:
-            axis = _axis(p.axis, len(bottoms[0]))
+            axis = canonical_axis(p.axis, len(bottoms[0]))
             end = len(bottoms[0]) if p.num_axes == -1 else axis + p.num_axes
             shape = tuple(bottoms[0][axis:end])
             info.params.append(ParamBlob(shape, True, False))
         if p.bias_term:
-            axis = _axis(p.axis, len(bottoms[0]))
+            axis = canonical_axis(p.axis, len(bottoms[0]))
             end = len(bottoms[0]) if p.num_axes == -1 else axis + p.num_axes
             info.params.append(ParamBlob(tuple(bottoms[0][axis:end]), True, False))
 
@@ -195,7 +196,7 @@ class _Inferer:
         info.top_shapes = [bottoms[0]] * len(layer.top)
 
     def _concat(self, layer, bottoms, info, data_shape):
-        axis = _axis(layer.concat_param.axis, len(bottoms[0]))
+        axis = canonical_axis(layer.concat_param.axis, len(bottoms[0]))
         for b in bottoms[1:]:
             if len(b) != len(bottoms[0]) or any(b[i] != bottoms[0][i] for i in range(len(b)) if i != axis):
                 raise self.fail(layer, f"bottom shapes {bottoms} differ outside axis {axis}")
@@ -211,7 +212,7 @@ class _Inferer:
     def _flatten(self, layer, bottoms, info, data_shape):
         p = layer.flatten_param
         shape = bottoms[0]
-        a, e = _axis(p.axis, len(shape)), _axis(p.end_axis, len(shape))
+        a, e = canonical_axis(p.axis, len(shape)), canonical_axis(p.end_axis, len(shape))
         info.top_shapes = [(*shape[:a], math.prod(shape[a : e + 1]), *shape[e + 1 :])]
 
     def _softmaxwithloss(self, layer, bottoms, info, data_shape):

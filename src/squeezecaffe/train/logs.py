@@ -13,6 +13,9 @@ from pathlib import Path
 
 from squeezecaffe.fileio import atomic_write_text
 
+LOG_CSV = "log.csv"  # the run directory's file names (rundir.py re-exports them)
+RAW_LOG = "train.log"
+
 COLUMNS = ["Phase", "Epoch", "NumIters", "Seconds", "LearningRate", "LRScale", "loss", "val_loss", "val_top1",
            "val_top5", "images_per_s", "event"]
 
@@ -51,8 +54,8 @@ class TensorBoardLog:
 
 class RunLog:
     def __init__(self, run_dir: Path, echo: bool = True, tensorboard: bool = False) -> None:
-        self.csv_path = run_dir / "log.csv"
-        self.raw_path = run_dir / "train.log"
+        self.csv_path = run_dir / LOG_CSV
+        self.raw_path = run_dir / RAW_LOG
         self.echo = echo
         self.tensorboard = TensorBoardLog(run_dir) if tensorboard else None
         if not self.csv_path.exists():

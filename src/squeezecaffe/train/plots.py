@@ -6,7 +6,7 @@ from pathlib import Path
 
 from squeezecaffe.errors import UserError
 from squeezecaffe.pictures import pyplot, save_png
-from squeezecaffe.train.logs import read_log
+from squeezecaffe.train.logs import LOG_CSV, read_log
 
 
 def _floats(rows, key):
@@ -16,7 +16,7 @@ def _floats(rows, key):
 def plot_runs(run_dirs: list[Path], out: Path) -> Path:
     fig, (ax_loss, ax_acc, ax_lr) = pyplot().subplots(1, 3, figsize=(16, 4.5))
     for run in run_dirs:
-        log = Path(run) / "log.csv"
+        log = Path(run) / LOG_CSV
         if not log.is_file():
             raise UserError(f"{run}: no log.csv (not a run directory, or the run has not logged yet)")
         rows = read_log(log)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from squeezecaffe.errors import UserError
-from squeezecaffe.train.logs import read_log
+from squeezecaffe.train.logs import LOG_CSV, read_log
 from squeezecaffe.train.rundir import read_json
 
 
@@ -69,10 +69,10 @@ def _device(run_dir: Path) -> str:
 
 def run_row(run_dir: Path) -> RunRow:
     run_dir = Path(run_dir)
-    if not (run_dir / "log.csv").is_file() or not (run_dir / "config.json").is_file():
+    if not (run_dir / LOG_CSV).is_file() or not (run_dir / "config.json").is_file():
         raise UserError(f"{run_dir}: not a run directory (no log.csv and config.json)")
     config = read_json(run_dir / "config.json")
-    rows = read_log(run_dir / "log.csv")
+    rows = read_log(run_dir / LOG_CSV)
     val = [r for r in rows if r["Phase"] == "val" and r["val_top1"]]
     best = max(val, key=lambda r: float(r["val_top1"])) if val else None
     train, test = eval_metrics(run_dir, "train"), eval_metrics(run_dir, "test")

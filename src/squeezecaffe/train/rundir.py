@@ -19,11 +19,10 @@ from pathlib import Path
 from squeezecaffe import __version__
 from squeezecaffe.errors import UserError
 from squeezecaffe.fileio import atomic_write_bytes, atomic_write_text, ensure_writable_dir
+from squeezecaffe.train.logs import LOG_CSV, RAW_LOG  # noqa: F401  (the run directory's log names live in logs.py)
 
 CONFIG = "config.json"
 PROVENANCE = "run.json"
-LOG_CSV = "log.csv"
-RAW_LOG = "train.log"
 
 
 def write_json(path: Path, data: dict) -> Path:

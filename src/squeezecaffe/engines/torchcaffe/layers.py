@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from squeezecaffe.errors import UserError
-from squeezecaffe.netgen.inference import LayerInfo, conv_geometry, pool_geometry, pool_out
+from squeezecaffe.netgen.inference import LayerInfo, canonical_axis, conv_geometry, pool_geometry, pool_out
 from squeezecaffe.proto import pb
 
 FLT_MIN = 1.17549435e-38  # Caffe clamps probabilities to this before the log
@@ -66,10 +66,6 @@ def register(*types: str) -> Callable[[type[CaffeLayer]], type[CaffeLayer]]:
     return deco
 
 
-def _axis(axis: int, ndim: int) -> int:
-    return axis + ndim if axis < 0 else axis
-
-
 def wide(t: Tensor) -> Tensor:
     """Half-precision tensors (autocast) widened to fp32 for softmax and losses; fp32/fp64 kept."""
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
@@ -104,7 +100,7 @@ class InnerProduct(CaffeLayer):
 
     def forward(self, bottoms):
         x = bottoms[0]
-        axis = _axis(self.axis, x.dim())
+        axis = canonical_axis(self.axis, x.dim())
         flat = x.reshape(*x.shape[:axis], -1)
         weight = self.blobs[0].t() if self.transpose else self.blobs[0]
         bias = self.blobs[1] if self.has_bias else None
@@ -180,7 +176,7 @@ def fuse_batchnorm_scale(layers: list[pb.LayerParameter], modules: list[CaffeLay
         blob = lp.top[0]
         in_place = lp.bottom[0] == blob and list(next_lp.bottom) == [blob] and list(next_lp.top) == [blob]
         p = next_lp.scale_param
-        if in_place and p.bias_term and _axis(p.axis, 4) == 1 and p.num_axes == 1 and len(next_module.blobs) == 2:
+        if in_place and p.bias_term and canonical_axis(p.axis, 4) == 1 and p.num_axes == 1 and len(next_module.blobs) == 2:
             module._affine = [next_module]
             next_module.fused = True
             fused += 1
@@ -208,7 +204,7 @@ class Scale(CaffeLayer):
         x = bottoms[0]
         if self.fused:
             return [x]
-        axis = _axis(self.axis, x.dim())
+        axis = canonical_axis(self.axis, x.dim())
         scale = bottoms[1] if self.scale_from_bottom else self.blobs[0]
         y = x * _param_view(scale.to(x.dtype), x, axis)
         if self.has_bias:
@@ -297,7 +293,7 @@ class Concat(CaffeLayer):
     def forward(self, bottoms):
         p = self.lp.concat_param
         axis = p.concat_dim if p.HasField("concat_dim") else p.axis
-        return [torch.cat(bottoms, dim=_axis(axis, bottoms[0].dim()))]
+        return [torch.cat(bottoms, dim=canonical_axis(axis, bottoms[0].dim()))]
 
 
 class _FirstMax(torch.autograd.Function):
@@ -343,7 +339,7 @@ class Flatten(CaffeLayer):
     def forward(self, bottoms):
         p = self.lp.flatten_param
         x = bottoms[0]
-        return [torch.flatten(x, _axis(p.axis, x.dim()), _axis(p.end_axis, x.dim()))]
+        return [torch.flatten(x, canonical_axis(p.axis, x.dim()), canonical_axis(p.end_axis, x.dim()))]
 
 
 @register("Split")
@@ -356,7 +352,7 @@ class Split(CaffeLayer):
 class Softmax(CaffeLayer):
     def forward(self, bottoms):
         x = bottoms[0]
-        return [torch.softmax(wide(x), dim=_axis(self.lp.softmax_param.axis, x.dim())).to(x.dtype)]
+        return [torch.softmax(wide(x), dim=canonical_axis(self.lp.softmax_param.axis, x.dim())).to(x.dtype)]
 
 
 # --------------------------------------------------------------------------- losses and metrics
@@ -408,7 +404,7 @@ class _SoftmaxLoss(torch.autograd.Function):
 class SoftmaxWithLoss(CaffeLayer):
     def forward(self, bottoms):
         logits, labels = bottoms
-        axis = _axis(self.lp.softmax_param.axis, logits.dim())
+        axis = canonical_axis(self.lp.softmax_param.axis, logits.dim())
         outer = math.prod(logits.shape[:axis])
         inner = math.prod(logits.shape[axis + 1 :])
         if labels.numel() != outer * inner:
@@ -429,7 +425,7 @@ class Accuracy(CaffeLayer):
     def forward(self, bottoms):
         scores, labels = wide(bottoms[0].detach()), bottoms[1].detach()
         p = self.lp.accuracy_param
-        axis = _axis(p.axis, scores.dim())
+        axis = canonical_axis(p.axis, scores.dim())
         classes = scores.shape[axis]
         scores = scores.movedim(axis, -1).reshape(-1, classes)
         lab = labels.reshape(-1).long()
