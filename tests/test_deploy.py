@@ -223,3 +223,18 @@ def test_test_transform_follows_caffes_phase_rules(tmp_path: Path) -> None:
     assert list(_test_transform(path).mean_value) == [7]
     path.write_text(layer.format(n="tr", inc="include { phase: TRAIN }", m=1))
     assert _test_transform(path) is None
+
+
+def test_a_run_without_best_takes_its_newest_complete_snapshot(finished_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from squeezecaffe.deploy.artifacts import run_weights
+
+    copy = tmp_path / "run"
+    shutil.copytree(finished_run, copy)
+    (copy / "best.caffemodel").unlink()
+    (copy / "snapshots" / "mistaken.caffemodel").unlink(missing_ok=True)
+    newest = copy / "snapshots" / "cifar_resnet_1111_iter_24.caffemodel"
+    assert run_weights(copy).name == newest.name
+    (copy / "snapshots" / "cifar_resnet_1111_iter_24.json").unlink()  # no marker: not a complete snapshot
+    assert run_weights(copy).name == "cifar_resnet_1111_iter_16.caffemodel"

@@ -16,6 +16,7 @@ from squeezecaffe.data_tools.layouts import ClassLabel, numbered_labels, read_la
 from squeezecaffe.data_tools.manifest import DataManifest, read_manifest
 from squeezecaffe.errors import UserError
 from squeezecaffe.proto import pb, read_text, write_text
+from squeezecaffe.train import rundir
 
 
 @dataclass
@@ -40,20 +41,19 @@ class Artifacts:
 def find_run_dir(path: Path) -> Path | None:
     """The run directory `path` is, or whose snapshots/ holds it."""
     for candidate in (path, path.parent, path.parent.parent):
-        if (candidate / "config.json").is_file() and (candidate / "log.csv").exists():
+        if rundir.is_run_dir(candidate):
             return candidate
     return None
 
 
 def run_weights(run_dir: Path) -> Path:
-    """best.caffemodel, else the newest snapshot."""
+    """best.caffemodel, else the newest complete snapshot (one with its marker: never a half-written one)."""
     if (run_dir / "best.caffemodel").is_file():
         return run_dir / "best.caffemodel"
-    snaps = [p for p in (run_dir / "snapshots").glob("*_iter_*.caffemodel") if p.stem.rsplit("_iter_", 1)[1].isdigit()]
-    snaps.sort(key=lambda p: int(p.stem.rsplit("_iter_", 1)[1]))
-    if not snaps:
-        raise UserError(f"{run_dir}: run directory holds no best.caffemodel and no snapshot yet")
-    return snaps[-1]
+    info = rundir.newest_snapshot(run_dir)
+    if info is None:
+        raise UserError(f"{run_dir}: run directory holds no best.caffemodel and no complete snapshot yet")
+    return Path(info["caffemodel"])
 
 
 def _input_shape(net: pb.NetParameter, where: str) -> tuple[int, int, int]:

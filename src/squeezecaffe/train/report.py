@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from squeezecaffe.errors import UserError
+from squeezecaffe.train import rundir
 from squeezecaffe.train.logs import LOG_CSV, read_log
 from squeezecaffe.train.rundir import read_json
 
@@ -69,7 +70,7 @@ def _device(run_dir: Path) -> str:
 
 def run_row(run_dir: Path) -> RunRow:
     run_dir = Path(run_dir)
-    if not (run_dir / LOG_CSV).is_file() or not (run_dir / "config.json").is_file():
+    if not rundir.is_run_dir(run_dir):
         raise UserError(f"{run_dir}: not a run directory (no log.csv and config.json)")
     config = read_json(run_dir / "config.json")
     rows = read_log(run_dir / LOG_CSV)

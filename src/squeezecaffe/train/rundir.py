@@ -118,6 +118,18 @@ def latest_complete(prefix: str) -> dict | None:
     return None
 
 
+def is_run_dir(path: Path) -> bool:
+    """A training run's directory: it holds config.json and log.csv (eval, classify and report accept one)."""
+    return (Path(path) / CONFIG).is_file() and (Path(path) / LOG_CSV).is_file()
+
+
+def newest_snapshot(run_dir: Path) -> dict | None:
+    """The newest complete snapshot under RUN_DIR/snapshots, whatever its prefix (latest_complete's rule)."""
+    prefixes = {str(m.parent / _MARKER.sub("", m.name)) for m in (Path(run_dir) / "snapshots").glob("*_iter_*.json")}
+    found = [info for info in (latest_complete(p) for p in prefixes) if info is not None]
+    return max(found, key=lambda info: info["iter"]) if found else None
+
+
 def prune_snapshots(prefix: str, keep: int, protect: int | None = None) -> None:
     """Keep the newest `keep` complete snapshots, and the one at iteration `protect` (the best epoch's, which the
     divergence guard restores); the marker goes first so a half-pruned one is ignored."""
