@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from squeezecaffe import __version__
+from squeezecaffe.cli_common import is_model_name, parse_overrides
 from squeezecaffe.errors import UserError
 
 
@@ -42,24 +43,6 @@ def _resolve_from_args(args: argparse.Namespace, spec):
         spec, classes=args.classes, input_size=parse_hw(args.input) if args.input else None,
         batch_size=args.batch_size, test_batch_size=args.test_batch_size, train_size=args.train_size,
         val_size=args.val_size, epochs=args.epochs, data_dir=args.data, use_mean_file=args.mean_file)
-
-
-def _parse_overrides(items: Sequence[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"--solver-set '{item}': expected KEY=VALUE")
-        out[key.strip()] = value.strip()
-    return out
-
-
-def is_model_name(target: str) -> bool:
-    """A verb's target is a registered model unless it looks like a prototxt path (an unknown name then
-    fails with the list of models, not with 'file not found')."""
-    from squeezecaffe.netgen.registry import MODELS
-
-    return target in MODELS or not (target.endswith(".prototxt") or Path(target).exists())
 
 
 def _load_net_or_model(target: str, args: argparse.Namespace):
@@ -125,7 +108,7 @@ def cmd_gen(args: argparse.Namespace) -> int:
     cfg, sched = result.cfg, result.sched
     values = dict(result.values)
     out = Path(args.out)
-    overrides = _parse_overrides(args.solver_set)
+    overrides = parse_overrides(args.solver_set)
     if args.base_lr is not None:
         overrides["base_lr"] = args.base_lr
 
