@@ -500,3 +500,30 @@ def test_train_with_the_caffe_engine_then_resume_and_eval(data: Path, tmp_path: 
     assert main(["train", "--resume", str(run_dir), "--quiet"]) == 0
     assert "resumed from" in (run_dir / "train.log").read_text()
     assert [r["Epoch"] for r in read_log(run_dir / "log.csv") if r["Phase"] == "val"] == ["1", "2", "3"]
+
+
+@pytest.mark.slow
+def test_the_guard_recovers_a_caffe_engine_run(data: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """A collapse seen at validation under real Caffe: the best snapshot is restored through Caffe's own
+    solverstate (and the rate divided), and the run finishes."""
+    from squeezecaffe.engines.pycaffe.solver import PycaffeSolver
+    from squeezecaffe.train.evaluate import EvalResult
+    from squeezecaffe.train.logs import read_log
+
+    calls = {"n": 0}
+    original = PycaffeSolver.validate
+
+    def collapsing(self):
+        calls["n"] += 1
+        result = original(self)
+        return EvalResult(result.loss, 0.25, 0.5, result.count) if calls["n"] == 2 else result
+
+    monkeypatch.setattr(PycaffeSolver, "validate", collapsing)
+    run_dir = tmp_path / "caffe_guard"
+    assert main(["train", "cifar_resnet_1111", "--data", str(data), "--engine", "caffe", "--batch-size", "16",
+                 "--quiet", "--solver-set", "base_lr=0.01", "--epochs", "3", "--run-dir", str(run_dir)]) == 0
+    assert "guard: validation top-1 fell to 25.00%" in capsys.readouterr().out
+    rows = read_log(run_dir / "log.csv")
+    events = [r for r in rows if r["Phase"] == "event"]
+    assert len(events) == 1 and "restored the best snapshot (iteration 8)" in events[0]["event"]
+    assert [r["Epoch"] for r in rows if r["Phase"] == "val" and r["event"] != "collapse"] == ["1", "2", "3"]
