@@ -212,8 +212,9 @@ def register_engine_verbs(sub: argparse._SubParsersAction) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     import time
 
+    from squeezecaffe.train.config import TrainConfig
     from squeezecaffe.train.rundir import RunLock
-    from squeezecaffe.train.runner import TrainConfig, Trainer, prepare_run
+    from squeezecaffe.train.runner import Trainer, prepare_run
 
     if args.resume:
         with RunLock(Path(args.resume)):
@@ -261,8 +262,9 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     import json
     import tempfile
 
+    from squeezecaffe.train.config import TrainConfig
     from squeezecaffe.train.lr_find import find_lr, plot_sweep
-    from squeezecaffe.train.runner import TrainConfig, generate_run_files
+    from squeezecaffe.train.runner import generate_run_files
 
     cfg = TrainConfig(model=args.model, data=args.data, batch_size=args.batch_size, input=args.input,
                       recipe=args.recipe, device=args.device, workers=args.workers, seed=args.seed)
@@ -290,6 +292,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def register_train_verbs(sub: argparse._SubParsersAction) -> None:
+    from squeezecaffe.train.config import TrainConfig
+    from squeezecaffe.train.guard import GuardOptions
+    from squeezecaffe.train.lr_find import SWEEP
+    from squeezecaffe.train.plateau import PlateauOptions
+
+    cfg, plateau = TrainConfig(), PlateauOptions()  # the defaults, defined once there
     p = sub.add_parser("train", help="train a model on a build-lmdb data directory, epoch by epoch, with the "
                                      "plateau LR controller, snapshots, resume, logs and plots")
     p.add_argument("model", nargs="?", help="registered model name (or use --solver)")
@@ -304,20 +312,21 @@ def register_train_verbs(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classes", type=int, help="must equal the dataset's (checked)")
     p.add_argument("--solver-set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--weights", help="initialise from a .caffemodel")
-    p.add_argument("--engine", default="auto", help="auto, torch or caffe")
-    p.add_argument("--workers", type=int, default=2, help="data loader processes")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--keep", type=int, default=3, help="snapshots kept (plus best.caffemodel)")
-    p.add_argument("--min-delta", type=float, default=0.01, help="top-1 gain (fraction) that counts as progress")
-    p.add_argument("--patience", type=int, default=2, help="epochs without progress before an LR drop")
-    p.add_argument("--factors", default="5,2", help="LR divisors, cycled")
-    p.add_argument("--min-lr", type=float, default=0.0)
-    p.add_argument("--cooldown", type=int, default=0)
+    p.add_argument("--engine", default=cfg.engine, help="auto, torch or caffe")
+    p.add_argument("--workers", type=int, default=cfg.workers, help="data loader processes")
+    p.add_argument("--seed", type=int, default=cfg.seed)
+    p.add_argument("--keep", type=int, default=cfg.keep, help="snapshots kept (plus best.caffemodel)")
+    p.add_argument("--min-delta", type=float, default=plateau.min_delta,
+                   help="top-1 gain (fraction) that counts as progress")
+    p.add_argument("--patience", type=int, default=plateau.patience, help="epochs without progress before an LR drop")
+    p.add_argument("--factors", default=",".join(f"{f:g}" for f in plateau.factors), help="LR divisors, cycled")
+    p.add_argument("--min-lr", type=float, default=plateau.min_lr)
+    p.add_argument("--cooldown", type=int, default=plateau.cooldown)
     p.add_argument("--stop-after", type=int, help="stop after this many drops without improvement")
     p.add_argument("--base-lr", help="a rate, or auto: run the LR range test (lr-find) first and use its suggestion")
-    p.add_argument("--recipe", default="default",
+    p.add_argument("--recipe", default=cfg.recipe,
                    help="default (rate follows the batch, enough iterations for small sets), paper, or registry")
-    p.add_argument("--guard-retries", type=int, default=3,
+    p.add_argument("--guard-retries", type=int, default=GuardOptions.retries,
                    help="recoveries from a divergence or collapse (restore the best snapshot, divide the LR) before "
                         "the run stops; 0 stops at the first sign")
     p.add_argument("--tensorboard", action="store_true",
@@ -333,12 +342,12 @@ def register_train_verbs(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="data directory written by build-lmdb")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--input", help="network input HxW")
-    p.add_argument("--recipe", default="default")
-    p.add_argument("--start", type=float, default=1e-5, help="first rate (default 1e-5)")
-    p.add_argument("--end", type=float, default=10.0, help="last rate (default 10)")
-    p.add_argument("--iterations", type=int, default=200, help="sweep length (default 200)")
-    p.add_argument("--workers", type=int, default=2, help="data loader processes")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--recipe", default=cfg.recipe)
+    p.add_argument("--start", type=float, default=SWEEP.start, help="first rate (default %(default)g)")
+    p.add_argument("--end", type=float, default=SWEEP.end, help="last rate (default %(default)g)")
+    p.add_argument("--iterations", type=int, default=SWEEP.iterations, help="sweep length (default %(default)d)")
+    p.add_argument("--workers", type=int, default=cfg.workers, help="data loader processes")
+    p.add_argument("--seed", type=int, default=cfg.seed)
     p.add_argument("--device", default="cpu")
     p.add_argument("-o", "--output", help="the plot (default lr_find_MODEL.png; the figures beside it as .json)")
     p.set_defaults(func=cmd_lr_find)

@@ -17,6 +17,15 @@ from pathlib import Path
 from squeezecaffe.errors import UserError
 from squeezecaffe.pictures import pyplot, save_png
 
+
+@dataclass(frozen=True)
+class SweepRange:
+    start: float = 1e-5  # the first rate
+    end: float = 10.0  # the last rate
+    iterations: int = 200  # sweep length
+
+
+SWEEP = SweepRange()  # the defaults of `lr-find` and of `--base-lr auto`
 SMOOTHING = 0.95  # weight of the past in the loss average
 EXPLODED = 4.0  # stop when the smoothed loss exceeds this multiple of its minimum
 SUGGESTION_DIVISOR = 10.0
@@ -103,7 +112,8 @@ def auto_base_lr(write_nets, out_dir: Path, title: str, *, seed: int, device: st
                  workers: int = 2) -> tuple[float, dict]:
     """`base_lr auto` for gen and train: `write_nets()` writes the generated nets and returns solver.prototxt;
     the sweep runs on them and leaves lr_find.png beside them. Returns (rate, what to record)."""
-    sweep = find_lr(write_nets(), start=1e-5, end=10.0, iterations=200, seed=seed, device=device, workers=workers)
+    sweep = find_lr(write_nets(), start=SWEEP.start, end=SWEEP.end, iterations=SWEEP.iterations, seed=seed,
+                    device=device, workers=workers)
     plot_sweep(sweep, out_dir / "lr_find.png", title)
     rate = float(f"{sweep.suggestion:.3g}")
     return rate, {"base_lr": rate, "base_lr_from": f"lr-find: a tenth of the smoothed minimum at "

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import signal
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +23,7 @@ from squeezecaffe.engines.torchcaffe.solver import IterationStats, read_scalars
 from squeezecaffe.errors import UserError
 from squeezecaffe.proto import pb, read_text
 from squeezecaffe.train import rundir
+from squeezecaffe.train.config import TrainConfig, load_config
 from squeezecaffe.train.engine import make_engine, pick_engine
 from squeezecaffe.train.guard import Diverged, DivergenceGuard, GuardOptions
 from squeezecaffe.train.logs import RunLog, SilentLog
@@ -30,55 +31,6 @@ from squeezecaffe.train.plateau import PlateauController, PlateauOptions
 
 if TYPE_CHECKING:
     from torch import Tensor
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run needs to be rebuilt; saved as config.json so --resume needs no command line."""
-
-    model: str | None = None
-    solver: str | None = None  # a hand-written solver.prototxt instead of a generated one
-    data: str | None = None
-    epochs: int | None = None
-    batch_size: int | None = None
-    test_batch_size: int | None = None
-    input: str | None = None
-    classes: int | None = None
-    solver_set: dict[str, str] = field(default_factory=dict)
-    engine: str = "auto"
-    device: str = "cpu"
-    amp: str | None = None
-    channels_last: bool = False
-    gpu_transform: bool = False
-    data_in_memory: bool = False
-    workers: int = 2
-    seed: int = 42
-    keep: int = 3
-    weights: str | None = None
-    plateau: dict = field(default_factory=dict)  # PlateauOptions fields except base_lr
-    allow_sorted: bool = False  # train on a database in label order (refused otherwise: see data_tools/order.py)
-    recipe: str = "default"  # solver/transform settings for the model, data size and batch (netgen/recipes.py)
-    guard: dict = field(default_factory=dict)  # GuardOptions fields (train/guard.py)
-    tensorboard: bool = False  # also write TensorBoard event files into the run directory
-
-
-def load_config(raw: dict, path: Path) -> TrainConfig:
-    """config.json -> TrainConfig, naming an unknown key or a wrong type in one line (a hand-edited file)."""
-    from dataclasses import MISSING, fields
-
-    known = {f.name: f for f in fields(TrainConfig)}
-    for key, value in raw.items():
-        if key not in known:
-            raise UserError(f"{path}: unknown key {key!r} (known: {', '.join(known)})")
-        f = known[key]
-        expected = dict if f.default_factory is not MISSING else type(f.default) if f.default is not None else None
-        if expected is None or value is None:
-            continue
-        if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            continue
-        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-            raise UserError(f"{path}: {key} is {value!r}, expected {expected.__name__}")
-    return TrainConfig(**raw)
 
 
 def generate_run_files(cfg: TrainConfig, out_dir: Path) -> tuple[Path, dict]:
