@@ -14,9 +14,9 @@ import numpy as np
 
 from squeezecaffe.data_tools.layouts import IMAGE_SUFFIXES, ClassLabel
 from squeezecaffe.deploy.preprocess import Preprocessor
-from squeezecaffe.deploy.runtimes import softmax
 from squeezecaffe.errors import UserError
 from squeezecaffe.fileio import atomic_write_text
+from squeezecaffe.scoring import softmax
 
 
 @dataclass

@@ -18,10 +18,10 @@ from squeezecaffe.data_tools.layouts import ClassLabel, discover
 from squeezecaffe.data_tools.lmdb_io import LmdbReader
 from squeezecaffe.deploy.artifacts import Artifacts
 from squeezecaffe.deploy.figures import confusion_png, error_grid_png
-from squeezecaffe.deploy.metrics import Scores, score
 from squeezecaffe.deploy.preprocess import Preprocessor
 from squeezecaffe.errors import UserError
 from squeezecaffe.fileio import atomic_write_text, ensure_writable_dir
+from squeezecaffe.scoring import Scores, score
 
 
 class LmdbSource:

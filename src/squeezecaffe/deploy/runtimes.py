@@ -131,7 +131,4 @@ def make_runtime(name: str, art: Artifacts, device: str = "cpu"):
     raise UserError(f"--engine {name}: choose one of {', '.join(RUNTIMES)}")
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+

@@ -163,7 +163,7 @@ class PycaffeSolver:
     def classes(self) -> int:
         """Channels of the logits the TRAIN net's loss scores (the guard's chance levels)."""
         from squeezecaffe.netgen.state import filter_net, make_state
-        from squeezecaffe.train.evaluate import logits_blob
+        from squeezecaffe.scoring import logits_blob
         logits, _ = logits_blob(filter_net(self.net_param, make_state(pb.TRAIN)).layer, str(self.net_path))
         return int(self.solver.net.blobs[logits].data.shape[1])
 
@@ -224,7 +224,7 @@ class PycaffeSolver:
         """Whole-database loss/top-1/top-5 on Caffe's test net (sharing the train net's weights), every record
         once, collected and scored by the same function as the torch engine's validation."""
         from squeezecaffe.netgen.state import filter_net, make_state
-        from squeezecaffe.train.evaluate import evaluate_batches, logits_blob
+        from squeezecaffe.scoring import evaluate_batches, logits_blob
 
         if not len(self.solver.test_nets):
             raise UserError(f"{self.net_path}: no TEST net to validate on")
