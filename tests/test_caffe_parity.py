@@ -507,18 +507,10 @@ def test_the_guard_recovers_a_caffe_engine_run(data: Path, tmp_path: Path, monke
     """A collapse seen at validation under real Caffe: the best snapshot is restored through Caffe's own
     solverstate (and the rate divided), and the run finishes."""
     from squeezecaffe.engines.pycaffe.solver import PycaffeSolver
-    from squeezecaffe.train.evaluate import EvalResult
     from squeezecaffe.train.logs import read_log
+    from tests.test_guard import collapse_second_validation
 
-    calls = {"n": 0}
-    original = PycaffeSolver.validate
-
-    def collapsing(self):
-        calls["n"] += 1
-        result = original(self)
-        return EvalResult(result.loss, 0.25, 0.5, result.count) if calls["n"] == 2 else result
-
-    monkeypatch.setattr(PycaffeSolver, "validate", collapsing)
+    collapse_second_validation(monkeypatch, PycaffeSolver)
     run_dir = tmp_path / "caffe_guard"
     assert main(["train", "cifar_resnet_1111", "--data", str(data), "--engine", "caffe", "--batch-size", "16",
                  "--quiet", "--solver-set", "base_lr=0.01", "--epochs", "3", "--run-dir", str(run_dir)]) == 0

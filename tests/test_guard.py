@@ -91,18 +91,23 @@ def test_a_nan_mid_run_restores_the_best_snapshot_and_divides_the_lr(data: Path,
     assert all(np.isfinite(v).all() for v in _weights(run_dir / "best.caffemodel").values())
 
 
-@pytest.mark.slow
-def test_a_collapse_at_validation_restores_the_best_snapshot(data: Path, tmp_path: Path, monkeypatch, recoveries,
-                                                             capsys, no_caffe) -> None:
+def collapse_second_validation(monkeypatch, engine: type) -> None:
+    """`engine`'s second validation reports chance (25% top-1 on the 4-class fixture data): a forced collapse."""
     calls = {"n": 0}
-    original = TorchEngine.validate
+    original = engine.validate
 
     def collapsing(self):
         calls["n"] += 1
         result = original(self)
         return EvalResult(result.loss, 0.25, 0.5, result.count) if calls["n"] == 2 else result
 
-    monkeypatch.setattr(TorchEngine, "validate", collapsing)
+    monkeypatch.setattr(engine, "validate", collapsing)
+
+
+@pytest.mark.slow
+def test_a_collapse_at_validation_restores_the_best_snapshot(data: Path, tmp_path: Path, monkeypatch, recoveries,
+                                                             capsys, no_caffe) -> None:
+    collapse_second_validation(monkeypatch, TorchEngine)
     run_dir = tmp_path / "collapse"
     assert main([*TRAIN, "--data", str(data), "--run-dir", str(run_dir)]) == 0
     assert "guard: validation top-1 fell to 25.00%" in capsys.readouterr().out
