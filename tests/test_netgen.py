@@ -142,7 +142,7 @@ def test_solver_is_sized_in_epochs() -> None:
     cfg, sched = resolve(spec, train_size=1000, val_size=300, epochs=3, batch_size=64, test_batch_size=100)
     model = committed_model(spec)
     assert model.solver.type == "Nesterov" and model.solver.lr_policy == "poly"
-    from squeezecaffe.solvers.emit import build_solver
+    from squeezecaffe.netgen.solver import build_solver
 
     s = build_solver(cfg, sched, "net.prototxt", "snap/x", overrides={"base_lr": "0.01", "type": "Adam"})
     assert iterations_per_epoch(1000, 64) == 16  # ceil(1000/64)

@@ -96,7 +96,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                                    ("val_images", args.val_images), ("batch_size", args.batch_size)) if v is not None}
     if overrides:
         schedule = replace(schedule, name=f"{schedule.name}-custom", **overrides)
-    run_demo(Path(args.out), schedule, src=args.src, model=args.model, quiet=args.quiet)
+    run_demo(Path(args.out), schedule, args.run_verb, src=args.src, model=args.model, quiet=args.quiet)
     return 0
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,16 +45,16 @@ FULL = DemoSchedule("full", train_images=None, val_images=3_000, epochs=20, batc
 VAL_FRACTION = 0.05  # 3,000 of the 60,000 training images per default
 
 
-def _step(argv: list[str]) -> None:
-    from squeezecaffe.cli import main
+def run_demo(out: Path, schedule: DemoSchedule, run_verb: Callable[[list[str]], int], *, src: str,
+             model: str = "fullbypass8", quiet: bool = False) -> Path:
+    """Runs every step through `run_verb` (the CLI's own entry point, handed in by the demo verb, so this module
+    never imports the CLI); returns the run directory (its eval/ and the report beside it)."""
 
-    print(f"\n$ squeezecaffe {' '.join(argv)}", flush=True)
-    if main(argv) != 0:
-        raise UserError(f"demo step failed: squeezecaffe {' '.join(argv)}")
+    def _step(argv: list[str]) -> None:
+        print(f"\n$ squeezecaffe {' '.join(argv)}", flush=True)
+        if run_verb(argv) != 0:
+            raise UserError(f"demo step failed: squeezecaffe {' '.join(argv)}")
 
-
-def run_demo(out: Path, schedule: DemoSchedule, *, src: str, model: str = "fullbypass8", quiet: bool = False) -> Path:
-    """Runs every step; returns the run directory (its eval/ and the report beside it)."""
     out = Path(out)
     png, data, run = out / "fashion-mnist-png", out / f"fashion-mnist-{schedule.name}", out / "runs" / f"{model}-{schedule.name}"
     print(schedule.describe(model) + (" (make demo FULL=1 for the full schedule)" if schedule is SHORT else ""))

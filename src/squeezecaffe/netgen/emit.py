@@ -8,8 +8,8 @@ from pathlib import Path
 from squeezecaffe.netgen.builder import build_deploy, build_train_val
 from squeezecaffe.netgen.config import NetConfig, TrainSchedule, resolve
 from squeezecaffe.netgen.registry import MODELS, ModelSpec
+from squeezecaffe.netgen.solver import build_solver
 from squeezecaffe.proto import pb, to_text, write_text
-from squeezecaffe.solvers.emit import build_solver
 
 COMMITTED_DIR = "prototxt"
 FILES = ("train_val.prototxt", "deploy.prototxt", "solver.prototxt")
