@@ -142,3 +142,11 @@ def test_a_healthy_run_is_untouched(data: Path, finished_run: Path, tmp_path: Pa
     keep = ("Phase", "NumIters", "LearningRate", "LRScale", "loss", "val_loss", "val_top1", "event")
     assert ([{k: r[k] for k in keep} for r in read_log(finished_run / "log.csv")]
             == [{k: r[k] for k in keep} for r in read_log(run_dir / "log.csv")])
+
+
+def test_a_negative_retry_count_is_one_line_before_anything_is_written(data: Path, tmp_path: Path, capsys,
+                                                                       no_caffe) -> None:
+    code = main([*TRAIN, "--data", str(data), "--run-dir", str(tmp_path / "r"), "--guard-retries", "-1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--guard-retries -1" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()

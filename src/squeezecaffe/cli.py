@@ -122,7 +122,8 @@ def cmd_gen(args: argparse.Namespace) -> int:
         if not args.data:
             raise UserError("--base-lr auto runs the LR range test on the data: give --data DIR")
         overrides.pop("base_lr")
-        rate, found = auto_base_lr(lambda: write() and out / "solver.prototxt", out, f"{spec.name}: LR range test",
+        rate, found = auto_base_lr(lambda: next(p for p in write() if p.name == "solver.prototxt"), out,
+                                   f"{spec.name}: LR range test",
                                    seed=0)
         overrides["base_lr"] = str(rate)
         values.update(found)

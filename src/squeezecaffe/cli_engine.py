@@ -228,9 +228,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     plateau = {"min_delta": args.min_delta, "patience": args.patience, "factors": factors, "min_lr": args.min_lr,
                "cooldown": args.cooldown, "stop_after": args.stop_after}
     from squeezecaffe.cli_common import parse_overrides
+    from squeezecaffe.train.guard import GuardOptions
     from squeezecaffe.train.plateau import PlateauOptions
 
-    PlateauOptions(**plateau)  # reject bad controller options before anything is written
+    PlateauOptions(**plateau)  # reject bad controller and guard options before anything is written
+    GuardOptions(retries=args.guard_retries)
     solver_set = parse_overrides(args.solver_set)
     if args.base_lr is not None:
         solver_set["base_lr"] = args.base_lr

@@ -24,6 +24,12 @@ class GuardOptions:
     collapse_share: float = 0.25  # collapsed: kept less than this share of the best gain over chance
     min_gain: float = 0.1  # ...and the best was at least this far above chance (a fraction of top-1)
 
+    def __post_init__(self) -> None:
+        if self.retries < 0:
+            from squeezecaffe.errors import UserError
+
+            raise UserError(f"--guard-retries {self.retries}: must be 0 (stop at the first sign) or more")
+
 
 class Diverged(Exception):
     """Raised inside the training loop; `iteration` is the last good one the problem was seen after."""
