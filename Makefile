@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 MODEL ?= fullbypass12
 OUT ?= out
 
-.PHONY: setup demo netgen-demo caffe test test-fast test-slow test-gpu lint fashion-mnist default-data prototxt proto summary draw train build-lmdb bench-data bench-caffe docker clean
+.PHONY: setup demo netgen-demo caffe test test-fast test-slow test-gpu lint fashion-mnist default-data prototxt proto summary draw train build-lmdb bench-data bench-caffe docker docker-test clean
 
 # Create .venv and install the package with its dev tools; re-runs only when pyproject.toml changes.
 # torch==2.13.0 is named first so pip takes the CPU wheel instead of a multi-GB CUDA build on machines
@@ -60,6 +60,7 @@ test: setup
 	@if [ -z "$(NO_CAFFE)" ]; then $(MAKE) --no-print-directory caffe || { \
 	  if [ "$$CI" = true ]; then echo "CI: the Caffe build failed"; exit 1; fi; \
 	  echo "Caffe could not be built here: its parity tests will be skipped"; }; fi
+	$(BIN)/ruff check src tests bench
 	$(if $(and $(filter true,$(CI)),$(if $(NO_CAFFE),,1)),SQUEEZECAFFE_REQUIRE_CAFFE=1) $(BIN)/python -m pytest -q
 
 # Tiers (see docs/testing.md): `test` is the whole CPU suite (what CI runs); `test-fast` leaves out the tests
@@ -102,10 +103,14 @@ build-lmdb: setup
 	@if [ -z "$(DATA)" ]; then echo "make build-lmdb: no DATA given, so building the built-in default dataset into $(DEFAULT_DATA) (Fashion-MNIST); give DATA=images OUT=dir for your own"; $(MAKE) --no-print-directory default-data; \
 	else $(BIN)/squeezecaffe build-lmdb "$(DATA)" "$(OUT)" $(ARGS); fi
 
-# The NVIDIA GPU image (needs a Docker engine; docker/install.sh is what it runs, tested by the suite).
+# The image for NVIDIA GPUs (docs/docker.md): `docker` builds what a user runs (python:3.11 slim base, torch with
+# CUDA from PyPI); `docker-test` builds it FROM a local Debian base with the CPU wheel and runs the CLI inside it.
 IMAGE ?= squeezecaffe
 docker:
-	docker build -f docker/Dockerfile -t $(IMAGE) .
+	DOCKER_BUILDKIT=0 docker build --network host -f docker/Dockerfile -t $(IMAGE) .
+
+docker-test: setup
+	bash docker/test.sh $(BIN)/python
 
 bench-caffe: caffe
 	$(BIN)/python bench/caffe_vs_torch.py --models fullbypass8,fullbypass12 --json $(OUT)/bench_caffe_vs_torch.json

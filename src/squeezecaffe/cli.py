@@ -304,12 +304,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     _register_data_verbs(sub)
     from squeezecaffe.cli_caffe import register_caffe_verbs
+    from squeezecaffe.cli_compress import register_compress_verbs
     from squeezecaffe.cli_deploy import register_deploy_verbs
     from squeezecaffe.cli_engine import register_engine_verbs, register_train_verbs
+    from squeezecaffe.cli_export import register_export_verbs
 
     register_engine_verbs(sub)
     register_train_verbs(sub)
     register_deploy_verbs(sub)
+    register_compress_verbs(sub)
+    register_export_verbs(sub)
     register_caffe_verbs(sub)
     return parser
 

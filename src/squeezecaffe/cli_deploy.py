@@ -8,10 +8,12 @@ from pathlib import Path
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("weights", help="a run directory (its best.caffemodel) or a .caffemodel")
+    p.add_argument("weights", help="a run directory (its best.caffemodel), a .caffemodel, a .sqz (compress) or an "
+                                   ".onnx (export; runs in onnxruntime)")
     p.add_argument("--net", help="deploy.prototxt the weights belong to (default: the run's)")
     p.add_argument("--model", help="registered model whose deploy net the weights belong to")
-    p.add_argument("--engine", default="torch", help="torch (default), opencv (OpenCV dnn) or caffe")
+    p.add_argument("--engine", default="torch",
+                   help="torch (default), opencv (OpenCV dnn), caffe, or onnxruntime (for an .onnx)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (torch engine)")
     p.add_argument("--mean-value", help="B,G,R mean to subtract when neither a run nor --data says it")
     p.add_argument("--batch-size", type=int, default=100)
@@ -25,8 +27,24 @@ def _prepare(args: argparse.Namespace, data: str | None, out_dir: Path | None):
 
     if args.batch_size <= 0:
         raise UserError(f"--batch-size {args.batch_size}: must be positive")
-    art = resolve_artifacts(args.weights, net=args.net, model=args.model, data=data, mean_value=args.mean_value,
-                            out_dir=out_dir)
+    weights, net, transform = args.weights, args.net, None
+    if weights.endswith(".onnx"):
+        from squeezecaffe.export.onnx_export import open_onnx
+
+        if args.engine not in ("torch", "onnxruntime"):
+            raise UserError(f"--engine {args.engine}: an .onnx file runs in onnxruntime")
+        args.engine = "onnxruntime"
+        deploy, transform, data_hint = open_onnx(weights)
+        net = net or (None if args.model else deploy)
+        data = data or data_hint
+    elif weights.endswith(".sqz"):
+        from squeezecaffe.compress.pipeline import open_sqz
+
+        weights, deploy, transform, data_hint = open_sqz(weights)
+        net = net or (None if args.model else deploy)
+        data = data or data_hint
+    art = resolve_artifacts(weights, net=net, model=args.model, data=data, mean_value=args.mean_value,
+                            out_dir=out_dir, transform=transform)
     for note in art.notes:
         print(f"note: {note}", file=sys.stderr)
     return art, Preprocessor(art), make_runtime(args.engine, art, args.device)

@@ -108,8 +108,10 @@ def _output_classes(deploy: pb.NetParameter, where: str) -> int:
 
 
 def resolve_artifacts(weights: str, *, net: str | None = None, model: str | None = None, data: str | None = None,
-                      mean_value: str | None = None, out_dir: Path | None = None) -> Artifacts:
-    """Find deploy net, weights, preprocessing and labels for WEIGHTS (see the module docstring)."""
+                      mean_value: str | None = None, out_dir: Path | None = None,
+                      transform: pb.TransformationParameter | None = None) -> Artifacts:
+    """Find deploy net, weights, preprocessing and labels for WEIGHTS (see the module docstring); `transform`
+    is the TEST transform when no run directory says it (a .sqz carries its own)."""
     from squeezecaffe.train.rundir import read_json
 
     target = Path(weights)
@@ -132,7 +134,6 @@ def resolve_artifacts(weights: str, *, net: str | None = None, model: str | None
         data_dir = Path(config["data"])
     manifest = read_manifest(data_dir) if data_dir and (data_dir / "manifest.json").is_file() else None
     notes = []
-    transform: pb.TransformationParameter | None = None
     if net:
         deploy_path = Path(net)
         if not deploy_path.is_file():

@@ -14,7 +14,8 @@ import numpy as np
 from squeezecaffe.deploy.artifacts import Artifacts
 from squeezecaffe.errors import UserError
 
-RUNTIMES = ("torch", "opencv", "caffe")
+RUNTIMES = ("torch", "opencv", "caffe", "onnxruntime")
+ONNX_LOGITS_KEY = "squeezecaffe.logits"  # metadata of an exported .onnx: the graph output holding the logits
 
 
 def logits_layer(art: Artifacts) -> tuple[str, str]:
@@ -121,6 +122,68 @@ class CaffeRuntime:
         return np.array(self.net.blobs[self.blob].data, np.float32).reshape(len(batch), -1)
 
 
+def onnx_session(model: bytes | str, device: str = "cpu"):
+    """An onnxruntime session (CPU; CUDA first when asked and available), its errors as one line."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise UserError("onnxruntime is not installed: pip install 'squeezecaffe[onnx]'") from None
+    providers = ["CPUExecutionProvider"]
+    if device.startswith("cuda"):
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise UserError(f"--device {device}: this onnxruntime has no CUDA provider (pip install onnxruntime-gpu)")
+        providers.insert(0, "CUDAExecutionProvider")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(model, options, providers=providers)
+    except Exception as exc:  # onnxruntime's own exception types
+        where = model if isinstance(model, str) else "the exported graph"
+        raise UserError(f"{where}: onnxruntime cannot load it ({str(exc).strip().splitlines()[0]})") from None
+
+
+class OnnxBatches:
+    """Runs a session on a batch of any size: whole when the graph's batch is dynamic, else in chunks of it."""
+
+    def __init__(self, session, output: str) -> None:
+        self.session = session
+        self.input = session.get_inputs()[0]
+        self.output = output
+        dim = self.input.shape[0]
+        self.fixed = dim if isinstance(dim, int) and dim > 0 else None
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(batch, np.float32)
+        if self.fixed is None or len(batch) == self.fixed:
+            return self.session.run([self.output], {self.input.name: batch})[0]
+        parts = []
+        for start in range(0, len(batch), self.fixed):
+            chunk = batch[start:start + self.fixed]
+            pad = self.fixed - len(chunk)
+            if pad:
+                chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), np.float32)])
+            parts.append(self.session.run([self.output], {self.input.name: chunk})[0][: self.fixed - pad])
+        return np.concatenate(parts)
+
+
+class OnnxRuntime:
+    """An exported .onnx (squeezecaffe export) in onnxruntime; scores from the output its metadata names."""
+
+    name = "onnxruntime"
+
+    def __init__(self, art: Artifacts, device: str = "cpu") -> None:
+        if art.weights.suffix != ".onnx":
+            raise UserError(f"--engine onnxruntime runs an exported .onnx file (squeezecaffe export ... --onnx "
+                            f"X.onnx), not {art.weights}")
+        session = onnx_session(str(art.weights), device)
+        meta = session.get_modelmeta().custom_metadata_map
+        output = meta.get(ONNX_LOGITS_KEY) or session.get_outputs()[0].name
+        self.run = OnnxBatches(session, output)
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self.run(batch), np.float32).reshape(len(batch), -1)
+
+
 def make_runtime(name: str, art: Artifacts, device: str = "cpu"):
     if name == "torch":
         return TorchRuntime(art, device)
@@ -128,6 +191,8 @@ def make_runtime(name: str, art: Artifacts, device: str = "cpu"):
         return OpenCVRuntime(art, device)
     if name == "caffe":
         return CaffeRuntime(art, device)
+    if name == "onnxruntime":
+        return OnnxRuntime(art, device)
     raise UserError(f"--engine {name}: choose one of {', '.join(RUNTIMES)}")
 
 

@@ -41,6 +41,8 @@ class TrainConfig:
     recipe: str = "default"  # solver/transform settings for the model, data size and batch (netgen/recipes.py)
     guard: dict = field(default_factory=dict)  # GuardOptions fields (train/guard.py)
     tensorboard: bool = False  # also write TensorBoard event files into the run directory
+    constraints: str | None = None  # masks / shared values held through training (engines/torchcaffe/constraints.py)
+    centroid_gradient: str = "mean"  # how a shared value's gradient is formed from its members' (mean or sum)
 
 
 def load_config(raw: dict, path: Path) -> TrainConfig:

@@ -100,6 +100,9 @@ class TorchEngine:
     def load_weights(self, path: str | Path) -> None:
         self.solver.load_weights(path)
 
+    def set_constraints(self, constraints) -> None:
+        self.solver.set_constraints(constraints)
+
     def validate(self) -> EvalResult:
         return evaluate(self.val_net)
 

@@ -142,8 +142,17 @@ class Trainer:
             self.solver.load_weights(self.cfg.weights)
 
     def _make_engine(self):
-        return make_engine(self.engine_name, self.solver_path, self.run_dir, self.engine_options, seed=self.cfg.seed,
-                           snapshot_prefix=self.prefix, dist=self.dist)
+        if self.cfg.constraints and self.engine_name != "torch":
+            raise UserError(f"{self.cfg.constraints}: training with pruning masks or shared weights runs on the torch "
+                            "engine (Caffe's solver has no step between computing an update and applying it)")
+        engine = make_engine(self.engine_name, self.solver_path, self.run_dir, self.engine_options,
+                             seed=self.cfg.seed, snapshot_prefix=self.prefix, dist=self.dist)
+        if self.cfg.constraints:
+            from squeezecaffe.engines.torchcaffe.constraints import Constraints, load_constraints
+
+            engine.set_constraints(Constraints(load_constraints(self.cfg.constraints), self.cfg.centroid_gradient,
+                                               where=self.cfg.constraints))
+        return engine
 
     def _refuse_sorted_data(self) -> None:
         from squeezecaffe.data_tools.order import label_order, sorted_message

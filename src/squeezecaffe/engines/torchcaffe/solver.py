@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from squeezecaffe.engines.torchcaffe.constraints import Constraints
 from squeezecaffe.engines.torchcaffe.distributed import Dist, average_, mean_tensor
 from squeezecaffe.engines.torchcaffe.fillers import fill_net
 from squeezecaffe.engines.torchcaffe.net import CaffeNet, DataOptions
@@ -98,6 +99,14 @@ class Solver:
         self.base_lr = sp.base_lr
         self.test_callback: Callable[[int, list[dict[str, float]]], None] | None = None
         self.last_test: list[dict[str, float]] | None = None
+        self.constraints: Constraints | None = None
+
+    def set_constraints(self, constraints: Constraints | None) -> None:
+        """Hold chosen blobs to masks / shared values through every update (constraints.py); the current
+        weights are projected onto them at once."""
+        self.constraints = constraints
+        if constraints is not None:
+            constraints.bind(self.params)
 
     # ------------------------------------------------------------------ nets
     @classmethod
@@ -215,9 +224,13 @@ class Solver:
                     diff.add_(blob, alpha=local_decay)
                 else:
                     diff.add_(torch.sign(blob), alpha=local_decay)
+            if self.constraints is not None:
+                self.constraints.on_diff(i, diff)
             hist = [self.history[i + s * n] for s in range(history_slots(self.kind))]
             compute_update(self.kind, sp, diff, hist, rate * lr_mult, self.iter)
             blob.sub_(diff)
+            if self.constraints is not None:
+                self.constraints.after_update(i, blob)
 
     @torch.no_grad()
     def test(self, index: int = 0) -> dict[str, float]:
@@ -282,7 +295,11 @@ class Solver:
         self.current_step = state.current_step
         # Caffe restarts its Data layers at the first record; we continue where an uninterrupted run would be.
         self.train_net.seek_data(self.iter * self.sp.iter_size * self.train_net.batch_size() * self.dist.world)
+        if self.constraints is not None:
+            self.constraints.bind(self.params)
 
     def load_weights(self, path: str | Path) -> None:
         """Initialise from a .caffemodel (fine-tuning): layers matched by name, the rest keep their fillers."""
         load_caffemodel(self.train_net, path)
+        if self.constraints is not None:
+            self.constraints.bind(self.params)

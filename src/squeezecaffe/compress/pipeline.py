@@ -1,0 +1,396 @@
+"""`squeezecaffe compress`: prune -> retrain -> quantize -> fine-tune the shared values -> Huffman-code, a stage
+per folder, with the top-1 of every stage on the data when there is data.
+
+    OUT/pruned/     pruned.caffemodel (magnitude-pruned), masks.npz, retrain/ (a run directory), model.caffemodel
+    OUT/quantized/  quantized.caffemodel (k-means shared values), clusters.npz, retrain/, model.caffemodel
+    OUT/final/      model.sqz, model.caffemodel (decoded from model.sqz: dense, what Caffe and OpenCV load),
+                    table.md, report.json
+
+Retraining is a normal training run of the registry model on the data (torch engine), started from the stage's
+weights with the stage's constraints held through every update (engines/torchcaffe/constraints.py), at a tenth of
+the source run's rate by default (fine-tuning), decayed by the model's `poly` policy over --retrain-epochs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from squeezecaffe.compress.codec import CodedBlob, decode_model, encode_model
+from squeezecaffe.compress.container import Container
+from squeezecaffe.compress.kmeans import kmeans_1d
+from squeezecaffe.compress.plan import PAPER_MIB, PAPER_TOTAL_KEPT, BlobPlan, make_plan
+from squeezecaffe.compress.prune import magnitude_mask
+from squeezecaffe.compress.table import Row, build_rows, fixed_width, format_rows, paper_comparison, rows_json
+from squeezecaffe.deploy.artifacts import Artifacts, resolve_artifacts
+from squeezecaffe.engines.torchcaffe.constraints import BlobConstraint, save_constraints
+from squeezecaffe.engines.torchcaffe.weights import blob_shape, blob_values, read_caffemodel
+from squeezecaffe.errors import UserError
+from squeezecaffe.fileio import atomic_write_bytes, atomic_write_text, ensure_writable_dir
+from squeezecaffe.proto import pb, to_text, write_binary
+
+RETRAIN_LR_FACTOR = 0.1  # fine-tuning rate, as a fraction of the source run's base_lr
+
+
+@dataclass
+class CompressOptions:
+    density: str = "auto"
+    bits: str = "6"
+    index_bits: str = "conv=8,fc=5"
+    retrain_epochs: int = 1  # per retrained stage (pruned, quantized); 0 = no retraining
+    retrain_lr: float | None = None  # default: RETRAIN_LR_FACTOR x the source run's base_lr
+    centroid_gradient: str = "mean"
+    data: str | None = None
+    split: str | None = None  # evaluated split (default: test, else val)
+    device: str = "cpu"
+    seed: int = 42
+    batch_size: int | None = None  # retraining batch (default: the source run's)
+    force: bool = False
+    progress: bool = True
+
+
+@dataclass
+class Stage:
+    name: str
+    weights: Path
+    top1: float | None = None
+    top5: float | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class CompressResult:
+    stages: list[Stage]
+    rows: list[Row]
+    sqz: Path
+    caffemodel: Path
+    table: Path
+    report: Path
+    notes: list[str] = field(default_factory=list)
+    paper: str | None = None  # the kept-parameter comparison with the paper (--density paper)
+
+
+# ---------------------------------------------------------------- weights as arrays
+
+
+def _weight(model: pb.NetParameter, layer: str) -> tuple[pb.BlobProto, np.ndarray]:
+    lp = next(lp for lp in model.layer if lp.name == layer)
+    blob = lp.blobs[0]
+    return blob, blob_values(blob).astype(np.float32).reshape(blob_shape(blob))
+
+
+def _set_weight(model: pb.NetParameter, layer: str, values: np.ndarray) -> None:
+    blob, _ = _weight(model, layer)
+    del blob.data[:]
+    del blob.double_data[:]
+    blob.data.extend(np.asarray(values, np.float32).reshape(-1).tolist())
+
+
+def prune(model: pb.NetParameter, plans: list[BlobPlan]) -> tuple[pb.NetParameter, list[BlobConstraint]]:
+    """The model with each planned blob magnitude-pruned to its density, and the masks."""
+    out = pb.NetParameter()
+    out.CopyFrom(model)
+    masks = []
+    for plan in plans:
+        _, w = _weight(out, plan.layer)
+        mask = magnitude_mask(w, plan.kept)
+        _set_weight(out, plan.layer, np.where(mask, w, np.float32(0)))
+        masks.append(BlobConstraint(plan.layer, 0, mask=mask))
+    return out, masks
+
+
+def quantize(model: pb.NetParameter, plans: list[BlobPlan], masks: list[BlobConstraint]
+             ) -> tuple[pb.NetParameter, dict[str, CodedBlob]]:
+    """The model with each planned blob's kept weights replaced by their k-means (2^bits) shared values."""
+    out = pb.NetParameter()
+    out.CopyFrom(model)
+    by_layer = {m.layer: m.kept() for m in masks}
+    coded = {}
+    for plan in plans:
+        _, w = _weight(out, plan.layer)
+        kept = by_layer[plan.layer]
+        codebook, labels = kmeans_1d(w[kept], 1 << plan.bits)
+        clusters = np.full(w.shape, -1, np.int32)
+        clusters[kept] = labels
+        coded[plan.layer] = CodedBlob(codebook, clusters, plan.bits, plan.index_bits)
+        _set_weight(out, plan.layer, coded[plan.layer].values())
+    return out, coded
+
+
+def read_shared_values(model: pb.NetParameter, coded: dict[str, CodedBlob], where: str) -> dict[str, CodedBlob]:
+    """Codebooks read back from fine-tuned weights: every member of a cluster must hold the same value (the
+    constraint keeps them tied), and pruned weights must be zero."""
+    out = {}
+    for layer, blob in coded.items():
+        _, w = _weight(model, layer)
+        codebook = blob.codebook.copy()
+        flat, clusters = w.reshape(-1), blob.clusters.reshape(-1)
+        if np.any(flat[clusters < 0] != 0):
+            raise UserError(f"{where}: layer '{layer}' has non-zero pruned weights; it is not the retrained model")
+        members = clusters >= 0
+        firsts = np.full(len(codebook), -1, np.int64)
+        firsts[clusters[members][::-1]] = np.flatnonzero(members)[::-1]  # first member of each cluster
+        used = firsts >= 0
+        codebook[used] = flat[firsts[used]]
+        if np.any(flat[members] != codebook[clusters[members]]):
+            raise UserError(f"{where}: layer '{layer}' has weights of one cluster that differ; its shared values "
+                            "were not held during fine-tuning")
+        out[layer] = replace(blob, codebook=codebook.astype(np.float32))
+    return out
+
+
+# ---------------------------------------------------------------- stages
+
+
+@dataclass
+class _Retrain:
+    """What a retraining run needs, read from the source run (or --model/--data)."""
+
+    model: str
+    data: str
+    base_lr: float
+    batch_size: int | None
+    extra: dict
+
+
+def _retrain_context(art: Artifacts, model: str | None, options: CompressOptions) -> _Retrain | None:
+    from squeezecaffe.proto import read_text
+    from squeezecaffe.train.rundir import read_json
+
+    config = read_json(art.run_dir / "config.json") if art.run_dir else {}
+    name = model or config.get("model")
+    data = options.data or config.get("data")
+    if not name or not data or art.data_dir is None:
+        return None
+    extra = {k: config[k] for k in ("channels_last", "input", "recipe", "allow_sorted", "workers", "test_batch_size")
+             if k in config}
+    batch = options.batch_size or config.get("batch_size")
+    if art.run_dir and (art.run_dir / "solver.prototxt").is_file() and config.get("model") == name:
+        base_lr = read_text(art.run_dir / "solver.prototxt", pb.SolverParameter).base_lr
+    else:
+        from squeezecaffe.netgen.recipes import resolve_recipe
+        from squeezecaffe.netgen.registry import get_model
+
+        base_lr = resolve_recipe(get_model(name), extra.get("recipe", "default"), batch_size=batch,
+                                 data_dir=str(art.data_dir)).sched.base_lr
+    return _Retrain(name, str(art.data_dir), base_lr, batch, extra)
+
+
+def _retrain(stage_dir: Path, weights: Path, constraints: Path, ctx: _Retrain, options: CompressOptions,
+             echo: bool) -> Path:
+    from squeezecaffe.train.config import TrainConfig
+    from squeezecaffe.train.rundir import RunLock
+    from squeezecaffe.train.runner import Trainer, prepare_run
+
+    rate = options.retrain_lr if options.retrain_lr is not None else RETRAIN_LR_FACTOR * ctx.base_lr
+    cfg = TrainConfig(model=ctx.model, data=ctx.data, epochs=options.retrain_epochs, batch_size=ctx.batch_size,
+                      solver_set={"base_lr": f"{rate:.6g}"}, engine="torch", device=options.device, seed=options.seed,
+                      keep=1, weights=str(weights.resolve()), constraints=str(constraints.resolve()),
+                      centroid_gradient=options.centroid_gradient, **ctx.extra)
+    run_dir = stage_dir / "retrain"
+    lock = RunLock(run_dir)
+    try:
+        prepare_run(cfg, run_dir, lock)
+        Trainer(run_dir, echo=echo, progress=options.progress).run()
+    finally:
+        lock.release()
+    best = run_dir / "best.caffemodel"
+    if not best.is_file():
+        raise UserError(f"{run_dir}: retraining finished no epoch (no best.caffemodel)")
+    return best
+
+
+def _evaluate(art: Artifacts, weights: Path, options: CompressOptions, out_dir: Path) -> tuple[float, float] | None:
+    if art.data_dir is None and options.data is None:
+        return None
+    from squeezecaffe.deploy.evaluation import evaluate_model, open_source
+    from squeezecaffe.deploy.preprocess import Preprocessor
+    from squeezecaffe.deploy.runtimes import make_runtime
+
+    stage_art = replace(art, weights=weights)
+    pre = Preprocessor(stage_art)
+    source = open_source(stage_art, options.data, options.split, pre)
+    result = evaluate_model(stage_art, make_runtime("torch", stage_art, options.device), source, pre, out_dir,
+                            progress=options.progress)
+    return result.scores.top1, result.scores.top5
+
+
+def _check_out(out: Path, force: bool) -> None:
+    stages = [out / s for s in ("pruned", "quantized", "final")]
+    if any(s.exists() for s in stages):
+        if not force:
+            raise UserError(f"{out}: holds an earlier compression (pruned/, quantized/ or final/); give --force to "
+                            "replace it, or another --out")
+        for s in stages:
+            shutil.rmtree(s, ignore_errors=True)
+    ensure_writable_dir(out, "cannot write the compression's output folder")
+
+
+def compress(source: str, out: str | Path, options: CompressOptions, *, model: str | None = None,
+             net: str | None = None, say: Callable[[str], None] = print) -> CompressResult:
+    """Run every stage; see the module docstring for what lands where."""
+    from squeezecaffe.engines.torchcaffe.constraints import CENTROID_GRADIENTS
+
+    if options.retrain_epochs < 0:
+        raise UserError(f"--retrain-epochs {options.retrain_epochs}: must be 0 or more")
+    if options.centroid_gradient not in CENTROID_GRADIENTS:
+        raise UserError(f"--centroid-gradient {options.centroid_gradient}: choose {' or '.join(CENTROID_GRADIENTS)}")
+    out = Path(out)
+    art = resolve_artifacts(source, net=net, model=model, data=options.data, out_dir=out)
+    dense = read_caffemodel(art.weights)
+    plans, notes = make_plan(dense, options.density, options.bits, options.index_bits)
+    notes = [*art.notes, *notes]
+    _check_out(out, options.force)
+    ctx = _retrain_context(art, model, options) if options.retrain_epochs else None
+    if options.retrain_epochs and ctx is None:
+        notes.append("no retraining: it needs a registry model (--model or a run's) and a build-lmdb data "
+                     "directory (--data or a run's)")
+    for note in notes:
+        say(f"note: {note}")
+    stages = []
+
+    def stage(name: str, weights: Path, folder: Path) -> Stage:
+        t0 = time.perf_counter()
+        scores = _evaluate(art, weights, options, folder / "eval")
+        s = Stage(name, weights, *(scores or (None, None)), time.perf_counter() - t0)
+        stages.append(s)
+        say(f"{name}: {weights}" + (f", top-1 {100 * s.top1:.2f}%, top-5 {100 * s.top5:.2f}%" if scores else ""))
+        return s
+
+    stage("dense", art.weights, out / "dense")
+
+    # 1. prune, retrain with the masks held
+    folder = out / "pruned"
+    pruned, masks = prune(dense, plans)
+    write_binary(folder / "pruned.caffemodel", pruned)
+    masks_path = save_constraints(folder / "masks.npz", masks)
+    weights = folder / "pruned.caffemodel"
+    if ctx is not None:
+        stage("pruned", weights, folder)
+        weights = _retrain(folder, weights, masks_path, ctx, options, options.progress)
+        pruned = read_caffemodel(weights)
+    shutil.copyfile(weights, folder / "model.caffemodel")
+    stage("pruned + retrained" if ctx is not None else "pruned", folder / "model.caffemodel", folder)
+
+    # 2. quantize the kept weights, fine-tune the shared values
+    folder = out / "quantized"
+    quantized, coded = quantize(pruned, plans, masks)
+    write_binary(folder / "quantized.caffemodel", quantized)
+    clusters_path = save_constraints(folder / "clusters.npz", [BlobConstraint(layer, 0, clusters=c.clusters)
+                                                               for layer, c in coded.items()])
+    weights = folder / "quantized.caffemodel"
+    if ctx is not None:
+        stage("quantized", weights, folder)
+        weights = _retrain(folder, weights, clusters_path, ctx, options, options.progress)
+        quantized = read_caffemodel(weights)
+        coded = read_shared_values(quantized, coded, str(weights))
+    shutil.copyfile(weights, folder / "model.caffemodel")
+
+    # 3. Huffman-code into the container; decode it again and prove it gives the same weights
+    folder = out / "final"
+    header = {"deploy": to_text(art.deploy), "transform": to_text(art.transform),
+              "stored_size": list(art.stored_size) if art.stored_size else None,
+              "labels": [[c.id, c.name] for c in art.labels], "source": str(art.weights),
+              "data": str(art.data_dir.resolve()) if art.data_dir else None,
+              "plan": {"density": options.density, "bits": options.bits, "index_bits": options.index_bits}}
+    data, sizes = encode_model(quantized, coded, header)
+    sqz = atomic_write_bytes(folder / "model.sqz", data)
+    box = Container(data, str(sqz))
+    decoded = decode_model(box)
+    _same_weights(quantized, decoded, str(sqz))
+    caffemodel = write_binary(folder / "model.caffemodel", decoded)
+    final = stage("final (.sqz decoded)", caffemodel, folder)
+    kept = {p.layer: int((coded[p.layer].clusters >= 0).sum()) for p in plans}
+    rows = build_rows(quantized, plans, kept, sizes, len(data), fixed_width(box.header))
+    table = format_rows(rows)
+    paper = None
+    lines = [f"# {sqz}", "", table, ""]
+    if options.density == "paper":
+        paper, ours, theirs = paper_comparison(rows)
+        lines += ["Kept parameters beside the SqueezeNet paper's Table 1:", "", paper, ""]
+        mib = {b: PAPER_MIB[b] for b in PAPER_MIB if options.bits == str(b)}
+        for bits, size in mib.items():
+            lines.append(f"stored size at {bits} bits: {len(data) / 2**20:.3f} MiB with Huffman coding, "
+                         f"{rows[-1].bytes_fixed / 2**20:.3f} MiB with fixed-width codes (the paper: {size} MiB)")
+        if ours != PAPER_TOTAL_KEPT:
+            lines.append(f"kept: {ours:,} (the paper: {theirs:,})")
+    lines += ["", "| stage | top-1 | top-5 | weights |", "|---|---:|---:|---|"]
+    for s in stages:
+        top1 = f"{100 * s.top1:.2f}%" if s.top1 is not None else "-"
+        top5 = f"{100 * s.top5:.2f}%" if s.top5 is not None else "-"
+        lines.append(f"| {s.name} | {top1} | {top5} | {s.weights} |")
+    table_path = atomic_write_text(folder / "table.md", "\n".join(lines) + "\n")
+    dense_bytes = art.weights.stat().st_size
+    report = {"source": str(art.weights), "source_bytes": dense_bytes, "sqz": str(sqz), "sqz_bytes": len(data),
+              "ratio": dense_bytes / len(data), "options": {k: v for k, v in vars(options).items()},
+              "stages": [{"name": s.name, "weights": str(s.weights), "top1": s.top1, "top5": s.top5}
+                         for s in stages],
+              "rows": rows_json(rows), "notes": notes}
+    report_path = atomic_write_text(folder / "report.json", json.dumps(report, indent=1) + "\n")
+    say("\n".join(lines[2:]))
+    say(f"{art.weights.name} {dense_bytes:,} bytes -> {sqz} {len(data):,} bytes ({dense_bytes / len(data):.1f}x)"
+        + (f"; top-1 {100 * stages[0].top1:.2f}% -> {100 * final.top1:.2f}%" if final.top1 is not None
+           and stages[0].top1 is not None else ""))
+    return CompressResult(stages, rows, sqz, caffemodel, table_path, report_path, notes, paper)
+
+
+def _same_weights(a: pb.NetParameter, b: pb.NetParameter, where: str) -> None:
+    """Bit-identical blobs, layer by layer: the container must give back exactly what it was given."""
+    theirs = {lp.name: lp for lp in b.layer}
+    for lp in a.layer:
+        if not len(lp.blobs):
+            continue
+        other = theirs.get(lp.name)
+        if other is None or len(other.blobs) != len(lp.blobs):
+            raise UserError(f"{where}: decoding lost layer '{lp.name}'")
+        for x, y in zip(lp.blobs, other.blobs, strict=True):
+            if not np.array_equal(blob_values(x).astype(np.float32).view(np.uint32),
+                                  blob_values(y).astype(np.float32).view(np.uint32)):
+                raise UserError(f"{where}: layer '{lp.name}' decodes to different values (a codec error)")
+
+
+def decompress(sqz: str | Path, output: str | Path, deploy: str | Path | None = None) -> tuple[Path, Path | None]:
+    """A .sqz -> a dense .caffemodel (and the deploy.prototxt the container carries, when asked)."""
+    from squeezecaffe.compress.container import read_container
+
+    box = read_container(sqz)
+    model = decode_model(box)
+    path = write_binary(output, model)
+    deploy_path = None
+    if deploy is not None:
+        text = box.header.get("deploy")
+        if not text:
+            raise UserError(f"{sqz}: carries no deploy net (compressed without one); give --net when you use it")
+        deploy_path = atomic_write_text(deploy, text)
+    return path, deploy_path
+
+
+def open_sqz(path: str) -> tuple[str, str | None, pb.TransformationParameter | None, str | None]:
+    """A .sqz decoded for `eval`/`classify`: (dense .caffemodel in a temporary folder removed at exit, its deploy
+    net there when it carries one, the TEST transform it was trained with, the data directory it names if that
+    still exists)."""
+    import atexit
+    import tempfile
+
+    from squeezecaffe.compress.container import read_container
+    from squeezecaffe.proto import parse_text
+
+    box = read_container(path)
+    folder = Path(tempfile.mkdtemp(prefix="squeezecaffe-sqz-"))
+    atexit.register(shutil.rmtree, folder, True)
+    stem = Path(path).name.removesuffix(".sqz")
+    weights = write_binary(folder / f"{stem}.caffemodel", decode_model(box))
+    deploy = None
+    if box.header.get("deploy"):
+        deploy = str(atomic_write_text(folder / f"{stem}.deploy.prototxt", box.header["deploy"]))
+    transform = None
+    if box.header.get("transform") is not None:
+        transform = parse_text(box.header["transform"], pb.TransformationParameter, f"{path} transform")
+    data = box.header.get("data")
+    return str(weights), deploy, transform, data if data and Path(data).is_dir() else None
