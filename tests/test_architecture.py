@@ -52,9 +52,9 @@ def imports(path: Path) -> set[str]:
 
 
 def package_of(name: str) -> str:
-    """The box a module sits in: its top-level package, with the cli_*.py modules and __main__ as one box."""
+    """The box a module sits in: its top-level package (__main__ belongs to the cli box)."""
     top = name.split(".")[0]
-    return "cli" if top.startswith("cli_") or top == "__main__" else top
+    return "cli" if top == "__main__" else top
 
 
 def layer_of(name: str) -> int:

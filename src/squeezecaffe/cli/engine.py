@@ -46,7 +46,7 @@ def _read_input(spec: str):
 
 def _net_param(target: str, args: argparse.Namespace, deploy: bool):
     """(NetParameter, where, base_dir) for a registered model name or a prototxt path."""
-    from squeezecaffe.cli_common import is_model_name
+    from squeezecaffe.cli.common import is_model_name
     from squeezecaffe.netgen.registry import get_model
     from squeezecaffe.proto import pb, read_text
 
@@ -227,7 +227,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError(f"--factors {args.factors}: expected numbers separated by commas, e.g. 5,2") from None
     plateau = {"min_delta": args.min_delta, "patience": args.patience, "factors": factors, "min_lr": args.min_lr,
                "cooldown": args.cooldown, "stop_after": args.stop_after}
-    from squeezecaffe.cli_common import parse_overrides
+    from squeezecaffe.cli.common import parse_overrides
     from squeezecaffe.train.guard import GuardOptions
     from squeezecaffe.train.plateau import PlateauOptions
 

@@ -1,6 +1,6 @@
 """What several verb modules share: the `--solver-set KEY=VALUE` parser and the model-name-or-prototxt rule.
 
-Kept apart from cli.py so the verb modules (cli_engine, cli_deploy, cli_caffe) never import the module that
+Kept apart from the package's __init__ so the verb modules (engine, netgen, ...) never import the module that
 registers them.
 """
 

@@ -1,0 +1,129 @@
+"""`squeezecaffe build-lmdb|import-fashion-mnist|default-data|mean|inspect`: the data verbs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from squeezecaffe.errors import UserError
+
+
+def cmd_build_lmdb(args: argparse.Namespace) -> int:
+    from squeezecaffe.data_tools.convert import ConvertOptions, build_lmdb
+    from squeezecaffe.data_tools.layouts import parse_limits
+    from squeezecaffe.netgen.config import parse_hw
+
+    if args.jobs is not None and args.jobs < 0:
+        raise UserError(f"--jobs {args.jobs}: must be 0 (all cores) or more")
+    options = ConvertOptions(
+        resize=parse_hw(args.resize, "--resize") if args.resize else None, gray=args.gray, encoded=args.encoded,
+        shuffle="none" if args.keep_order else "all" if args.shuffle else "train", seed=args.seed,
+        jobs=args.jobs or 0, max_skip=args.max_skip, force=args.force,
+        splits=tuple(args.splits.split(",")), progress=not args.quiet)
+    manifest, results = build_lmdb(args.src, args.out, options, root=args.root, classes=args.classes,
+                                   val_fraction=args.val_fraction, limits=parse_limits(args.limit))
+    for r in results:
+        rate = r.count / r.seconds if r.seconds else 0.0
+        print(f"{r.name}: {r.count} images, {len(r.skipped)} skipped, {r.bytes / 1e6:.1f} MB, "
+              f"{rate:,.0f} images/s -> {Path(args.out) / (r.name + '_lmdb')}")
+    total = sum(r.count for r in results)
+    skipped = sum(len(r.skipped) for r in results)
+    seconds = sum(r.seconds for r in results)
+    print(f"done: {total} images, {manifest.classes} classes, {skipped} skipped (see skipped.txt), "
+          f"{total / seconds if seconds else 0:,.0f} images/s, {sum(r.bytes for r in results) / 1e6:.1f} MB; "
+          f"mean (BGR) {', '.join(f'{v:.2f}' for v in manifest.mean_values)}")
+    return 0
+
+
+def cmd_mean(args: argparse.Namespace) -> int:
+    from squeezecaffe.data_tools.mean import write_mean
+
+    values, json_path = write_mean(args.db, args.output)
+    print(f"mean_value (BGR): {', '.join(f'{v:.4f}' for v in values)}")
+    print(f"wrote {args.output} and {json_path}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from squeezecaffe.data_tools.inspect_db import describe, format_description, load_label_names, save_grid
+
+    print(format_description(describe(args.db), load_label_names(Path(args.db))))
+    if args.grid:
+        print(f"grid: {save_grid(args.db, args.grid, count=args.count)}")
+    return 0
+
+
+def cmd_import_fashion_mnist(args: argparse.Namespace) -> int:
+    from squeezecaffe.data_tools.fashion_mnist import export_pngs, is_exported
+
+    reused = is_exported(Path(args.out)) and not args.force
+    info = export_pngs(args.out, args.src, jobs=args.jobs or 0, force=args.force)
+    state = "already there" if reused else "wrote"
+    print(f"{state}: {args.out} (train {info['train']}, test {info['test']} PNG images in 10 class folders; "
+          f"names in words.txt)")
+    return 0
+
+
+def cmd_default_data(args: argparse.Namespace) -> int:
+    from squeezecaffe.data_tools.default_data import ensure_default_data
+
+    out, reused = ensure_default_data(args.out, args.src, quiet=args.quiet)
+    print(f"default dataset (Fashion-MNIST, 10 classes, 28x28 gray) {'already built' if reused else 'built'}: {out}")
+    return 0
+
+
+def register_data_verbs(sub: argparse._SubParsersAction) -> None:
+    from squeezecaffe.data_tools.fashion_mnist import DEFAULT_SOURCE
+
+    p = sub.add_parser("build-lmdb", help="image folders / list files -> Caffe LMDBs + mean + labels + manifest")
+    p.add_argument("src", help="Tiny ImageNet root, class-folder root, a list file, or a folder with train.txt/val.txt")
+    p.add_argument("out", help="output data directory (train_lmdb/, val_lmdb/, mean.binaryproto, labels.txt, ...)")
+    p.add_argument("--resize", metavar="HxW", help="resize every image (bilinear), e.g. 64x64")
+    p.add_argument("--gray", action="store_true", help="store 1-channel images")
+    p.add_argument("--encoded", action="store_true", help="store the JPEG/PNG bytes instead of raw pixels")
+    order = p.add_mutually_exclusive_group()
+    order.add_argument("--keep-order", action="store_true",
+                       help="keep the listing order (class by class, as convert_imageset without --shuffle); "
+                            "by default the training split is shuffled, seeded by --seed")
+    order.add_argument("--shuffle", action="store_true", help="shuffle every split, not only train")
+    p.add_argument("--seed", type=int, default=0, help="seed of the shuffle and of the --val-fraction/--limit draws")
+    p.add_argument("--jobs", type=int, help="decoding processes (default: all cores)")
+    p.add_argument("--max-skip", type=float, default=0.01, help="fail when more than this fraction is broken")
+    p.add_argument("--force", action="store_true", help="replace existing databases in OUT")
+    p.add_argument("--val-fraction", type=float, default=0.0,
+                   help="hold out this fraction of train per class as val (where SRC has no val split)")
+    p.add_argument("--limit", action="append", default=[], metavar="SPLIT=N",
+                   help="keep a stratified, seeded subset of N images of SPLIT, e.g. train=20000 (repeatable)")
+    p.add_argument("--root", help="folder the list file's paths are relative to (default: the list's folder)")
+    p.add_argument("--classes", type=int, help="class count for list files (labels must be below it)")
+    p.add_argument("--splits", default="train,val,test", help="which splits to build (default: all present)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_build_lmdb)
+
+    p = sub.add_parser("import-fashion-mnist",
+                       help="Fashion-MNIST IDX files -> OUT/{train,test}/<class>/*.png + words.txt")
+    p.add_argument("out", help="output folder (reused when a finished export is already there)")
+    p.add_argument("--src", default=str(DEFAULT_SOURCE),
+                   help="folder of the four IDX(.gz) files (default: Debian's dataset-fashion-mnist)")
+    p.add_argument("--jobs", type=int, help="writer processes (default: all cores)")
+    p.add_argument("--force", action="store_true", help="replace OUT")
+    p.set_defaults(func=cmd_import_fashion_mnist)
+
+    p = sub.add_parser("default-data", help="build (or reuse) the built-in default dataset: Fashion-MNIST as LMDBs")
+    p.add_argument("out", nargs="?", default="out/data/fashion-mnist", help="data directory (default %(default)s)")
+    p.add_argument("--src", default=str(DEFAULT_SOURCE), help="folder of the Fashion-MNIST IDX files")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_default_data)
+
+    p = sub.add_parser("mean", help="mean image of a database (.binaryproto as compute_image_mean) + per-channel JSON")
+    p.add_argument("db")
+    p.add_argument("-o", "--output", required=True)
+    p.set_defaults(func=cmd_mean)
+
+    p = sub.add_parser("inspect", help="count, shapes, label histogram and encoding of a database")
+    p.add_argument("db")
+    p.add_argument("--grid", help="save a labelled grid of sample images to this PNG")
+    p.add_argument("--count", type=int, default=64, help="images in the grid")
+    p.set_defaults(func=cmd_inspect)
+
+

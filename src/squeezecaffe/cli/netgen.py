@@ -1,0 +1,162 @@
+"""`squeezecaffe list|summary|gen|prototxt|draw`: the verbs over the model registry and generated prototxt."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from squeezecaffe.cli.common import is_model_name, parse_overrides
+from squeezecaffe.errors import UserError
+
+
+def _add_net_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--classes", type=int, help="number of classes (default: the model's dataset)")
+    p.add_argument("--input", help="network input HxW, e.g. 64x64")
+    p.add_argument("--batch-size", type=int, help="TRAIN batch size")
+    p.add_argument("--test-batch-size", type=int, help="TEST batch size")
+    p.add_argument("--train-size", type=int, help="training images (sizes max_iter and snapshots)")
+    p.add_argument("--val-size", type=int, help="validation images (sizes test_iter)")
+    p.add_argument("--epochs", type=int, help="training epochs")
+    p.add_argument("--data", help="a data directory written by build-lmdb (classes, sizes and mean from its manifest)")
+    p.add_argument("--mean-file", action="store_true", help="use DATA/mean.binaryproto instead of per-channel mean_value")
+    p.add_argument("--solver-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any SolverParameter field, e.g. base_lr=0.01 (repeatable)")
+
+
+def _resolve_from_args(args: argparse.Namespace, spec):
+    from squeezecaffe.netgen.config import parse_hw, resolve
+
+    return resolve(
+        spec, classes=args.classes, input_size=parse_hw(args.input) if args.input else None,
+        batch_size=args.batch_size, test_batch_size=args.test_batch_size, train_size=args.train_size,
+        val_size=args.val_size, epochs=args.epochs, data_dir=args.data, use_mean_file=args.mean_file)
+
+
+def _load_net_or_model(target: str, args: argparse.Namespace):
+    """A registered model name (its deploy net) or a path to any prototxt; returns (net, data_shape)."""
+    from squeezecaffe.netgen.registry import get_model
+    from squeezecaffe.proto import pb, read_text
+
+    if is_model_name(target):
+        from squeezecaffe.netgen.builder import build_deploy
+
+        spec = get_model(target)
+        cfg, _ = _resolve_from_args(args, spec)
+        return build_deploy(spec, cfg), None
+    from squeezecaffe.netgen.checks import check_net
+    from squeezecaffe.netgen.config import parse_hw
+
+    net = read_text(target, pb.NetParameter)
+    check_net(net, target)
+    data_shape = None
+    if getattr(args, "input", None):
+        h, w = parse_hw(args.input)
+        data_shape = (1, 3, h, w)
+    return net, data_shape
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from squeezecaffe.netgen.builder import build_deploy
+    from squeezecaffe.netgen.config import resolve
+    from squeezecaffe.netgen.registry import MODELS
+    from squeezecaffe.netgen.summary import summarize
+
+    print(f"{'model':22s} {'input':>9s} {'classes':>7s} {'weights':>11s} {'trainable':>11s}  description")
+    for spec in MODELS.values():
+        cfg, _ = resolve(spec)
+        s = summarize(build_deploy(spec, cfg))
+        h, w = cfg.input_size
+        print(f"{spec.name:22s} {f'{h}x{w}x3':>9s} {cfg.classes:7d} {s.weights:11,} {s.trainable:11,}  {spec.description}")
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from squeezecaffe.netgen.summary import format_summary, summarize
+
+    net, data_shape = _load_net_or_model(args.model, args)
+    print(format_summary(summarize(net, data_shape, where=args.model)))
+    return 0
+
+
+def cmd_gen(args: argparse.Namespace) -> int:
+    from squeezecaffe.netgen.config import parse_hw
+    from squeezecaffe.netgen.emit import generate, write_generated
+    from squeezecaffe.netgen.recipes import resolve_recipe
+    from squeezecaffe.netgen.registry import get_model
+
+    spec = get_model(args.model)
+    result = resolve_recipe(
+        spec, args.recipe, classes=args.classes, input_size=parse_hw(args.input) if args.input else None,
+        batch_size=args.batch_size, test_batch_size=args.test_batch_size, train_size=args.train_size,
+        val_size=args.val_size, epochs=args.epochs, data_dir=args.data, use_mean_file=args.mean_file)
+    cfg, sched = result.cfg, result.sched
+    values = dict(result.values)
+    out = Path(args.out)
+    overrides = parse_overrides(args.solver_set)
+    if args.base_lr is not None:
+        overrides["base_lr"] = args.base_lr
+
+    def write() -> list[Path]:
+        model = generate(spec, out, cfg, sched, overrides, snapshot_prefix=str(out / "snapshots" / spec.name))
+        return write_generated(model, out)
+
+    if overrides.get("base_lr") == "auto":
+        from squeezecaffe.train.lr_find import auto_base_lr
+
+        if not args.data:
+            raise UserError("--base-lr auto runs the LR range test on the data: give --data DIR")
+        overrides.pop("base_lr")
+        rate, found = auto_base_lr(lambda: next(p for p in write() if p.name == "solver.prototxt"), out,
+                                   f"{spec.name}: LR range test",
+                                   seed=0)
+        overrides["base_lr"] = str(rate)
+        values.update(found)
+    print(f"recipe {args.recipe}: " + ", ".join(f"{k} {v}" for k, v in values.items() if k != "recipe"))
+    for path in write():
+        print(path)
+    return 0
+
+
+def cmd_prototxt(args: argparse.Namespace) -> int:
+    from squeezecaffe.netgen.emit import write_committed
+
+    paths = write_committed(args.root)
+    print(f"wrote {len(paths)} files under {Path(args.root) / 'prototxt'}")
+    return 0
+
+
+def cmd_draw(args: argparse.Namespace) -> int:
+    from squeezecaffe.netgen.draw import draw_net
+
+    net, data_shape = _load_net_or_model(args.model, args)
+    print(draw_net(net, args.output, data_shape=data_shape))
+    return 0
+
+
+def register_netgen_verbs(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("list", help="registered models with input, classes and parameter counts")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("summary", help="Table-1-style per-module table of a model or any prototxt")
+    p.add_argument("model", help="registered model name or path to a .prototxt")
+    _add_net_overrides(p)
+    p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("gen", help="write train_val, deploy and solver prototxt for a model")
+    p.add_argument("model")
+    p.add_argument("--out", required=True, help="output directory")
+    _add_net_overrides(p)
+    p.add_argument("--recipe", default="default", help="default, paper or registry (see docs/training.md)")
+    p.add_argument("--base-lr", help="a rate, or auto: run the LR range test on --data first (lr-find)")
+    p.set_defaults(func=cmd_gen)
+
+    p = sub.add_parser("prototxt", help="regenerate the committed prototxt/<model>/ files of every model")
+    p.add_argument("--root", default=".", help="repository root (default: .)")
+    p.set_defaults(func=cmd_prototxt)
+
+    p = sub.add_parser("draw", help="draw a model's graph to PNG/SVG/PDF")
+    p.add_argument("model", help="registered model name or path to a .prototxt")
+    p.add_argument("-o", "--output", required=True, help="output image path (.png, .svg, .pdf)")
+    _add_net_overrides(p)
+    p.set_defaults(func=cmd_draw)
+
