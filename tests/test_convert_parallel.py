@@ -176,7 +176,7 @@ def _children(pid: int) -> list[int]:
 def test_workers_exit_when_the_parent_is_killed(tmp_path: Path) -> None:
     src = write_class_folders(tmp_path / "cf", classes=4, per_class=1500, size=(32, 32), ext=".jpg")
     out = tmp_path / "data"
-    cmd = [sys.executable, "-m", "squeezecaffe.cli", "build-lmdb", str(src), str(out), "--quiet", "--jobs", "2"]
+    cmd = [sys.executable, "-m", "squeezecaffe", "build-lmdb", str(src), str(out), "--quiet", "--jobs", "2"]
     proc = subprocess.Popen(cmd)
     workers: list[int] = []
     deadline = time.time() + 60

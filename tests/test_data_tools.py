@@ -198,7 +198,7 @@ def test_sigkill_mid_write_leaves_no_partial_database(tmp_path: Path) -> None:
     """Kill the converter while it writes: the final path holds nothing or the previous complete database."""
     src = write_class_folders(tmp_path / "cf", classes=4, per_class=1500, size=(32, 32), ext=".jpg")
     out = tmp_path / "data"
-    cmd = [sys.executable, "-m", "squeezecaffe.cli", "build-lmdb", str(src), str(out), "--quiet", "--jobs", "1"]
+    cmd = [sys.executable, "-m", "squeezecaffe", "build-lmdb", str(src), str(out), "--quiet", "--jobs", "1"]
     assert _kill_when_writing(cmd, out), "the converter finished before it could be killed"
     assert not (out / "train_lmdb").exists()
     assert not (out / "manifest.json").exists()

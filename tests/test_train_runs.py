@@ -67,7 +67,7 @@ def test_resume_from_epoch_2_gives_the_same_epoch_3_weights(finished_run: Path, 
 @pytest.mark.slow
 def test_sigkill_never_leaves_a_snapshot_that_resume_would_pick(data: Path, tmp_path: Path):
     run_dir = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "squeezecaffe.cli", *TRAIN, "--epochs", "40", "--data", str(data),
+    cmd = [sys.executable, "-m", "squeezecaffe", *TRAIN, "--epochs", "40", "--data", str(data),
            "--run-dir", str(run_dir)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     prefix = str(run_dir / "snapshots" / "cifar_resnet_1111")
@@ -91,7 +91,7 @@ def test_sigkill_never_leaves_a_snapshot_that_resume_would_pick(data: Path, tmp_
 @pytest.mark.slow
 def test_sigint_snapshots_and_prints_the_resume_command(data: Path, tmp_path: Path):
     run_dir = tmp_path / "interrupted"
-    cmd = [sys.executable, "-m", "squeezecaffe.cli", *TRAIN, "--epochs", "40", "--data", str(data),
+    cmd = [sys.executable, "-m", "squeezecaffe", *TRAIN, "--epochs", "40", "--data", str(data),
            "--run-dir", str(run_dir)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
