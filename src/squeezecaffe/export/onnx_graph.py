@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from squeezecaffe.errors import UserError
+from squeezecaffe.netgen.inference import conv_geometry, infer_layers, pool_geometry, pool_out
+from squeezecaffe.netgen.state import filter_net, make_state
 from squeezecaffe.proto import pb
 
 MIN_OPSET = 13
@@ -67,31 +69,6 @@ class Graph:
         self.nodes.append(helper.make_node(op, inputs, [out], name=self.fresh(f"{name}#{op}"), **attrs))
         self.ops[op] = self.ops.get(op, 0) + 1
         return out
-
-
-def _pair(values, h_field: int, w_field: int, has_hw: bool, default: int) -> tuple[int, int]:
-    if has_hw:
-        return int(h_field), int(w_field)
-    v = list(values)
-    if not v:
-        return default, default
-    return (int(v[0]), int(v[1] if len(v) > 1 else v[0]))
-
-
-def conv_geometry(p: pb.ConvolutionParameter) -> dict:
-    kh, kw = _pair(p.kernel_size, p.kernel_h, p.kernel_w, p.HasField("kernel_h"), 1)
-    sh, sw = _pair(p.stride, p.stride_h, p.stride_w, p.HasField("stride_h"), 1)
-    ph, pw = _pair(p.pad, p.pad_h, p.pad_w, p.HasField("pad_h"), 0)
-    dh, dw = _pair(p.dilation, 0, 0, False, 1)
-    return {"kernel_shape": [kh, kw], "strides": [sh, sw], "pads": [ph, pw, ph, pw], "dilations": [dh, dw],
-            "group": int(p.group)}
-
-
-def _caffe_pooled(size: int, kernel: int, stride: int, pad: int) -> int:
-    out = -(-(size + 2 * pad - kernel) // stride) + 1  # ceil
-    if pad and (out - 1) * stride >= size + pad:
-        out -= 1
-    return out
 
 
 def batchnorm_stats(blobs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -173,9 +150,6 @@ def build_onnx(net: pb.NetParameter, weights: dict[str, list[np.ndarray]], *, op
     """The ONNX ModelProto of a TEST-phase deploy net (Input layer or input_shape), and the ops it uses."""
     from onnx import TensorProto, helper
 
-    from squeezecaffe.netgen.inference import infer_layers
-    from squeezecaffe.netgen.state import filter_net, make_state
-
     if opset < MIN_OPSET:
         raise UserError(f"--opset {opset}: at least {MIN_OPSET} (Softmax along one axis, as Caffe)")
     net = filter_net(net, make_state(pb.TEST))
@@ -245,7 +219,9 @@ def _convolution(g: Graph, lp, bottoms, blobs, info) -> list[str]:
     args = [bottoms[0], g.const(f"{lp.name}/W", blobs[0].astype(np.float32))]
     if p.bias_term and len(blobs) > 1:
         args.append(g.const(f"{lp.name}/b", blobs[1].astype(np.float32).reshape(-1)))
-    return [g.node("Conv", args, lp.top[0], lp.name, **conv_geometry(p))]
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = conv_geometry(p)
+    return [g.node("Conv", args, lp.top[0], lp.name, kernel_shape=[kh, kw], strides=[sh, sw], pads=[ph, pw, ph, pw],
+                   dilations=[dh, dw], group=int(p.group))]
 
 
 def _relu(g: Graph, lp, bottoms, blobs, info) -> list[str]:
@@ -262,11 +238,9 @@ def _pooling(g: Graph, lp, bottoms, blobs, info) -> list[str]:
         raise UserError(f"layer '{lp.name}': STOCHASTIC pooling has no ONNX export")
     if p.global_pooling:
         return [g.node(f"Global{method}Pool", bottoms, lp.top[0], lp.name)]
-    kh, kw = (p.kernel_h, p.kernel_w) if p.HasField("kernel_h") else (p.kernel_size, p.kernel_size)
-    sh, sw = (p.stride_h, p.stride_w) if p.HasField("stride_h") else (p.stride, p.stride)
-    ph, pw = (p.pad_h, p.pad_w) if p.HasField("pad_h") else (p.pad, p.pad)
     _, _, h, w = info.bottom_shapes[0]
-    oh, ow = _caffe_pooled(h, kh, sh, ph), _caffe_pooled(w, kw, sw, pw)
+    (kh, kw), (sh, sw), (ph, pw) = pool_geometry(p, (h, w))
+    oh, ow = pool_out(h, kh, sh, ph), pool_out(w, kw, sw, pw)
     end_h, end_w = (oh - 1) * sh + kh - h - ph, (ow - 1) * sw + kw - w - pw  # end padding that gives oh x ow
     if method == "Average" and (end_h > ph or end_w > pw):
         raise UserError(f"layer '{lp.name}': AVE pooling with windows past the padding divides as ONNX cannot "
