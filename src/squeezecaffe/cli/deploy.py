@@ -27,24 +27,20 @@ def _prepare(args: argparse.Namespace, data: str | None, out_dir: Path | None):
 
     if args.batch_size <= 0:
         raise UserError(f"--batch-size {args.batch_size}: must be positive")
-    weights, net, transform = args.weights, args.net, None
+    weights, carried = args.weights, None
     if weights.endswith(".onnx"):
         from squeezecaffe.export.onnx_export import open_onnx
 
         if args.engine not in ("torch", "onnxruntime"):
             raise UserError(f"--engine {args.engine}: an .onnx file runs in onnxruntime")
         args.engine = "onnxruntime"
-        deploy, transform, data_hint = open_onnx(weights)
-        net = net or (None if args.model else deploy)
-        data = data or data_hint
+        carried = open_onnx(weights)
     elif weights.endswith(".sqz"):
         from squeezecaffe.compress.pipeline import open_sqz
 
-        weights, deploy, transform, data_hint = open_sqz(weights)
-        net = net or (None if args.model else deploy)
-        data = data or data_hint
-    art = resolve_artifacts(weights, net=net, model=args.model, data=data, mean_value=args.mean_value,
-                            out_dir=out_dir, transform=transform)
+        weights, carried = open_sqz(weights)
+    art = resolve_artifacts(weights, net=args.net, model=args.model, data=data, mean_value=args.mean_value,
+                            out_dir=out_dir, carried=carried)
     for note in art.notes:
         print(f"note: {note}", file=sys.stderr)
     return art, Preprocessor(art), make_runtime(args.engine, art, args.device)

@@ -28,7 +28,7 @@ from squeezecaffe.compress.kmeans import kmeans_1d
 from squeezecaffe.compress.plan import PAPER_MIB, PAPER_TOTAL_KEPT, BlobPlan, make_plan
 from squeezecaffe.compress.prune import magnitude_mask
 from squeezecaffe.compress.table import Row, build_rows, fixed_width, format_rows, paper_comparison, rows_json
-from squeezecaffe.deploy.artifacts import Artifacts, resolve_artifacts
+from squeezecaffe.deploy.artifacts import Artifacts, Carried, carried_from, resolve_artifacts
 from squeezecaffe.engines.torchcaffe.constraints import BlobConstraint, save_constraints
 from squeezecaffe.engines.torchcaffe.weights import blob_shape, blob_values, read_caffemodel
 from squeezecaffe.errors import UserError
@@ -371,26 +371,18 @@ def decompress(sqz: str | Path, output: str | Path, deploy: str | Path | None = 
     return path, deploy_path
 
 
-def open_sqz(path: str) -> tuple[str, str | None, pb.TransformationParameter | None, str | None]:
-    """A .sqz decoded for `eval`/`classify`: (dense .caffemodel in a temporary folder removed at exit, its deploy
-    net there when it carries one, the TEST transform it was trained with, the data directory it names if that
-    still exists)."""
+def open_sqz(path: str) -> tuple[str, Carried]:
+    """A .sqz decoded for `eval`/`classify`/`export`: (its dense .caffemodel in a temporary folder removed at exit,
+    what it carries: deploy net, TEST transform, data directory)."""
     import atexit
     import tempfile
 
     from squeezecaffe.compress.container import read_container
-    from squeezecaffe.proto import parse_text
 
     box = read_container(path)
     folder = Path(tempfile.mkdtemp(prefix="squeezecaffe-sqz-"))
     atexit.register(shutil.rmtree, folder, True)
     stem = Path(path).name.removesuffix(".sqz")
     weights = write_binary(folder / f"{stem}.caffemodel", decode_model(box))
-    deploy = None
-    if box.header.get("deploy"):
-        deploy = str(atomic_write_text(folder / f"{stem}.deploy.prototxt", box.header["deploy"]))
-    transform = None
-    if box.header.get("transform") is not None:
-        transform = parse_text(box.header["transform"], pb.TransformationParameter, f"{path} transform")
-    data = box.header.get("data")
-    return str(weights), deploy, transform, data if data and Path(data).is_dir() else None
+    h = box.header
+    return str(weights), carried_from(h.get("deploy"), h.get("transform"), h.get("data"), stem, path)

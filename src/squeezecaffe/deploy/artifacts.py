@@ -38,6 +38,36 @@ class Artifacts:
         return len(self.labels)
 
 
+@dataclass
+class Carried:
+    """What a packed model file (a .sqz from compress, an .onnx from export) says about its model; used for
+    whatever the user does not name (--net/--model, --data)."""
+
+    deploy: Path | None
+    transform: pb.TransformationParameter | None
+    data: str | None  # the data directory it was trained on, when that still exists here
+
+
+def carried_from(deploy_text: str | None, transform_text: str | None, data: str | None, stem: str,
+                 where: str) -> Carried:
+    """A Carried from a file's stored texts; the deploy net is written into a temporary folder removed at exit."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from squeezecaffe.fileio import atomic_write_text
+    from squeezecaffe.proto import parse_text
+
+    deploy = None
+    if deploy_text:
+        folder = Path(tempfile.mkdtemp(prefix="squeezecaffe-carried-"))
+        atexit.register(shutil.rmtree, folder, True)
+        deploy = atomic_write_text(folder / f"{stem}.deploy.prototxt", deploy_text)
+    transform = parse_text(transform_text, pb.TransformationParameter, f"{where} transform") if transform_text \
+        is not None else None
+    return Carried(deploy, transform, data if data and Path(data).is_dir() else None)
+
+
 def find_run_dir(path: Path) -> Path | None:
     """The run directory `path` is, or whose snapshots/ holds it."""
     for candidate in (path, path.parent, path.parent.parent):
@@ -109,10 +139,17 @@ def _output_classes(deploy: pb.NetParameter, where: str) -> int:
 
 def resolve_artifacts(weights: str, *, net: str | None = None, model: str | None = None, data: str | None = None,
                       mean_value: str | None = None, out_dir: Path | None = None,
-                      transform: pb.TransformationParameter | None = None) -> Artifacts:
-    """Find deploy net, weights, preprocessing and labels for WEIGHTS (see the module docstring); `transform`
-    is the TEST transform when no run directory says it (a .sqz carries its own)."""
+                      carried: Carried | None = None) -> Artifacts:
+    """Find deploy net, weights, preprocessing and labels for WEIGHTS (see the module docstring); `carried` is
+    what a packed model file says of itself, used where the user names nothing."""
     from squeezecaffe.train.rundir import read_json
+
+    transform = None
+    if carried is not None:
+        if not net and not model and carried.deploy is not None:
+            net = str(carried.deploy)
+        data = data or carried.data
+        transform = carried.transform
 
     target = Path(weights)
     if not target.exists():

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from squeezecaffe import __version__
-from squeezecaffe.deploy.artifacts import Artifacts, resolve_artifacts
+from squeezecaffe.deploy.artifacts import Artifacts, Carried, carried_from, resolve_artifacts
 from squeezecaffe.errors import UserError
 from squeezecaffe.export.onnx_graph import DEFAULT_OPSET, InputTransform, build_onnx, fold_batchnorm
 from squeezecaffe.proto import pb, to_text
@@ -130,15 +130,12 @@ def export_onnx(weights: str, output: str | Path, options: ExportOptions, *, net
     from squeezecaffe.scoring import softmax
 
     output = Path(output)
-    transform = None
-    data = options.data
+    carried = None
     if weights.endswith(".sqz"):
         from squeezecaffe.compress.pipeline import open_sqz
 
-        weights, deploy_path, transform, hint = open_sqz(weights)
-        net = net or (None if model else deploy_path)
-        data = data or hint
-    art = resolve_artifacts(weights, net=net, model=model, data=data, out_dir=output.parent, transform=transform)
+        weights, carried = open_sqz(weights)
+    art = resolve_artifacts(weights, net=net, model=model, data=options.data, out_dir=output.parent, carried=carried)
     deploy, blobs = art.deploy, _weights(art.weights)
     folded = 0
     if options.fold_batchnorm:
@@ -206,24 +203,8 @@ def read_onnx_metadata(path: str) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
 
 
-def open_onnx(path: str) -> tuple[str | None, pb.TransformationParameter | None, str | None]:
-    """For `eval`/`classify` on an exported file: (its deploy prototxt written to a temporary file removed at exit,
-    the transform still to apply, the data directory it names if that exists)."""
-    import atexit
-    import shutil
-    import tempfile
-
-    from squeezecaffe.fileio import atomic_write_text
-    from squeezecaffe.proto import parse_text
-
+def open_onnx(path: str) -> Carried:
+    """What an exported file carries, for `eval`/`classify` on it: deploy net, transform still to apply, data."""
     meta = read_onnx_metadata(path)
-    deploy = None
-    if meta.get("squeezecaffe.deploy"):
-        folder = Path(tempfile.mkdtemp(prefix="squeezecaffe-onnx-"))
-        atexit.register(shutil.rmtree, folder, True)
-        deploy = str(atomic_write_text(folder / f"{Path(path).stem}.deploy.prototxt", meta["squeezecaffe.deploy"]))
-    transform = None
-    if "squeezecaffe.transform" in meta:
-        transform = parse_text(meta["squeezecaffe.transform"], pb.TransformationParameter, f"{path} transform")
-    data = meta.get("squeezecaffe.data") or None
-    return deploy, transform, data if data and Path(data).is_dir() else None
+    return carried_from(meta.get("squeezecaffe.deploy"), meta.get("squeezecaffe.transform"),
+                        meta.get("squeezecaffe.data") or None, Path(path).stem, path)
