@@ -3,8 +3,6 @@ held through the solver's updates, the .sqz container (round trip, corruption), 
 
 from __future__ import annotations
 
-import zlib
-
 import numpy as np
 import pytest
 
@@ -297,7 +295,15 @@ def test_decompress_cli_writes_a_caffemodel_and_refuses_bad_files(tmp_path, caps
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "bad.sqz: truncated" in err
     assert not (tmp_path / "bad.caffemodel").exists()
-    assert zlib.crc32(data) != 0
+    for argv, message in [(["decompress", str(tmp_path / "m.sqz"), "-o", "/proc/no-such/m.caffemodel"],
+                           "/proc/no-such: cannot write the output there"),
+                          (["compress", str(tmp_path / "m.caffemodel"), "--net", "x.prototxt", "--retrain-lr", "-1"],
+                           "--retrain-lr -1: must be positive"),
+                          (["compress", str(tmp_path / "m.caffemodel"), "--net", "x.prototxt", "--batch-size", "0"],
+                           "--batch-size 0: must be positive")]:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
 
 
 # ------------------------------------------------------------------ the verb, end to end

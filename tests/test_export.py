@@ -97,6 +97,10 @@ def test_a_difference_over_the_tolerance_writes_nothing(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "differ from our engine's by" in err and "not written" in err
     assert not (tmp_path / "x.onnx").exists()
+    assert main(["export", weights, "--net", net, "--onnx", str(tmp_path / "x.onnx"), "--tolerance", "0"]) == 2
+    assert "--tolerance 0: must be positive" in capsys.readouterr().err
+    assert main(["export", weights, "--net", net, "--onnx", "/proc/no-such/x.onnx"]) == 2
+    assert "/proc/no-such: cannot write the .onnx there" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -6,7 +6,11 @@ import argparse
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from squeezecaffe.errors import UserError
     from squeezecaffe.export.onnx_export import ExportOptions, export_onnx
+
+    if not args.tolerance > 0:
+        raise UserError(f"--tolerance {args.tolerance:g}: must be positive")
 
     options = ExportOptions(opset=args.opset, dynamic_batch=args.dynamic_batch, fold_batchnorm=args.fold_batchnorm,
                             bake_transform=args.bake_transform, tolerance=args.tolerance, data=args.data)

@@ -134,10 +134,8 @@ def read_shared_values(model: pb.NetParameter, coded: dict[str, CodedBlob], wher
         if np.any(flat[clusters < 0] != 0):
             raise UserError(f"{where}: layer '{layer}' has non-zero pruned weights; it is not the retrained model")
         members = clusters >= 0
-        firsts = np.full(len(codebook), -1, np.int64)
-        firsts[clusters[members][::-1]] = np.flatnonzero(members)[::-1]  # first member of each cluster
-        used = firsts >= 0
-        codebook[used] = flat[firsts[used]]
+        used, first = np.unique(clusters[members], return_index=True)  # one member of each cluster in use
+        codebook[used] = flat[members][first]
         if np.any(flat[members] != codebook[clusters[members]]):
             raise UserError(f"{where}: layer '{layer}' has weights of one cluster that differ; its shared values "
                             "were not held during fine-tuning")
@@ -182,8 +180,7 @@ def _retrain_context(art: Artifacts, model: str | None, options: CompressOptions
     return _Retrain(name, str(art.data_dir), base_lr, batch, extra)
 
 
-def _retrain(stage_dir: Path, weights: Path, constraints: Path, ctx: _Retrain, options: CompressOptions,
-             echo: bool) -> Path:
+def _retrain(stage_dir: Path, weights: Path, constraints: Path, ctx: _Retrain, options: CompressOptions) -> Path:
     from squeezecaffe.train.config import TrainConfig
     from squeezecaffe.train.rundir import RunLock
     from squeezecaffe.train.runner import Trainer, prepare_run
@@ -197,7 +194,7 @@ def _retrain(stage_dir: Path, weights: Path, constraints: Path, ctx: _Retrain, o
     lock = RunLock(run_dir)
     try:
         prepare_run(cfg, run_dir, lock)
-        Trainer(run_dir, echo=echo, progress=options.progress).run()
+        Trainer(run_dir, echo=options.progress, progress=options.progress).run()
     finally:
         lock.release()
     best = run_dir / "best.caffemodel"
@@ -222,7 +219,7 @@ def _evaluate(art: Artifacts, weights: Path, options: CompressOptions, out_dir: 
 
 
 def _check_out(out: Path, force: bool) -> None:
-    stages = [out / s for s in ("pruned", "quantized", "final")]
+    stages = [out / s for s in ("dense", "pruned", "quantized", "final")]
     if any(s.exists() for s in stages):
         if not force:
             raise UserError(f"{out}: holds an earlier compression (pruned/, quantized/ or final/); give --force to "
@@ -239,6 +236,10 @@ def compress(source: str, out: str | Path, options: CompressOptions, *, model: s
 
     if options.retrain_epochs < 0:
         raise UserError(f"--retrain-epochs {options.retrain_epochs}: must be 0 or more")
+    if options.retrain_lr is not None and not options.retrain_lr > 0:
+        raise UserError(f"--retrain-lr {options.retrain_lr:g}: must be positive")
+    if options.batch_size is not None and options.batch_size <= 0:
+        raise UserError(f"--batch-size {options.batch_size}: must be positive")
     if options.centroid_gradient not in CENTROID_GRADIENTS:
         raise UserError(f"--centroid-gradient {options.centroid_gradient}: choose {' or '.join(CENTROID_GRADIENTS)}")
     out = Path(out)
@@ -273,7 +274,7 @@ def compress(source: str, out: str | Path, options: CompressOptions, *, model: s
     weights = folder / "pruned.caffemodel"
     if ctx is not None:
         stage("pruned", weights, folder)
-        weights = _retrain(folder, weights, masks_path, ctx, options, options.progress)
+        weights = _retrain(folder, weights, masks_path, ctx, options)
         pruned = read_caffemodel(weights)
     shutil.copyfile(weights, folder / "model.caffemodel")
     stage("pruned + retrained" if ctx is not None else "pruned", folder / "model.caffemodel", folder)
@@ -287,7 +288,7 @@ def compress(source: str, out: str | Path, options: CompressOptions, *, model: s
     weights = folder / "quantized.caffemodel"
     if ctx is not None:
         stage("quantized", weights, folder)
-        weights = _retrain(folder, weights, clusters_path, ctx, options, options.progress)
+        weights = _retrain(folder, weights, clusters_path, ctx, options)
         quantized = read_caffemodel(weights)
         coded = read_shared_values(quantized, coded, str(weights))
     shutil.copyfile(weights, folder / "model.caffemodel")
@@ -359,6 +360,9 @@ def decompress(sqz: str | Path, output: str | Path, deploy: str | Path | None = 
     """A .sqz -> a dense .caffemodel (and the deploy.prototxt the container carries, when asked)."""
     from squeezecaffe.compress.container import read_container
 
+    for target in (output, deploy):
+        if target is not None:
+            ensure_writable_dir(Path(target).parent, "cannot write the output there")
     box = read_container(sqz)
     model = decode_model(box)
     path = write_binary(output, model)

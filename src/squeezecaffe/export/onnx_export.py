@@ -75,43 +75,43 @@ def baked_transform(art: Artifacts) -> tuple[InputTransform, pb.TransformationPa
         mean = np.asarray(values if len(values) == channels else values[:1] * channels, np.float32)
     else:
         mean = np.zeros(channels, np.float32)
-    rest = pb.TransformationParameter()
-    if t.crop_size:
-        rest.crop_size = t.crop_size
-    return InputTransform(mean, float(t.scale) if t.HasField("scale") else 1.0), rest
+    return InputTransform(mean, float(t.scale) if t.HasField("scale") else 1.0), _crop_only(t)
 
 
-def _check_batch(art: Artifacts, options: ExportOptions, baked: InputTransform | None) -> tuple[np.ndarray,
-                                                                                             np.ndarray, str]:
-    """(input for our engine, input for the graph, description): real records when there is data."""
-    from squeezecaffe.deploy.preprocess import Preprocessor
-
-    pre = Preprocessor(art)
-    source = None
+def _check_images(art: Artifacts, options: ExportOptions, pre) -> tuple[list[np.ndarray], str]:
+    """uint8 images at their stored size: the first records of the data (test split, else val) when there is a
+    data directory, else seeded random pixels."""
     if art.data_dir is not None or options.data:
         from squeezecaffe.deploy.evaluation import open_source
 
         try:
             source = open_source(art, options.data, None, pre)
         except UserError:
+            if options.data:  # the user's own --data must be right; a run's missing data only means random inputs
+                raise
             source = None
-    if source is not None and len(source):
-        n = min(options.check_images, len(source))
-        stored = [source.item(i)[0] for i in range(n)]
-        ours = np.stack([pre.from_stored(img) for img in stored])
-        if baked is None:
-            return ours, ours, f"{n} images of {source.where}"
-        plain = replace(art, transform=_crop_only(art.transform))
-        raw = np.stack([Preprocessor(plain).from_stored(img) for img in stored])
-        return ours, raw, f"{n} images of {source.where}"
+        if source is not None and len(source):
+            n = min(options.check_images, len(source))
+            return [source.item(i)[0] for i in range(n)], f"{n} images of {source.where}"
     rng = np.random.default_rng(options.seed)
-    ours = rng.normal(0, 60, (options.check_images, *art.input_shape)).astype(np.float32)
+    shape = (art.input_shape[0], *pre.file_size)
+    return [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(options.check_images)], \
+        f"{options.check_images} seeded random images"
+
+
+def _check_batch(art: Artifacts, options: ExportOptions, baked: InputTransform | None) -> tuple[np.ndarray,
+                                                                                             np.ndarray, str]:
+    """(input for our engine, input for the graph, what they are): the same images through the TEST transform,
+    and for a graph with the transform baked in, through the crop alone."""
+    from squeezecaffe.deploy.preprocess import Preprocessor
+
+    pre = Preprocessor(art)
+    images, described = _check_images(art, options, pre)
+    ours = np.stack([pre.from_stored(img) for img in images])
     if baked is None:
-        return ours, ours, f"{options.check_images} seeded random inputs"
-    mean = np.broadcast_to(np.asarray(baked.mean, np.float32).reshape(
-        (-1, 1, 1) if np.asarray(baked.mean).ndim == 1 else baked.mean.shape), art.input_shape)
-    raw = (ours / baked.scale + mean).astype(np.float32)
-    return ours, raw, f"{options.check_images} seeded random inputs"
+        return ours, ours, described
+    crop_only = Preprocessor(replace(art, transform=_crop_only(art.transform)))
+    return ours, np.stack([crop_only.from_stored(img) for img in images]), described
 
 
 def _crop_only(t: pb.TransformationParameter) -> pb.TransformationParameter:
@@ -126,10 +126,11 @@ def export_onnx(weights: str, output: str | Path, options: ExportOptions, *, net
     import onnx
 
     from squeezecaffe.deploy.runtimes import ONNX_LOGITS_KEY, TorchRuntime, logits_layer
-    from squeezecaffe.fileio import atomic_write_bytes
+    from squeezecaffe.fileio import atomic_write_bytes, ensure_writable_dir
     from squeezecaffe.scoring import softmax
 
     output = Path(output)
+    ensure_writable_dir(output.parent, "cannot write the .onnx there")
     carried = None
     if weights.endswith(".sqz"):
         from squeezecaffe.compress.pipeline import open_sqz

@@ -65,7 +65,7 @@ class Constraints:
         self.where = where
         self.bound: dict[int, _Bound] = {}
 
-    def bind(self, params: list[tuple], start_tied: bool = True) -> None:
+    def bind(self, params: list[tuple]) -> None:
         """Attach to the solver's (layer, index, blob, lr_mult, decay_mult) list; project the current weights
         onto the constraints (pruned entries to zero, each cluster to its members' mean)."""
         by_key = {(layer, index): i for i, (layer, index, *_rest) in enumerate(params)}
@@ -90,9 +90,8 @@ class Constraints:
                 div = np.maximum(counts, 1.0) if self.centroid_gradient == "mean" else np.ones_like(counts)
                 divisor = torch.from_numpy(div).to(blob.device, torch.float64)
             self.bound[i] = _Bound(pruned, index, divisor, k)
-            if start_tied:
-                with torch.no_grad():
-                    self._project(i, blob)
+            with torch.no_grad():
+                self._project(i, blob)
 
     def _segment(self, b: _Bound, values: Tensor) -> Tensor:
         """Per-cluster sums of `values` (float64), the pruned bucket last."""
