@@ -301,35 +301,19 @@ def compress(source: str, out: str | Path, options: CompressOptions, *, model: s
               "data": str(art.data_dir.resolve()) if art.data_dir else None,
               "plan": {"density": options.density, "bits": options.bits, "index_bits": options.index_bits}}
     data, sizes = encode_model(quantized, coded, header)
-    sqz = atomic_write_bytes(folder / "model.sqz", data)
-    box = Container(data, str(sqz))
+    box = Container(data, str(folder / "model.sqz"))
     decoded = decode_model(box)
-    _same_weights(quantized, decoded, str(sqz))
+    _same_weights(quantized, decoded, box.where)  # before the file exists: never a .sqz that decodes wrongly
+    sqz = atomic_write_bytes(folder / "model.sqz", data)
     caffemodel = write_binary(folder / "model.caffemodel", decoded)
     final = stage("final (.sqz decoded)", caffemodel, folder)
-    kept = {p.layer: int((coded[p.layer].clusters >= 0).sum()) for p in plans}
-    rows = build_rows(quantized, plans, kept, sizes, len(data), fixed_width(box.header))
-    table = format_rows(rows)
-    paper = None
-    lines = [f"# {sqz}", "", table, ""]
-    if options.density == "paper":
-        paper, ours, theirs = paper_comparison(rows)
-        lines += ["Kept parameters beside the SqueezeNet paper's Table 1:", "", paper, ""]
-        mib = {b: PAPER_MIB[b] for b in PAPER_MIB if options.bits == str(b)}
-        for bits, size in mib.items():
-            lines.append(f"stored size at {bits} bits: {len(data) / 2**20:.3f} MiB with Huffman coding, "
-                         f"{rows[-1].bytes_fixed / 2**20:.3f} MiB with fixed-width codes (the paper: {size} MiB)")
-        if ours != PAPER_TOTAL_KEPT:
-            lines.append(f"kept: {ours:,} (the paper: {theirs:,})")
-    lines += ["", "| stage | top-1 | top-5 | weights |", "|---|---:|---:|---|"]
-    for s in stages:
-        top1 = f"{100 * s.top1:.2f}%" if s.top1 is not None else "-"
-        top5 = f"{100 * s.top5:.2f}%" if s.top5 is not None else "-"
-        lines.append(f"| {s.name} | {top1} | {top5} | {s.weights} |")
+    rows = build_rows(quantized, plans, {p.layer: int((coded[p.layer].clusters >= 0).sum()) for p in plans}, sizes,
+                      len(data), fixed_width(box.header))
+    lines, paper = _table_lines(sqz, rows, stages, options, len(data))
     table_path = atomic_write_text(folder / "table.md", "\n".join(lines) + "\n")
     dense_bytes = art.weights.stat().st_size
     report = {"source": str(art.weights), "source_bytes": dense_bytes, "sqz": str(sqz), "sqz_bytes": len(data),
-              "ratio": dense_bytes / len(data), "options": {k: v for k, v in vars(options).items()},
+              "ratio": dense_bytes / len(data), "options": dict(vars(options)),
               "stages": [{"name": s.name, "weights": str(s.weights), "top1": s.top1, "top5": s.top5}
                          for s in stages],
               "rows": rows_json(rows), "notes": notes}
@@ -339,6 +323,27 @@ def compress(source: str, out: str | Path, options: CompressOptions, *, model: s
         + (f"; top-1 {100 * stages[0].top1:.2f}% -> {100 * final.top1:.2f}%" if final.top1 is not None
            and stages[0].top1 is not None else ""))
     return CompressResult(stages, rows, sqz, caffemodel, table_path, report_path, notes, paper)
+
+
+def _table_lines(sqz: Path, rows: list[Row], stages: list[Stage], options: CompressOptions,
+                 file_size: int) -> tuple[list[str], str | None]:
+    """table.md: the per-layer table, the comparison with the paper (--density paper), the top-1 of each stage."""
+    lines, paper = [f"# {sqz}", "", format_rows(rows), ""], None
+    if options.density == "paper":
+        paper, ours, theirs = paper_comparison(rows)
+        lines += ["Kept parameters beside the SqueezeNet paper's Table 1:", "", paper, ""]
+        for bits, size in PAPER_MIB.items():
+            if options.bits == str(bits):
+                lines.append(f"stored size at {bits} bits: {file_size / 2**20:.3f} MiB with Huffman coding, "
+                             f"{rows[-1].bytes_fixed / 2**20:.3f} MiB with fixed-width codes (the paper: {size} MiB)")
+        if ours != PAPER_TOTAL_KEPT:
+            lines.append(f"kept: {ours:,} (the paper: {theirs:,})")
+    lines += ["", "| stage | top-1 | top-5 | weights |", "|---|---:|---:|---|"]
+    for s in stages:
+        top1 = f"{100 * s.top1:.2f}%" if s.top1 is not None else "-"
+        top5 = f"{100 * s.top5:.2f}%" if s.top5 is not None else "-"
+        lines.append(f"| {s.name} | {top1} | {top5} | {s.weights} |")
+    return lines, paper
 
 
 def _same_weights(a: pb.NetParameter, b: pb.NetParameter, where: str) -> None:
