@@ -87,7 +87,75 @@ LAYER_CASES = {
     "dropout_test": ('type: "Dropout" bottom: "x" top: "y" dropout_param { dropout_ratio: 0.5 }',
                      {"x": (2, 3, 4, 4)}, ("TEST",)),
     "softmax": ('type: "Softmax" bottom: "x" top: "y"', {"x": (3, 6, 2, 2)}, ("TRAIN",)),
+    "power_scale": ('type: "Power" bottom: "x" top: "y" power_param { scale: 0.0157 }', {"x": (2, 3, 4, 4)},
+                    ("TRAIN",)),
+    "power_full": ('type: "Power" bottom: "x" top: "y" power_param { power: 2 scale: 0.5 shift: 3 }',
+                   {"x": (2, 3, 4, 4)}, ("TRAIN",)),
 }
+
+
+def test_slice_matches_caffe(tmp_path: Path) -> None:
+    """Equal parts and explicit slice points, forward and backward."""
+    rng = np.random.default_rng(5)
+    for param, tops in (("axis: 1", ["a", "b", "c"]), ("axis: 1 slice_point: 1 slice_point: 3", ["a", "b", "c"])):
+        text = ("force_backward: true\n" + _inputs({"x": (2, 6, 3, 4)}) + 'layer { name: "L" type: "Slice" '
+                'bottom: "x" ' + " ".join(f'top: "{t}"' for t in tops) + f" slice_param {{ {param} }} }}\n")
+        x = rng.normal(size=(2, 6, 3, 4)).astype(np.float32)
+        net = caffe_net(text, "TRAIN", tmp_path)
+        net.blobs["x"].data[...] = x
+        net.forward()
+        grads = {t: rng.normal(size=net.blobs[t].data.shape).astype(np.float32) for t in tops}
+        for t in tops:
+            net.blobs[t].diff[...] = grads[t]
+        net.backward()
+        ours = CaffeNet(parse_text(text, pb.NetParameter), "TRAIN")
+        xt = torch.tensor(x, requires_grad=True)
+        blobs = ours({"x": xt}).blobs
+        for t in tops:
+            close(blobs[t].detach().numpy(), net.blobs[t].data, f"slice {param} {t}", 1e-6)
+        torch.autograd.backward([blobs[t] for t in tops], [torch.tensor(grads[t]) for t in tops])
+        close(xt.grad.numpy(), net.blobs["x"].diff, f"slice {param} dx", 1e-6)
+        del net
+        gc.collect()
+
+
+def test_real_caffe_trains_padded_std_normalized_frozen_nets(tmp_path: Path) -> None:
+    """What the study recipes add, trained by real Caffe: a padded database (random crops in TRAIN, the centre in
+    TEST), per-channel std as Slice/Power/Concat, and a frozen conv1. Caffe's crops draw from its own RNG, so the
+    training steps are not compared with ours; the frozen layer must not move, the others must, and the TEST net
+    (deterministic centre crops) gives the same outputs in both engines from Caffe's trained weights."""
+    from tests.datasets import write_class_folders
+
+    write_class_folders(tmp_path / "images", classes=3, per_class=6, size=(12, 12))
+    assert main(["build-lmdb", str(tmp_path / "images"), str(tmp_path / "data"), "--pad", "2", "--val-fraction",
+                 "0.34", "--quiet", "--jobs", "1"]) == 0
+    out = tmp_path / "net"
+    assert main(["gen", "cifar_resnet", "--blocks", "1", "--widths", "4", "--data", str(tmp_path / "data"),
+                 "--normalize", "std", "--freeze", "conv1", "--batch-size", "4", "--out", str(out),
+                 "--recipe", "registry"]) == 0
+    solver = _pycaffe_solver(out / "solver.prototxt", tmp_path)
+    before = tmp_path / "before.caffemodel"
+    solver.net.save(str(before))
+    losses: list[float] = []
+    solver.step(3, lambda s: losses.append(float(s.loss)))
+    after, _ = solver.snapshot()
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    w0, w1 = _weights(before), _weights(after)
+    np.testing.assert_array_equal(w1["conv1/0"], w0["conv1/0"])  # frozen: lr_mult 0
+    assert not np.array_equal(w1["classifier/0"], w0["classifier/0"])
+    # Caffe's own TEST net (one process may open a database once: a second Net on it would wait forever)
+    test_net = solver.solver.test_nets[0]
+    test_net.share_with(solver.solver.net)
+    test_net.forward()
+    theirs = {name: np.array(test_net.blobs[name].data) for name in ("data", "data/std", "classifier")}
+    del test_net, solver
+    gc.collect()
+    ours = CaffeNet(read_text(out / "train_val.prototxt", pb.NetParameter), "TEST")
+    load_caffemodel(ours, after)
+    blobs = ours({}).blobs
+    close(blobs["data"].numpy(), theirs["data"], "centre-cropped data", 1e-6)
+    close(blobs["data/std"].numpy(), theirs["data/std"], "std-normalized data", 1e-5)
+    close(blobs["classifier"].detach().numpy(), theirs["classifier"], "logits", 1e-4)
 
 
 def _set_bn_statistics(net, name: str, rng: np.random.Generator) -> None:

@@ -54,6 +54,26 @@ def test_folded_batchnorm_and_dynamic_batch_give_the_same_probabilities(name, tm
     assert report.max_difference <= 1e-4
 
 
+def test_std_normalization_and_variants_export(tmp_path):
+    """Slice/Power/Concat (per-channel std), a factorized ResNet and a Fire design-space point."""
+    from dataclasses import replace
+
+    from squeezecaffe.netgen.builder import build_deploy
+    from squeezecaffe.netgen.config import resolve
+    from squeezecaffe.netgen.variants import model_spec
+
+    for i, name in enumerate(["cifar_resnet:blocks=1-1:widths=8-16:bottleneck=0.5",
+                              "sq1_final:sr=0.25:pct3x3=0.25"]):
+        spec = model_spec(name)
+        cfg = replace(resolve(spec)[0], std_value=(60.0, 62.5, 66.7))
+        folder = tmp_path / str(i)
+        folder.mkdir()
+        weights, net = write_model(folder, build_deploy(spec, cfg))
+        report = export_onnx(weights, tmp_path / f"{i}.onnx", ExportOptions(check_images=3), net=net)
+        assert report.max_difference <= 1e-4
+        assert {"Split", "Mul", "Concat"} <= set(report.ops)
+
+
 POOL_NET = """
 layer {{ name: "data" type: "Input" top: "data" input_param {{ shape {{ dim: 2 dim: 3 dim: {h} dim: {w} }} }} }}
 layer {{ name: "conv" type: "Convolution" bottom: "data" top: "conv"

@@ -13,8 +13,8 @@ import pytest
 
 from squeezecaffe.cli import main
 from squeezecaffe.data_tools.convert import ConvertOptions, build_lmdb
-from squeezecaffe.data_tools.fashion_mnist import CLASS_NAMES, class_folder, export_pngs, read_idx
 from squeezecaffe.data_tools.layouts import discover, read_labels, stratified_subset
+from squeezecaffe.data_tools.mnist import CLASS_NAMES, class_folder, export_pngs, read_idx
 from squeezecaffe.errors import UserError
 from tests.test_cli import run
 
@@ -58,7 +58,7 @@ def test_export_writes_png_class_folders_with_exact_pixels_and_names(tmp_path: P
     export_pngs(tmp_path / "png", src)
     assert not (tmp_path / "png" / "train" / class_folder(0) / "00000.png").exists()
     (tmp_path / "half").mkdir()
-    with pytest.raises(UserError, match="not a finished Fashion-MNIST export"):
+    with pytest.raises(UserError, match="not a finished fashion-mnist export"):
         export_pngs(tmp_path / "half", src)
 
 

@@ -34,7 +34,9 @@ def test_published_parameter_count(name: str, summaries: dict) -> None:
     spec = MODELS[name]
     s = summaries[name]
     ours = s.weights if spec.params_convention == "weights" else s.trainable
-    assert spec.published_params is not None, f"{name}: registry row has no published parameter count"
+    if spec.published_params is None:  # a row the papers give no count for must say how it was read
+        assert spec.reading, f"{name}: registry row has neither a published parameter count nor a reading"
+        return
     if spec.params_exact:
         assert ours == spec.published_params
     else:

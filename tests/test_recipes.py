@@ -45,12 +45,14 @@ def test_default_recipe_sizes_a_small_set_and_a_small_batch(data: Path) -> None:
 
 def test_paper_recipe_states_its_source() -> None:
     for name, paper in PAPER.items():
-        result = resolve_recipe(MODELS[name], "paper")
-        assert (result.cfg.batch_size, result.sched.epochs) == (paper.batch_size, paper.epochs)
+        spec = MODELS[name if name in MODELS else f"{name}_543"]
+        result = resolve_recipe(spec, "paper")
+        assert (result.cfg.batch_size, result.sched.epochs) == (paper.batch_size or spec.data.batch_size,
+                                                                 paper.epochs or spec.data.epochs)
         assert result.values["source"] == paper.why
     assert resolve_recipe(MODELS["fullbypass12"], "paper").cfg.batch_size == 10
-    with pytest.raises(UserError, match="state no schedule for sq1"):
-        resolve_recipe(MODELS["sq1"], "paper")
+    with pytest.raises(UserError, match="state no schedule for squeezenet_v1_1"):
+        resolve_recipe(MODELS["squeezenet_v1_1"], "paper")
     with pytest.raises(UserError, match="--recipe fast"):
         resolve_recipe(MODELS["sq1"], "fast")
 

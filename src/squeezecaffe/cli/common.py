@@ -6,6 +6,7 @@ registers them.
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,3 +30,51 @@ def is_model_name(target: str) -> bool:
     from squeezecaffe.netgen.registry import MODELS
 
     return target in MODELS or not (target.endswith(".prototxt") or Path(target).exists())
+
+
+def add_variant_options(p: argparse.ArgumentParser) -> None:
+    """The Fire design space and the ResNet family as options; they extend the model name (netgen/variants.py)."""
+    g = p.add_argument_group("variants (Fire design space; ResNet family)")
+    g.add_argument("--base-e", type=int, help="Fire design space: expand filters of the first Fire (128)")
+    g.add_argument("--incr-e", type=int, help="Fire design space: expand filters added every FREQ Fires (128)")
+    g.add_argument("--freq", type=int, help="Fire design space: Fires per width step (2)")
+    g.add_argument("--pct3x3", type=float, help="Fire design space: share of 3x3 expand filters (0.5)")
+    g.add_argument("--sr", type=float, help="Fire design space: squeeze ratio s/e (0.125)")
+    g.add_argument("--fire", action="append", default=[], metavar="fireN=S,E1,E3",
+                   help="one Fire module's squeeze, expand1x1 and expand3x3 filters (repeatable)")
+    g.add_argument("--blocks", help="ResNet: basic blocks per stage, e.g. 5-4-3 or 1-1-1-1")
+    g.add_argument("--widths", help="ResNet: stage widths, e.g. 64,128,256 (default: doubling from the first)")
+    g.add_argument("--bottleneck", type=float, nargs="?", const=0.5,
+                   help="ResNet: factorize every 3x3 through a 1x1 reduction to this fraction of the width (0.5)")
+
+
+def variant_target(model: str, args: argparse.Namespace) -> str:
+    """`model` extended by the variant options given (the same string `model_spec` reads)."""
+    from squeezecaffe.netgen.variants import variant_name
+
+    design = {key: value for key in ("base_e", "incr_e", "freq", "pct3x3", "sr")
+              if (value := getattr(args, key, None)) is not None}
+    fires = {}
+    for item in getattr(args, "fire", None) or []:
+        key, sep, value = item.partition("=")
+        try:
+            widths = tuple(int(v) for v in value.replace("-", ",").split(","))
+        except ValueError:
+            widths = ()
+        if not sep or len(widths) != 3:
+            raise UserError(f"--fire '{item}': expected fireN=S,E1,E3, e.g. fire4=32,96,160")
+        fires[key] = widths
+
+    def ints(option: str) -> tuple[int, ...] | None:
+        text = getattr(args, option, None)
+        if text is None:
+            return None
+        try:
+            return tuple(int(v) for v in text.replace(",", "-").split("-"))
+        except ValueError:
+            raise UserError(f"--{option} '{text}': expected integers, e.g. 5-4-3") from None
+
+    if not (design or fires or any(getattr(args, k, None) is not None for k in ("blocks", "widths", "bottleneck"))):
+        return model
+    return variant_name(model, design=design or None, fires=fires or None, blocks=ints("blocks"),
+                        widths=ints("widths"), bottleneck=getattr(args, "bottleneck", None))

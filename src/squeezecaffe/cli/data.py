@@ -19,7 +19,7 @@ def cmd_build_lmdb(args: argparse.Namespace) -> int:
         resize=parse_hw(args.resize, "--resize") if args.resize else None, gray=args.gray, encoded=args.encoded,
         shuffle="none" if args.keep_order else "all" if args.shuffle else "train", seed=args.seed,
         jobs=args.jobs or 0, max_skip=args.max_skip, force=args.force,
-        splits=tuple(args.splits.split(",")), progress=not args.quiet)
+        splits=tuple(args.splits.split(",")), progress=not args.quiet, pad=args.pad, pad_mode=args.pad_mode)
     manifest, results = build_lmdb(args.src, args.out, options, root=args.root, classes=args.classes,
                                    val_fraction=args.val_fraction, limits=parse_limits(args.limit))
     for r in results:
@@ -54,13 +54,26 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_import_fashion_mnist(args: argparse.Namespace) -> int:
-    from squeezecaffe.data_tools.fashion_mnist import export_pngs, is_exported
+    """The older verb, kept as an alias of `import fashion-mnist`."""
+    return cmd_import(argparse.Namespace(**vars(args), dataset="fashion-mnist", labels="fine", lmdb=None,
+                                         val_fraction=0.0, quiet=True, pad=0, pad_mode="reflect"))
 
-    reused = is_exported(Path(args.out)) and not args.force
-    info = export_pngs(args.out, args.src, jobs=args.jobs or 0, force=args.force)
-    state = "already there" if reused else "wrote"
-    print(f"{state}: {args.out} (train {info['train']}, test {info['test']} PNG images in 10 class folders; "
-          f"names in words.txt)")
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from squeezecaffe.data_tools.importers import import_dataset
+
+    info, reused = import_dataset(args.dataset, args.src, args.out, labels=args.labels, jobs=args.jobs or 0,
+                                  force=args.force)
+    counts = ", ".join(f"{split} {n:,}" for split, n in info.items() if isinstance(n, int))
+    print(f"{'already there' if reused else 'wrote'}: {args.out} ({args.dataset}: {counts} PNG images in class "
+          "folders; names in words.txt)")
+    if args.lmdb:
+        from squeezecaffe.data_tools.convert import ConvertOptions, build_lmdb
+
+        build_lmdb(Path(args.out), Path(args.lmdb),
+                   ConvertOptions(gray=args.dataset.endswith("mnist"), force=args.force, progress=not args.quiet,
+                                  pad=args.pad, pad_mode=args.pad_mode),
+                   val_fraction=args.val_fraction)
     return 0
 
 
@@ -73,7 +86,7 @@ def cmd_default_data(args: argparse.Namespace) -> int:
 
 
 def register_data_verbs(sub: argparse._SubParsersAction) -> None:
-    from squeezecaffe.data_tools.fashion_mnist import DEFAULT_SOURCE
+    from squeezecaffe.data_tools.mnist import DEFAULT_SOURCE
 
     p = sub.add_parser("build-lmdb", help="image folders / list files -> Caffe LMDBs + mean + labels + manifest")
     p.add_argument("src", help="Tiny ImageNet root, class-folder root, a list file, or a folder with train.txt/val.txt")
@@ -97,17 +110,39 @@ def register_data_verbs(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--root", help="folder the list file's paths are relative to (default: the list's folder)")
     p.add_argument("--classes", type=int, help="class count for list files (labels must be below it)")
     p.add_argument("--splits", default="train,val,test", help="which splits to build (default: all present)")
+    p.add_argument("--pad", type=int, default=0,
+                   help="store every image with this border (e.g. 4 for CIFAR's pad-and-crop augmentation): nets "
+                        "then train on random crops of the stored size minus the border and test on the centre")
+    p.add_argument("--pad-mode", default="reflect", choices=["reflect", "zero"], help="how the border is filled")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_build_lmdb)
 
     p = sub.add_parser("import-fashion-mnist",
-                       help="Fashion-MNIST IDX files -> OUT/{train,test}/<class>/*.png + words.txt")
+                       help="Fashion-MNIST IDX files -> OUT/{train,test}/<class>/*.png + words.txt "
+                            "(= import fashion-mnist, with Debian's files as the default source)")
     p.add_argument("out", help="output folder (reused when a finished export is already there)")
     p.add_argument("--src", default=str(DEFAULT_SOURCE),
                    help="folder of the four IDX(.gz) files (default: Debian's dataset-fashion-mnist)")
     p.add_argument("--jobs", type=int, help="writer processes (default: all cores)")
     p.add_argument("--force", action="store_true", help="replace OUT")
     p.set_defaults(func=cmd_import_fashion_mnist)
+
+    from squeezecaffe.data_tools.importers import IMPORTERS
+
+    p = sub.add_parser("import", help="a published dataset's files (fashion-mnist, mnist, cifar10, cifar100) -> "
+                                      "OUT/{train,test}/<class>/*.png + words.txt [+ LMDBs]")
+    p.add_argument("dataset", choices=list(IMPORTERS))
+    p.add_argument("src", help="; ".join(f"{name}: {what}" for name, (_, what) in IMPORTERS.items()))
+    p.add_argument("out", help="output folder of PNG class folders (reused when a finished export is there)")
+    p.add_argument("--labels", default="fine", choices=["fine", "coarse"], help="CIFAR-100: 100 fine or 20 coarse")
+    p.add_argument("--lmdb", metavar="DATA_DIR", help="also build a data directory from it (as build-lmdb)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="with --lmdb: share of train held out as val")
+    p.add_argument("--pad", type=int, default=0, help="with --lmdb: border stored around every image (build-lmdb)")
+    p.add_argument("--pad-mode", default="reflect", choices=["reflect", "zero"], help="with --lmdb: how it is filled")
+    p.add_argument("--jobs", type=int, help="writer processes (default: all cores)")
+    p.add_argument("--force", action="store_true", help="replace OUT (and DATA_DIR)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("default-data", help="build (or reuse) the built-in default dataset: Fashion-MNIST as LMDBs")
     p.add_argument("out", nargs="?", default="out/data/fashion-mnist", help="data directory (default %(default)s)")

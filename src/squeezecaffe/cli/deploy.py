@@ -115,7 +115,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def register_deploy_verbs(sub: argparse._SubParsersAction) -> None:
-    from squeezecaffe.data_tools.fashion_mnist import DEFAULT_SOURCE
+    from squeezecaffe.data_tools.mnist import DEFAULT_SOURCE
 
     p = sub.add_parser("eval", help="top-1/top-5/loss, per-class accuracy, confusion matrix and error grid of a "
                                     "trained model over a whole database or image folder")

@@ -6,6 +6,7 @@ import argparse
 import io
 from pathlib import Path
 
+from squeezecaffe.cli.common import add_variant_options
 from squeezecaffe.errors import UserError
 
 
@@ -47,14 +48,14 @@ def _read_input(spec: str):
 def _net_param(target: str, args: argparse.Namespace, deploy: bool):
     """(NetParameter, where, base_dir) for a registered model name or a prototxt path."""
     from squeezecaffe.cli.common import is_model_name
-    from squeezecaffe.netgen.registry import get_model
+    from squeezecaffe.netgen.variants import model_spec
     from squeezecaffe.proto import pb, read_text
 
     if is_model_name(target):
         from squeezecaffe.netgen.builder import build_deploy, build_train_val
         from squeezecaffe.netgen.config import resolve
 
-        spec = get_model(target)
+        spec = model_spec(target)
         cfg, _ = resolve(spec, batch_size=getattr(args, "batch_size", None))
         return (build_deploy(spec, cfg) if deploy else build_train_val(spec, cfg)), target, None, cfg
     path = Path(target)
@@ -221,6 +222,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             trainer = Trainer(Path(args.resume), progress=not args.quiet)
             trainer.resume()
             return trainer.run()
+    from squeezecaffe.cli.common import variant_target
+
+    if args.model:
+        args.model = variant_target(args.model, args)
     try:
         factors = [float(f) for f in args.factors.split(",")]
     except ValueError:
@@ -228,6 +233,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     plateau = {"min_delta": args.min_delta, "patience": args.patience, "factors": factors, "min_lr": args.min_lr,
                "cooldown": args.cooldown, "stop_after": args.stop_after}
     from squeezecaffe.cli.common import parse_overrides
+    from squeezecaffe.netgen.variants import file_stem
     from squeezecaffe.train.guard import GuardOptions
     from squeezecaffe.train.plateau import PlateauOptions
 
@@ -243,11 +249,12 @@ def cmd_train(args: argparse.Namespace) -> int:
                       gpu_transform=args.gpu_transform, data_in_memory=args.data_in_memory,
                       seed=args.seed, keep=args.keep, weights=args.weights, plateau=plateau,
                       allow_sorted=args.allow_sorted, recipe=args.recipe, guard={"retries": args.guard_retries},
-                      tensorboard=args.tensorboard)
+                      tensorboard=args.tensorboard, normalize=args.normalize,
+                      freeze=[item for text in args.freeze for item in text.split(",") if item])
     from squeezecaffe.engines.torchcaffe import distributed
 
     ctx, _ = distributed.init(args.device)  # under torchrun: every rank runs this; rank 0 writes the run dir
-    name = args.model or Path(args.solver or "run").stem
+    name = file_stem(args.model) if args.model else Path(args.solver or "run").stem
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = distributed.broadcast_object(run_dir, ctx)
     lock = RunLock(run_dir)  # held by the one process that writes the run directory (rank 0 under torchrun)
@@ -302,8 +309,9 @@ def register_train_verbs(sub: argparse._SubParsersAction) -> None:
     cfg, plateau = TrainConfig(), PlateauOptions()  # the defaults, defined once there
     p = sub.add_parser("train", help="train a model on a build-lmdb data directory, epoch by epoch, with the "
                                      "plateau LR controller, snapshots, resume, logs and plots")
-    p.add_argument("model", nargs="?", help="registered model name (or use --solver)")
+    p.add_argument("model", nargs="?", help="registered model name or variant (or use --solver)")
     p.add_argument("--data", help="data directory written by build-lmdb")
+    add_variant_options(p)
     p.add_argument("--solver", help="a hand-written solver.prototxt instead of a generated one (like caffe train)")
     p.add_argument("--run-dir", help="run directory (default runs/<model>-<timestamp>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest complete snapshot")
@@ -313,7 +321,13 @@ def register_train_verbs(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", help="network input HxW")
     p.add_argument("--classes", type=int, help="must equal the dataset's (checked)")
     p.add_argument("--solver-set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--weights", help="initialise from a .caffemodel")
+    p.add_argument("--weights", help="initialise from a .caffemodel (fine-tuning): layers copied by name; one whose "
+                                     "shape changed (a classifier for other classes) starts from its filler")
+    p.add_argument("--freeze", action="append", default=[], metavar="LAYERS",
+                   help="layers (names, fnmatch patterns, or modules like fire2) trained with lr_mult 0; "
+                        "comma-separated, repeatable")
+    p.add_argument("--normalize", choices=["mean", "std"],
+                   help="std: also divide each channel by the data's std (default: the recipe's; mean otherwise)")
     p.add_argument("--engine", default=cfg.engine, help="auto, torch or caffe")
     p.add_argument("--workers", type=int, default=cfg.workers, help="data loader processes")
     p.add_argument("--seed", type=int, default=cfg.seed)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from squeezecaffe.cli.common import is_model_name, parse_overrides
+from squeezecaffe.cli.common import add_variant_options, is_model_name, parse_overrides, variant_target
 from squeezecaffe.errors import UserError
 
 
@@ -18,6 +18,7 @@ def _add_net_overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-size", type=int, help="validation images (sizes test_iter)")
     p.add_argument("--epochs", type=int, help="training epochs")
     p.add_argument("--data", help="a data directory written by build-lmdb (classes, sizes and mean from its manifest)")
+    add_variant_options(p)
     p.add_argument("--mean-file", action="store_true", help="use DATA/mean.binaryproto instead of per-channel mean_value")
     p.add_argument("--solver-set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any SolverParameter field, e.g. base_lr=0.01 (repeatable)")
@@ -34,13 +35,13 @@ def _resolve_from_args(args: argparse.Namespace, spec):
 
 def _load_net_or_model(target: str, args: argparse.Namespace):
     """A registered model name (its deploy net) or a path to any prototxt; returns (net, data_shape)."""
-    from squeezecaffe.netgen.registry import get_model
+    from squeezecaffe.netgen.variants import model_spec
     from squeezecaffe.proto import pb, read_text
 
     if is_model_name(target):
         from squeezecaffe.netgen.builder import build_deploy
 
-        spec = get_model(target)
+        spec = model_spec(variant_target(target, args))
         cfg, _ = _resolve_from_args(args, spec)
         return build_deploy(spec, cfg), None
     from squeezecaffe.netgen.checks import check_net
@@ -82,13 +83,14 @@ def cmd_gen(args: argparse.Namespace) -> int:
     from squeezecaffe.netgen.config import parse_hw
     from squeezecaffe.netgen.emit import generate, write_generated
     from squeezecaffe.netgen.recipes import resolve_recipe
-    from squeezecaffe.netgen.registry import get_model
+    from squeezecaffe.netgen.variants import file_stem, model_spec
 
-    spec = get_model(args.model)
+    spec = model_spec(variant_target(args.model, args))
     result = resolve_recipe(
         spec, args.recipe, classes=args.classes, input_size=parse_hw(args.input) if args.input else None,
         batch_size=args.batch_size, test_batch_size=args.test_batch_size, train_size=args.train_size,
-        val_size=args.val_size, epochs=args.epochs, data_dir=args.data, use_mean_file=args.mean_file)
+        val_size=args.val_size, epochs=args.epochs, data_dir=args.data, use_mean_file=args.mean_file,
+        normalize=args.normalize)
     cfg, sched = result.cfg, result.sched
     values = dict(result.values)
     out = Path(args.out)
@@ -97,7 +99,9 @@ def cmd_gen(args: argparse.Namespace) -> int:
         overrides["base_lr"] = args.base_lr
 
     def write() -> list[Path]:
-        model = generate(spec, out, cfg, sched, overrides, snapshot_prefix=str(out / "snapshots" / spec.name))
+        model = generate(spec, out, cfg, sched, overrides,
+                         snapshot_prefix=str(out / "snapshots" / file_stem(spec.name)),
+                         freeze_layers=tuple(item for text in args.freeze for item in text.split(",") if item))
         return write_generated(model, out)
 
     if overrides.get("base_lr") == "auto":
@@ -114,6 +118,26 @@ def cmd_gen(args: argparse.Namespace) -> int:
     print(f"recipe {args.recipe}: " + ", ".join(f"{k} {v}" for k, v in values.items() if k != "recipe"))
     for path in write():
         print(path)
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from squeezecaffe.netgen.sweep import format_table, sweep
+
+    grid: dict[str, list[float]] = {}
+    for key, kind in (("base_e", int), ("incr_e", int), ("freq", int), ("sr", float), ("pct3x3", float)):
+        text = getattr(args, key)
+        if text:
+            try:
+                grid[key] = [kind(v) for v in text.split(",")]
+            except ValueError:
+                raise UserError(f"--{key.replace('_', '-')} '{text}': expected {kind.__name__}s separated by commas"
+                                ) from None
+    if not grid:
+        raise UserError("sweep: give at least one list, e.g. --sr 0.125,0.25,0.5 --pct3x3 0.5")
+    points = sweep(args.model, grid, Path(args.out), recipe=args.recipe, data_dir=args.data)
+    print(format_table(points), end="")
+    print(f"wrote {len(points)} models and table.md/table.json under {args.out}")
     return 0
 
 
@@ -148,7 +172,22 @@ def register_netgen_verbs(sub: argparse._SubParsersAction) -> None:
     _add_net_overrides(p)
     p.add_argument("--recipe", default="default", help="default, paper or registry (see docs/training.md)")
     p.add_argument("--base-lr", help="a rate, or auto: run the LR range test on --data first (lr-find)")
+    p.add_argument("--normalize", choices=["mean", "std"],
+                   help="std: also divide each channel by the data's std (default: the recipe's; mean otherwise)")
+    p.add_argument("--freeze", action="append", default=[], metavar="LAYERS",
+                   help="layers (names, patterns, or modules like fire2) with lr_mult 0 in train_val; repeatable")
     p.set_defaults(func=cmd_gen)
+
+    p = sub.add_parser("sweep", help="generate a grid of the Fire design space (SR, pct3x3, base_e, incr_e, freq) "
+                                     "with a table of parameters, MB and MFLOPs per point")
+    p.add_argument("model", help="a model whose Fires follow the design space (e.g. squeezenet_v1_0)")
+    p.add_argument("-o", "--out", required=True, help="output directory: one folder per point + table.md/json")
+    for key, what in (("--sr", "squeeze ratios"), ("--pct3x3", "shares of 3x3 expand filters"),
+                      ("--base-e", "base_e values"), ("--incr-e", "incr_e values"), ("--freq", "freq values")):
+        p.add_argument(key, help=f"{what}, comma-separated")
+    p.add_argument("--recipe", default="default", help="default, paper or registry (see docs/training.md)")
+    p.add_argument("--data", help="size every point's input/classes from a build-lmdb data directory")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("prototxt", help="regenerate the committed prototxt/<model>/ files of every model")
     p.add_argument("--root", default=".", help="repository root (default: .)")

@@ -173,9 +173,9 @@ def _retrain_context(art: Artifacts, model: str | None, options: CompressOptions
         base_lr = read_text(art.run_dir / "solver.prototxt", pb.SolverParameter).base_lr
     else:
         from squeezecaffe.netgen.recipes import resolve_recipe
-        from squeezecaffe.netgen.registry import get_model
+        from squeezecaffe.netgen.variants import model_spec
 
-        base_lr = resolve_recipe(get_model(name), extra.get("recipe", "default"), batch_size=batch,
+        base_lr = resolve_recipe(model_spec(name), extra.get("recipe", "default"), batch_size=batch,
                                  data_dir=str(art.data_dir)).sched.base_lr
     return _Retrain(name, str(art.data_dir), base_lr, batch, extra)
 

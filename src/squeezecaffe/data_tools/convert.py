@@ -28,7 +28,7 @@ import lmdb
 import numpy as np
 from tqdm import tqdm
 
-from squeezecaffe.data_tools.decode import Decoded, DecodeOptions, make_datum
+from squeezecaffe.data_tools.decode import PAD_MODES, Decoded, DecodeOptions, make_datum
 from squeezecaffe.data_tools.layouts import Dataset, discover
 from squeezecaffe.data_tools.lmdb_io import (
     INITIAL_MAP_SIZE,
@@ -39,7 +39,14 @@ from squeezecaffe.data_tools.lmdb_io import (
     remove_stale_temporaries,
 )
 from squeezecaffe.data_tools.manifest import DataManifest, write_manifest
-from squeezecaffe.data_tools.mean import MixedSizesError, channel_means, mean_from_pixel_sums, save_mean, write_mean
+from squeezecaffe.data_tools.mean import (
+    MixedSizesError,
+    channel_means,
+    channel_stats,
+    mean_from_pixel_sums,
+    save_mean,
+    write_mean,
+)
 from squeezecaffe.errors import UserError
 from squeezecaffe.fileio import atomic_write_text, ensure_writable_dir
 
@@ -61,6 +68,8 @@ class ConvertOptions:
     force: bool = False
     splits: tuple[str, ...] = ("train", "val", "test")
     progress: bool = True
+    pad: int = 0  # border stored around every image (reflect or zero), for random-crop augmentation
+    pad_mode: str = "reflect"
 
 
 @dataclass
@@ -345,7 +354,8 @@ def convert_split(dataset: Dataset, split: str, out_db: Path, options: ConvertOp
     jobs = max(1, min(options.jobs or os.cpu_count() or 1, -(-len(items) // CHUNK)))
     writer = AtomicLmdbWriter(out_db)
     job = _SplitJob(dataset.root, items, DecodeOptions(gray=options.gray, resize=options.resize,
-                                                       encoded=options.encoded),
+                                                       encoded=options.encoded, pad=options.pad,
+                                                       pad_mode=options.pad_mode),
                     writer.tmp, same_size=not options.resize and not options.encoded,
                     bounds=_chunk_bounds(len(items), jobs))
     result = SplitResult(split)
@@ -396,6 +406,9 @@ def build_lmdb(src: str | Path, out: str | Path, options: ConvertOptions, *, roo
                limits: dict[str, int] | None = None) -> tuple[DataManifest, list[SplitResult]]:
     if options.shuffle not in SHUFFLE_MODES:
         raise UserError(f"shuffle {options.shuffle!r}: choose one of {', '.join(SHUFFLE_MODES)}")
+    if options.pad < 0 or options.pad_mode not in PAD_MODES:
+        raise UserError(f"--pad {options.pad} --pad-mode {options.pad_mode}: a border of 0 or more pixels, "
+                        f"mode one of {', '.join(PAD_MODES)}")
     dataset = discover(src, root=root, classes=classes, val_fraction=val_fraction, seed=options.seed, limits=limits)
     out = Path(out)
     unknown = [s for s in options.splits if s not in ("train", "val", "test")]
@@ -425,15 +438,20 @@ def build_lmdb(src: str | Path, out: str | Path, options: ConvertOptions, *, roo
             mean_values, _ = write_mean(out / "train_lmdb", out / "mean.binaryproto")
     except MixedSizesError:  # encoded images of several sizes: no mean image, per-channel means still work
         mean_values = channel_means(out / "train_lmdb")
+    # the dataset's own spread per channel (inside any padding), for per-channel std normalization
+    _, std_values = channel_stats(out / "train_lmdb", border=options.pad)
     shape = train.shape or (1 if options.gray else 3, 0, 0)
+    stored = (options.resize[0] + 2 * options.pad, options.resize[1] + 2 * options.pad) if options.resize \
+        else tuple(shape[1:])
     manifest = DataManifest(
-        classes=dataset.classes, channels=shape[0], height=(options.resize or shape[1:])[0],
-        width=(options.resize or shape[1:])[1],
+        classes=dataset.classes, channels=shape[0], height=stored[0], width=stored[1],
         splits={r.name: {"db": f"{r.name}_lmdb", "count": r.count, "skipped": len(r.skipped), "bytes": r.bytes,
                          "keys_sha256": r.keys_sha256, "labelled": dataset.labelled.get(r.name, True)}
                 for r in results},
-        mean_values=mean_values, encoded=options.encoded, layout=dataset.layout,
+        mean_values=mean_values, std_values=std_values, pad=options.pad,
+        encoded=options.encoded, layout=dataset.layout,
         options={"resize": list(options.resize) if options.resize else None, "gray": options.gray,
+                 "pad": options.pad, "pad_mode": options.pad_mode,
                  "encoded": options.encoded, "shuffle": options.shuffle, "seed": options.seed,
                  "val_fraction": val_fraction, "limits": limits or {}, "source": str(Path(src).resolve())})
     write_manifest(out, manifest)

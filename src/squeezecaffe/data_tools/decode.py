@@ -23,6 +23,20 @@ class DecodeOptions:
     gray: bool = False
     resize: tuple[int, int] | None = None  # (height, width)
     encoded: bool = False
+    pad: int = 0  # border added on every side after the resize (build-lmdb --pad)
+    pad_mode: str = "reflect"
+
+
+# reflect: mirrored without repeating the edge pixel (numpy's and torchvision's 'reflect'); zero: black
+PAD_MODES = {"reflect": cv2.BORDER_REFLECT_101, "zero": cv2.BORDER_CONSTANT}
+
+
+def pad_image(img: np.ndarray, pad: int, mode: str) -> np.ndarray:
+    """`pad` pixels on every side. Caffe's transform has no padding, so a padded training set (random crops of
+    the padded image; the centre crop is the image itself) is stored padded."""
+    if not pad:
+        return img
+    return cv2.copyMakeBorder(img, pad, pad, pad, pad, PAD_MODES[mode], value=0)
 
 
 @dataclass
@@ -90,11 +104,12 @@ def _read_file(path: Path) -> bytes:
         os.close(fd)
 
 
-def read_image(path: Path, gray: bool, resize: tuple[int, int] | None = None) -> tuple[np.ndarray | None, bytes, str]:
+def read_image(path: Path, gray: bool, resize: tuple[int, int] | None = None, pad: int = 0,
+               pad_mode: str = "reflect") -> tuple[np.ndarray | None, bytes, str]:
     """(image, file bytes, "") as build-lmdb decodes a file, or (None, bytes, why it cannot be used).
 
     Shared by the converter and by classify, so an image is prepared the same way for training and
-    for prediction (same flags, same resize).
+    for prediction (same flags, same resize, same padding).
     """
     try:
         data = _read_file(path)
@@ -113,19 +128,19 @@ def read_image(path: Path, gray: bool, resize: tuple[int, int] | None = None) ->
     if resize:
         h, w = resize
         img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
-    return img, data, ""
+    return pad_image(img, pad, pad_mode), data, ""
 
 
 def make_datum(path: Path, label: int, opts: DecodeOptions) -> Decoded:
-    img, data, reason = read_image(path, opts.gray, opts.resize)
+    img, data, reason = read_image(path, opts.gray, opts.resize, opts.pad, opts.pad_mode)
     if img is None:
         return Decoded(None, None, reason)
     shape = (1 if img.ndim == 2 else img.shape[2], img.shape[0], img.shape[1])
     if not opts.encoded:
         return Decoded(raw_datum_bytes(img, label), shape, image=img)
     # As convert_imageset: without a resize the decoded image always has the channel count asked for,
-    # so the original file is stored untouched; a resized image is re-encoded in the file's own format.
-    if not opts.resize:
+    # so the original file is stored untouched; a resized (or padded) image is re-encoded in the file's own format.
+    if not opts.resize and not opts.pad:
         return Decoded(pb.Datum(data=data, label=label, encoded=True).SerializeToString(), shape)
     suffix = path.suffix.lower()
     ok, buf = cv2.imencode(suffix if suffix in (".jpg", ".jpeg", ".png", ".bmp") else ".png", img)

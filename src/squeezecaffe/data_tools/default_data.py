@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from squeezecaffe.data_tools.convert import ConvertOptions, build_lmdb
-from squeezecaffe.data_tools.fashion_mnist import DEFAULT_SOURCE, export_pngs
+from squeezecaffe.data_tools.mnist import DEFAULT_SOURCE, export_pngs
 
 VAL_FRACTION = 0.05  # 3,000 of the 60,000 training images
 

@@ -24,6 +24,8 @@ class DataManifest:
     width: int
     splits: dict[str, dict]  # split name -> {"count": N, "skipped": K, "keys_sha256": ..., "db": "train_lmdb"}
     mean_values: list[float] = field(default_factory=list)  # per channel, BGR
+    std_values: list[float] = field(default_factory=list)  # per channel, BGR, inside any padding
+    pad: int = 0  # border stored around every image (build-lmdb --pad): nets take centre/random crops inside it
     encoded: bool = False
     layout: str = ""
     options: dict = field(default_factory=dict)

@@ -87,12 +87,25 @@ def save_mean(out: str | Path, blob: pb.BlobProto, per_channel: list[float], cou
 
 def channel_means(db: str | Path) -> list[float]:
     """Per-channel means (BGR) over every pixel, for databases whose images differ in size."""
-    sums, pixels = None, 0
-    with LmdbReader(db, color="color") as reader:
+    return channel_stats(db, color="color")[0]
+
+
+def channel_stats(db: str | Path, border: int = 0, color: str = "native") -> tuple[list[float], list[float]]:
+    """Per-channel means and standard deviations (BGR) over every pixel of every image, leaving out a `border`
+    of padding (build-lmdb --pad), so the figures are the dataset's own."""
+    sums = squares = None
+    pixels = 0
+    with LmdbReader(db, color=color) as reader:
         for img, _ in reader:
-            s = img.reshape(img.shape[0], -1).sum(axis=1, dtype=np.float64)
-            sums = s if sums is None else sums + s
-            pixels += img.shape[1] * img.shape[2]
-    if sums is None:
+            if border:
+                img = img[:, border:-border, border:-border]
+            flat = img.reshape(img.shape[0], -1)
+            s = flat.sum(axis=1, dtype=np.uint64)
+            q = np.einsum("ij,ij->i", flat.astype(np.uint32), flat.astype(np.uint32), dtype=np.uint64)
+            sums, squares = (s, q) if sums is None else (sums + s, squares + q)
+            pixels += flat.shape[1]
+    if sums is None or squares is None:
         raise UserError(f"{db}: database is empty")
-    return [float(v / pixels) for v in sums]
+    means = sums.astype(np.float64) / pixels
+    stds = np.sqrt(np.maximum(squares.astype(np.float64) / pixels - means**2, 0.0))
+    return [float(v) for v in means], [float(v) for v in stds]

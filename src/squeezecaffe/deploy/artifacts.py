@@ -205,7 +205,9 @@ def resolve_artifacts(weights: str, *, net: str | None = None, model: str | None
         transform.mean_value.extend(values)
     if transform.HasField("mean_file") and not Path(transform.mean_file).is_file() and data_dir is not None:
         transform.mean_file = str(data_dir / Path(transform.mean_file).name)
-    stored = (manifest.height, manifest.width) if manifest is not None and manifest.height else None
+    # a file is brought to the stored size inside any padding: the TEST centre crop of a padded record is exactly that
+    stored = (manifest.height - 2 * manifest.pad, manifest.width - 2 * manifest.pad) \
+        if manifest is not None and manifest.height else None
     classes = _output_classes(deploy, where)
     return Artifacts(deploy=deploy, deploy_path=deploy_path, weights=weights_path, transform=transform,
                      input_shape=input_shape, stored_size=stored, labels=_labels(data_dir, classes, where),
@@ -216,12 +218,12 @@ def _generated_deploy(model: str, data_dir: Path | None, out_dir: Path) -> tuple
     """The registered model's deploy net, sized by the data directory when there is one."""
     from squeezecaffe.netgen.builder import build_deploy
     from squeezecaffe.netgen.config import resolve
-    from squeezecaffe.netgen.registry import get_model
+    from squeezecaffe.netgen.variants import file_stem, model_spec
 
-    spec = get_model(model)
+    spec = model_spec(model)
     cfg, _ = resolve(spec, data_dir=data_dir)
     deploy = build_deploy(spec, cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{model}.deploy.prototxt"
+    path = out_dir / f"{file_stem(model)}.deploy.prototxt"
     write_text(path, deploy)
     return deploy, path

@@ -29,7 +29,7 @@ from squeezecaffe.proto import pb
 MIN_OPSET = 13
 DEFAULT_OPSET = 17
 SUPPORTED = ("Input", "Convolution", "ReLU", "Pooling", "Concat", "Eltwise", "Dropout", "InnerProduct", "Softmax",
-             "BatchNorm", "Scale")
+             "BatchNorm", "Scale", "Power", "Slice")
 
 
 @dataclass
@@ -310,7 +310,33 @@ def _scale(g: Graph, lp, bottoms, blobs, info) -> list[str]:
     return [x]
 
 
+def _power(g: Graph, lp, bottoms, blobs, info) -> list[str]:
+    """(shift + scale * x) ^ power, each step only where Caffe's defaults do not make it an identity."""
+    p = lp.power_param
+    steps = [("Mul", p.scale, 1.0, "scale"), ("Add", p.shift, 0.0, "shift"), ("Pow", p.power, 1.0, "power")]
+    x = bottoms[0]
+    for op, value, identity, what in steps:
+        if value != identity:
+            x = g.node(op, [x, g.const(f"{lp.name}/{what}", np.array(value, np.float32))], lp.top[0], lp.name)
+    return [x if x != bottoms[0] else g.node("Identity", [x], lp.top[0], lp.name)]
+
+
+def _slice(g: Graph, lp, bottoms, blobs, info) -> list[str]:
+    p = lp.slice_param
+    shape = info.bottom_shapes[0]
+    axis = p.slice_dim if p.HasField("slice_dim") else p.axis
+    axis = axis % len(shape)
+    from onnx import helper
+
+    sizes = [top[axis] for top in info.top_shapes]
+    outs = [g.fresh(top) for top in lp.top]
+    g.nodes.append(helper.make_node("Split", [bottoms[0], g.const(f"{lp.name}/split", np.array(sizes, np.int64))],
+                                    outs, name=g.fresh(f"{lp.name}#Split"), axis=int(axis)))
+    g.ops["Split"] = g.ops.get("Split", 0) + 1
+    return outs
+
+
 _EMITTERS: dict[str, Callable] = {"Convolution": _convolution, "ReLU": _relu, "Pooling": _pooling,
                                   "Concat": _concat, "Eltwise": _eltwise, "Dropout": _identity,
                                   "InnerProduct": _inner_product, "Softmax": _softmax, "BatchNorm": _batchnorm,
-                                  "Scale": _scale}
+                                  "Scale": _scale, "Power": _power, "Slice": _slice}

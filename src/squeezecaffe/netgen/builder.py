@@ -22,24 +22,24 @@ def _features(n: NetBuilder, spec: ModelSpec, style: ConvStyle, data: str) -> tu
     stage, stage_width = 2, channels
     for token in spec.body:
         match token:
-            case Fire(squeeze=s, expand=e, bypass=bypass):
+            case Fire(squeeze=s, expand1x1=e1, expand3x3=e3, bypass=bypass):
                 name = f"fire{fire_index}"
-                if bypass == "identity" and channels != 2 * e:
+                if bypass == "identity" and channels != e1 + e3:
                     raise NetgenError(f"model {spec.name}: identity bypass around {name} needs in == out, "
-                                      f"got {channels} -> {2 * e}")
+                                      f"got {channels} -> {e1 + e3}")
                 build = {None: modules.fire, "identity": modules.fire_type_b, "conv": modules.fire_type_a}[bypass]
-                top = build(n, name, top, s, e, style)
-                channels = 2 * e
+                top = build(n, name, top, s, e1, e3, style)
+                channels = e1 + e3
                 fire_index += 1
                 pool_index = fire_index
             case MaxPool(kernel=k, stride=st):
                 # Named after the Fire it follows, as in the SqueezeNet release (pool4, pool8).
                 top = n.layer("Pooling", top, name=f"pool{pool_index - 1}", pool="MAX", kernel_size=k, stride=st)
-            case BasicBlock(width=width, stride=st):
+            case BasicBlock(width=width, stride=st, bottleneck=bottleneck):
                 if st != 1 or width != stage_width:
                     stage, block_index = stage + (1 if block_index else 0), 0
                 name = f"res{stage}{chr(ord('a') + block_index)}"
-                top = modules.resnet_basic_block(n, name, top, channels, width, st, style)
+                top = modules.resnet_basic_block(n, name, top, channels, width, st, style, bottleneck)
                 channels, stage_width, block_index = width, width, block_index + 1
             case SqueezeNext(out=out):
                 top = modules.squeezenext_block(n, f"fire{fire_index}", top, out, style)
@@ -56,16 +56,20 @@ def _head(n: NetBuilder, spec: ModelSpec, style: ConvStyle, top: str, classes: i
         filler = dict(head.conv10_filler) if head.conv10_filler else None
         top = modules.conv(n, "conv10", top, classes, 1, style, filler=filler)
         return n.layer("Pooling", top, name="pool10", pool="AVE", global_pooling=True)
+    if head.conv:
+        top = modules.conv(n, "conv10", top, head.conv, 1, style)
     top = n.layer("Pooling", top, name="pool_global", pool="AVE", global_pooling=True)
     ip_params = [dict(lr_mult=1, decay_mult=1), dict(lr_mult=2, decay_mult=0)] if style.emit_params else None
-    for i, width in enumerate(head.hidden, start=1):
-        top = n.layer("InnerProduct", top, name=f"fc{i}", param=ip_params, num_output=width,
+    layers = [*((f"fc{i}", width) for i, width in enumerate(head.hidden, start=1)), ("classifier", classes)]
+    for i, (name, width) in enumerate(layers):
+        ratio = head.dropouts[i] if i < len(head.dropouts) else 0
+        if ratio:
+            top = n.layer("Dropout", top, name=f"{name}/drop", tops=[top], dropout_ratio=ratio)
+        top = n.layer("InnerProduct", top, name=name, param=ip_params, num_output=width,
                       weight_filler=dict(type=style.weight_filler), bias_filler=dict(type="constant", value=0))
-        n.layer("ReLU", top, name=f"fc{i}/relu", tops=[top])
-        if head.dropout:
-            n.layer("Dropout", top, name=f"fc{i}/drop", tops=[top], dropout_ratio=head.dropout)
-    return n.layer("InnerProduct", top, name="classifier", param=ip_params, num_output=classes,
-                   weight_filler=dict(type=style.weight_filler), bias_filler=dict(type="constant", value=0))
+        if name != "classifier":
+            n.layer("ReLU", top, name=f"{name}/relu", tops=[top])
+    return top
 
 
 def _transform(cfg: NetConfig, train: bool) -> dict:
@@ -94,7 +98,8 @@ def build_train_val(spec: ModelSpec, cfg: NetConfig) -> pb.NetParameter:
         n.layer("Data", name="data", tops=["data", "label"], include=dict(phase=phase),
                 transform_param=_transform(cfg, phase == "TRAIN"),
                 data_param=dict(source=source, batch_size=batch, backend="LMDB"))
-    logits, _ = _features(n, spec, style, "data")
+    data = modules.channel_std(n, "data", cfg.std_value) if cfg.std_value else "data"
+    logits, _ = _features(n, spec, style, data)
     logits = _head(n, spec, style, logits, cfg.classes)
     n.layer("SoftmaxWithLoss", logits, "label", name="loss")
     n.layer("Accuracy", logits, "label", name="accuracy", include=dict(phase="TEST"))
@@ -110,7 +115,8 @@ def build_deploy(spec: ModelSpec, cfg: NetConfig, batch: int = 1) -> pb.NetParam
     style = ConvStyle(batchnorm=spec.batchnorm, weight_filler=spec.weight_filler, emit_params=False)
     h, w = cfg.input_size
     n.layer("Input", name="data", shape=[dict(dim=[batch, cfg.channels, h, w])])
-    logits, _ = _features(n, spec, style, "data")
+    data = modules.channel_std(n, "data", cfg.std_value) if cfg.std_value else "data"
+    logits, _ = _features(n, spec, style, data)
     logits = _head(n, spec, style, logits, cfg.classes)
     n.layer("Softmax", logits, name="prob")
     check_net(n.net, f"{spec.name}/deploy", phases=("TEST",))

@@ -26,6 +26,7 @@ class NetConfig:
     crop: bool  # crop input_size out of larger stored images
     mirror: bool
     bn_fraction: float | None = None  # BatchNorm moving_average_fraction in train_val (None: Caffe's 0.999)
+    std_value: tuple[float, ...] | None = None  # per-channel std (BGR) the net divides by after the mean (None: not)
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ class TrainSchedule:
     weight_decay: float
     power: float
     momentum: float
+    solver_type: str = "Nesterov"
+    lr_policy: str = "poly"
     world: int = 1  # data-parallel processes: each runs `batch` images an iteration, so an epoch has 1/world the iterations
 
 
@@ -69,10 +72,12 @@ def resolve(
     epochs: int | None = None,
     data_dir: str | Path | None = None,
     use_mean_file: bool = False,
+    normalize: str | None = None,
 ) -> tuple[NetConfig, TrainSchedule]:
     """Combine the row's dataset defaults, a data directory's manifest (if given) and overrides.
 
-    Precedence: explicit argument > manifest of `data_dir` > the registry row's defaults.
+    Precedence: explicit argument > manifest of `data_dir` > the registry row's defaults. `normalize` "std"
+    divides each channel by the data directory's standard deviation after the mean (needs `data_dir`).
     """
     for value, what in ((classes, "--classes"), (batch_size, "--batch-size"), (test_batch_size, "--test-batch-size"),
                         (train_size, "--train-size"), (val_size, "--val-size"), (epochs, "--epochs")):
@@ -93,10 +98,26 @@ def resolve(
             cfg, classes=m.classes, channels=m.channels, train_source=str(data_dir / "train_lmdb"),
             val_source=str(data_dir / "val_lmdb"), mean_value=tuple(m.mean_values),
             mean_file=str(data_dir / "mean.binaryproto") if use_mean_file else None)
-        # A model that crops keeps its input size; otherwise the net sees the stored images whole.
-        if not cfg.crop:
+        # A model that crops keeps its input size; otherwise the net sees the stored images whole, or, when they
+        # were stored with a border (build-lmdb --pad), random crops of the unpadded size (the centre one in TEST).
+        if m.pad:
+            if not cfg.crop:
+                cfg = replace(cfg, input_size=(m.height - 2 * m.pad, m.width - 2 * m.pad))
+            cfg = replace(cfg, crop=True)
+        elif not cfg.crop:
             cfg = replace(cfg, input_size=(m.height, m.width))
         sched = replace(sched, train_size=m.split_count("train"), val_size=m.split_count("val"))
+    if normalize not in (None, "mean", "std"):
+        raise UserError(f"--normalize {normalize}: choose mean or std")
+    if normalize == "std":
+        if data_dir is None:
+            raise UserError("--normalize std takes each channel's spread from the data: give --data DIR")
+        stds = read_manifest(Path(data_dir)).std_values
+        if not stds:
+            raise UserError(f"{data_dir}: its manifest has no per-channel std (built by an older build-lmdb; rebuild)")
+        if min(stds) <= 0:
+            raise UserError(f"{data_dir}: a channel has no spread (std {min(stds)}); --normalize std cannot divide by it")
+        cfg = replace(cfg, std_value=tuple(float(f"{v:.6g}") for v in stds))
     if classes is not None:
         cfg = replace(cfg, classes=classes)
     if input_size is not None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from squeezecaffe.netgen.builder import build_deploy, build_train_val
 from squeezecaffe.netgen.config import NetConfig, TrainSchedule, resolve
+from squeezecaffe.netgen.finetune import freeze
 from squeezecaffe.netgen.registry import MODELS, ModelSpec
 from squeezecaffe.netgen.solver import build_solver
 from squeezecaffe.proto import pb, to_text, write_text
@@ -23,6 +24,7 @@ class GeneratedModel:
     train_val: pb.NetParameter
     deploy: pb.NetParameter
     solver: pb.SolverParameter
+    frozen: list[str]  # train_val layers trained with lr_mult 0 (fine-tuning)
 
     def texts(self) -> dict[str, str]:
         return {"train_val.prototxt": to_text(self.train_val), "deploy.prototxt": to_text(self.deploy),
@@ -30,12 +32,16 @@ class GeneratedModel:
 
 
 def generate(spec: ModelSpec, out_dir: str | Path, cfg: NetConfig, sched: TrainSchedule,
-             solver_overrides: dict[str, str] | None = None, snapshot_prefix: str | None = None) -> GeneratedModel:
+             solver_overrides: dict[str, str] | None = None, snapshot_prefix: str | None = None,
+             freeze_layers: tuple[str, ...] = ()) -> GeneratedModel:
+    """`freeze_layers`: layer names or patterns (a module name takes its layers) trained with lr_mult 0."""
     out_dir = Path(out_dir)
     solver = build_solver(cfg, sched, net_path=str(out_dir / "train_val.prototxt"),
                           snapshot_prefix=snapshot_prefix or f"runs/{spec.name}/{spec.name}",
                           overrides=solver_overrides)
-    return GeneratedModel(spec, cfg, sched, build_train_val(spec, cfg), build_deploy(spec, cfg), solver)
+    train_val = build_train_val(spec, cfg)
+    frozen = freeze(train_val, list(freeze_layers)) if freeze_layers else []
+    return GeneratedModel(spec, cfg, sched, train_val, build_deploy(spec, cfg), solver, frozen)
 
 
 def write_generated(model: GeneratedModel, out_dir: str | Path) -> list[Path]:

@@ -7,6 +7,7 @@ hold for every engine that runs the net.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -190,7 +191,23 @@ class _Inferer:
     def _same(self, layer, bottoms, info, data_shape):
         info.top_shapes = [bottoms[0]] * max(1, len(layer.top))
 
-    _relu = _dropout = _softmax = _sigmoid = _tanh = _lrn = _same
+    _relu = _dropout = _softmax = _sigmoid = _tanh = _lrn = _power = _same
+
+    def _slice(self, layer, bottoms, info, data_shape):
+        p = layer.slice_param
+        shape = bottoms[0]
+        axis = canonical_axis(p.slice_dim if p.HasField("slice_dim") else p.axis, len(shape))
+        tops = len(layer.top)
+        if p.slice_point:
+            points = [0, *p.slice_point, shape[axis]]
+            if len(points) != tops + 1 or any(b <= a for a, b in itertools.pairwise(points)):
+                raise self.fail(layer, f"slice points {list(p.slice_point)} do not cut axis {axis} (size "
+                                       f"{shape[axis]}) into {tops} parts")
+        elif shape[axis] % tops:
+            raise self.fail(layer, f"axis {axis} of size {shape[axis]} does not split into {tops} equal parts")
+        else:
+            points = [i * shape[axis] // tops for i in range(tops + 1)]
+        info.top_shapes = [(*shape[:axis], b - a, *shape[axis + 1 :]) for a, b in itertools.pairwise(points)]
 
     def _split(self, layer, bottoms, info, data_shape):
         info.top_shapes = [bottoms[0]] * len(layer.top)

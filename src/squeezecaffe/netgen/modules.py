@@ -81,11 +81,12 @@ def conv(
     return top
 
 
-def fire(n: NetBuilder, name: str, bottom: str, squeeze: int, expand: int, style: ConvStyle) -> str:
-    """Fire(s, e): squeeze 1x1 -> ReLU -> [expand 1x1 | expand 3x3 pad 1] -> concat (2e channels)."""
+def fire(n: NetBuilder, name: str, bottom: str, squeeze: int, expand1x1: int, expand3x3: int,
+         style: ConvStyle) -> str:
+    """Fire: squeeze 1x1 -> ReLU -> [expand 1x1 | expand 3x3 pad 1] -> concat (e1x1 + e3x3 channels)."""
     s = conv(n, _sub(name, "squeeze1x1"), bottom, squeeze, 1, style)
-    e1 = conv(n, _sub(name, "expand1x1"), s, expand, 1, style)
-    e3 = conv(n, _sub(name, "expand3x3"), s, expand, 3, style, pad=1)
+    e1 = conv(n, _sub(name, "expand1x1"), s, expand1x1, 1, style)
+    e3 = conv(n, _sub(name, "expand3x3"), s, expand3x3, 3, style, pad=1)
     return n.layer("Concat", e1, e3, name=_sub(name, "concat"))
 
 
@@ -93,23 +94,36 @@ def bypass_sum(n: NetBuilder, name: str, main: str, shortcut: str) -> str:
     return n.layer("Eltwise", main, shortcut, name=_sub(name, "bypass"), operation="SUM")
 
 
-def fire_type_b(n: NetBuilder, name: str, bottom: str, squeeze: int, expand: int, style: ConvStyle) -> str:
-    """TypeB: Fire + identity bypass (Eltwise SUM). The input must already have 2e channels."""
-    return bypass_sum(n, name, fire(n, name, bottom, squeeze, expand, style), bottom)
+def fire_type_b(n: NetBuilder, name: str, bottom: str, squeeze: int, expand1x1: int, expand3x3: int,
+                style: ConvStyle) -> str:
+    """TypeB: Fire + identity bypass (Eltwise SUM). The input must already have e1x1 + e3x3 channels."""
+    return bypass_sum(n, name, fire(n, name, bottom, squeeze, expand1x1, expand3x3, style), bottom)
 
 
-def fire_type_a(n: NetBuilder, name: str, bottom: str, squeeze: int, expand: int, style: ConvStyle) -> str:
-    """TypeA: Fire + a 1x1 conv bypass (+BN+Scale, no ReLU) to the output width 2e."""
-    main = fire(n, name, bottom, squeeze, expand, style)
-    shortcut = conv(n, _sub(name, "bypass_conv"), bottom, 2 * expand, 1, style, relu=False)
+def fire_type_a(n: NetBuilder, name: str, bottom: str, squeeze: int, expand1x1: int, expand3x3: int,
+                style: ConvStyle) -> str:
+    """TypeA: Fire + a 1x1 conv bypass (+BN+Scale, no ReLU) to the output width e1x1 + e3x3."""
+    main = fire(n, name, bottom, squeeze, expand1x1, expand3x3, style)
+    shortcut = conv(n, _sub(name, "bypass_conv"), bottom, expand1x1 + expand3x3, 1, style, relu=False)
     return bypass_sum(n, name, main, shortcut)
 
 
+def _conv3x3(n: NetBuilder, name: str, bottom: str, width: int, style: ConvStyle, bottleneck: int | None,
+             stride: int = 1, relu: bool = True) -> str:
+    """A 3x3 convolution; with `bottleneck`, factorized as a 1x1 reduction (+BN+ReLU) to that many channels
+    followed by the 3x3 (the reduction carries the stride, so the 3x3 works at the output resolution)."""
+    if bottleneck:
+        bottom = conv(n, f"{name}_reduce", bottom, bottleneck, 1, style, stride=stride)
+        stride = 1
+    return conv(n, name, bottom, width, 3, style, stride=stride, pad=1, relu=relu)
+
+
 def resnet_basic_block(n: NetBuilder, name: str, bottom: str, in_width: int, width: int, stride: int,
-                       style: ConvStyle) -> str:
-    """conv3x3-BN-ReLU-conv3x3-BN + shortcut (1x1 conv + BN when the shape changes), then ReLU."""
-    a = conv(n, _sub(name, "conv1"), bottom, width, 3, style, stride=stride, pad=1)
-    b = conv(n, _sub(name, "conv2"), a, width, 3, style, pad=1, relu=False)
+                       style: ConvStyle, bottleneck: int | None = None) -> str:
+    """conv3x3-BN-ReLU-conv3x3-BN + shortcut (1x1 conv + BN when the shape changes), then ReLU;
+    with `bottleneck`, each 3x3 is factorized through a 1x1 reduction (`_conv3x3`)."""
+    a = _conv3x3(n, _sub(name, "conv1"), bottom, width, style, bottleneck, stride=stride)
+    b = _conv3x3(n, _sub(name, "conv2"), a, width, style, bottleneck, relu=False)
     shortcut = bottom
     if stride != 1 or in_width != width:
         shortcut = conv(n, _sub(name, "shortcut"), bottom, width, 1, style, stride=stride, relu=False)
@@ -125,3 +139,17 @@ def squeezenext_block(n: NetBuilder, name: str, bottom: str, out: int, style: Co
     sep1 = conv(n, _sub(name, "conv3x1"), r2, out, (3, 1), style, pad=(1, 0))
     sep2 = conv(n, _sub(name, "conv1x3"), sep1, out, (1, 3), style, pad=(0, 1))
     return conv(n, _sub(name, "expand"), sep2, out, 1, style)
+
+
+def channel_std(n: NetBuilder, bottom: str, stds: tuple[float, ...]) -> str:
+    """Divide each channel by its standard deviation, in layers every Caffe reads: Caffe's transform has one
+    `scale` for all channels, and a Scale layer's per-channel values would be learned blobs that no filler can
+    set. So: Slice the channels apart, a Power layer (y = x / std_c) on each, Concat them back. With one channel,
+    one Power layer. The mean is subtracted before, by the Data layer's mean_value."""
+    if len(stds) == 1:
+        return n.layer("Power", bottom, name=f"{bottom}/std", scale=1 / stds[0])
+    parts = n.layer("Slice", bottom, name=f"{bottom}/slice", tops=[f"{bottom}/c{i}" for i in range(len(stds))],
+                    axis=1)
+    for i, (part, std) in enumerate(zip(parts, stds, strict=True)):
+        n.layer("Power", part, name=f"{bottom}/std_c{i}", tops=[part], scale=1 / std)
+    return n.layer("Concat", *parts, name=f"{bottom}/std", axis=1)

@@ -17,9 +17,15 @@ from squeezecaffe.errors import UserError
 
 @dataclass(frozen=True)
 class Fire:
-    squeeze: int  # s: squeeze 1x1 filters
-    expand: int  # e: filters of each expand branch (1x1 and 3x3); output is 2e channels
+    squeeze: int  # s1x1: squeeze 1x1 filters
+    expand1x1: int  # e1x1: filters of the 1x1 expand branch
+    expand3x3: int  # e3x3: filters of the 3x3 expand branch (the released nets tie the two: e1x1 = e3x3)
     bypass: Literal["identity", "conv"] | None = None  # TypeB / TypeA bypass, or none
+
+    @property
+    def out(self) -> int:
+        """Output channels: the two expand branches concatenated."""
+        return self.expand1x1 + self.expand3x3
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,7 @@ class MaxPool:
 class BasicBlock:
     width: int  # output channels of both 3x3 convs
     stride: int = 1  # stride of the first conv (and of the 1x1 shortcut)
+    bottleneck: int | None = None  # factorized: each 3x3 reads a 1x1 reduction to this many channels first
 
 
 @dataclass(frozen=True)
@@ -43,24 +50,27 @@ BodyToken = Fire | MaxPool | BasicBlock | SqueezeNext
 
 
 def F(s: int, e: int) -> Fire:
-    return Fire(s, e)
+    return Fire(s, e, e)
 
 
 def A(s: int, e: int) -> Fire:
-    return Fire(s, e, "conv")
+    return Fire(s, e, e, "conv")
 
 
 def B(s: int, e: int) -> Fire:
-    return Fire(s, e, "identity")
+    return Fire(s, e, e, "identity")
 
 
 MP = MaxPool()
 
 
-def resnet_body(blocks: tuple[int, ...], widths: tuple[int, ...]) -> tuple[BasicBlock, ...]:
-    """Stages of basic blocks; every stage after the first halves the resolution in its first block."""
+def resnet_body(blocks: tuple[int, ...], widths: tuple[int, ...],
+                bottleneck: float | None = None) -> tuple[BasicBlock, ...]:
+    """Stages of basic blocks; every stage after the first halves the resolution in its first block.
+    `bottleneck` (a fraction of the stage width) factorizes every 3x3 through a 1x1 reduction."""
     return tuple(
-        BasicBlock(width, 2 if stage and i == 0 else 1)
+        BasicBlock(width, 2 if stage and i == 0 else 1,
+                   max(1, int(width * bottleneck + 0.5)) if bottleneck else None)
         for stage, (count, width) in enumerate(zip(blocks, widths, strict=True))
         for i in range(count)
     )
@@ -81,12 +91,15 @@ class Stem:
 @dataclass(frozen=True)
 class Head:
     """`conv`: [dropout] conv10 1x1 (classes) -> ReLU -> global AVE pool (SqueezeNet).
-    `fc`: global AVE pool -> [InnerProduct(h) -> ReLU -> dropout]* -> InnerProduct(classes)."""
+    `fc`: [conv10 1x1 (`conv` filters) -> ReLU] -> global AVE pool -> ([dropout] InnerProduct(h) -> ReLU)* ->
+    [dropout] InnerProduct(classes); `dropouts` gives the ratio before each InnerProduct (0: none)."""
 
     kind: Literal["conv", "fc"]
-    dropout: float | None = None
+    dropout: float | None = None  # conv head: before conv10
     hidden: tuple[int, ...] = ()
     conv10_filler: tuple[tuple[str, object], ...] | None = None  # conv10's weight filler, when not the net's
+    conv: int | None = None  # fc head: a narrowed 1x1 conv10 before the pooling
+    dropouts: tuple[float, ...] = ()  # fc head: before fc1, fc2, ..., classifier
 
 
 @dataclass(frozen=True)
@@ -224,12 +237,21 @@ _ROWS: tuple[ModelSpec, ...] = (
             ("543", (5, 4, 3), (64, 128, 256), 4_771_146, "test accuracy 93.11% after 150 epochs"),
         )
     ),
-    ModelSpec(
-        "sq1", "CIFAR-10 SqueezeNet v1.1 features + InnerProduct head with dropout", CIFAR10, Stem(64, 3, 2),
-        _V1_1_FIRES, Head("fc", dropout=0.5, hidden=(128, 64)), batchnorm=False, published_params=797_000,
-        params_convention="trainable", params_exact=False,
-        reading="reported as ~797K; the head widths are not given: hidden InnerProducts of 128 and 64 "
-                "(each ReLU + dropout 0.5) before the classifier give 797,066"),
+    # Seed 001's Sq-1: SqueezeNet v1.1's features, the last conv narrowed, then two linear layers; base: mid layer 64,
+    # dropout 0.3 and 0.1; final: mid layer 32, dropout 0.1 and 0.1. The narrowed width is not stated: 128 filters
+    # give the published ~797K for the base head (797,066), and the final head then has 792,618.
+    *(
+        ModelSpec(
+            name, f"CIFAR-10 Sq-1 ({which} head): SqueezeNet v1.1 features, conv10 narrowed to 128, global pool, "
+                  f"InnerProduct {mid} + ReLU, InnerProduct (classes); dropout {drops[0]:g}/{drops[1]:g}",
+            CIFAR10, Stem(64, 3, 2), _V1_1_FIRES, Head("fc", hidden=(mid,), conv=128, dropouts=drops),
+            batchnorm=False, published_params=797_000 if which == "base" else None, params_convention="trainable",
+            params_exact=False,
+            reading="the seed gives the head's mid width and dropouts, not the narrowed conv's width: 128 filters "
+                    "give its ~797K (797,066) with the base head; dropout 1 sits after the pooling, dropout 2 "
+                    "after the mid layer")
+        for name, which, mid, drops in (("sq1", "base", 64, (0.3, 0.1)), ("sq1_final", "final", 32, (0.1, 0.1)))
+    ),
     ModelSpec(
         "firenext", "CIFAR-10 SqueezeNet v1.1 with fire9 replaced by a SqueezeNext block (no residual add)",
         CIFAR10, Stem(64, 3, 2), (*_V1_1_FIRES[:-1], SqueezeNext(128)), Head("fc"), batchnorm=False,
@@ -261,7 +283,7 @@ def narrowed(spec: ModelSpec, divisor: int = 4) -> ModelSpec:
 
     def token(t: BodyToken) -> BodyToken:
         if isinstance(t, Fire):
-            return replace(t, squeeze=narrow(t.squeeze), expand=narrow(t.expand))
+            return replace(t, squeeze=narrow(t.squeeze), expand1x1=narrow(t.expand1x1), expand3x3=narrow(t.expand3x3))
         if isinstance(t, BasicBlock):
             return replace(t, width=narrow(t.width))
         if isinstance(t, SqueezeNext):
@@ -271,5 +293,6 @@ def narrowed(spec: ModelSpec, divisor: int = 4) -> ModelSpec:
     return replace(spec, name=f"{spec.name}_narrow{divisor}", description=f"{spec.description}, widths / {divisor}",
                    stem=replace(spec.stem, num_output=narrow(spec.stem.num_output)),
                    body=tuple(token(t) for t in spec.body),
-                   head=replace(spec.head, hidden=tuple(narrow(h) for h in spec.head.hidden)),
+                   head=replace(spec.head, hidden=tuple(narrow(h) for h in spec.head.hidden),
+                                conv=narrow(spec.head.conv) if spec.head.conv else None),
                    published_params=None, published_params_without_bypass=None, published_results="")

@@ -32,15 +32,17 @@ def build_solver(
         average_loss=min(epoch, 20),
         max_iter=sched.epochs * epoch,
         iter_size=sched.iter_size,
-        lr_policy="poly",
+        lr_policy=sched.lr_policy,
         power=sched.power,
         momentum=sched.momentum,
         weight_decay=sched.weight_decay,
         snapshot=epoch,
         snapshot_prefix=snapshot_prefix,
         random_seed=42,
-        type="Nesterov",
+        type=sched.solver_type,
     )
+    if sched.lr_policy != "poly":
+        s.ClearField("power")
     for key, value in (overrides or {}).items():
         apply_override(s, key, value)
     return s

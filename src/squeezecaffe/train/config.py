@@ -43,6 +43,8 @@ class TrainConfig:
     tensorboard: bool = False  # also write TensorBoard event files into the run directory
     constraints: str | None = None  # masks / shared values held through training (engines/torchcaffe/constraints.py)
     centroid_gradient: str = "mean"  # how a shared value's gradient is formed from its members' (mean or sum)
+    normalize: str | None = None  # "std": divide each channel by the data's std after the mean (None: the recipe's)
+    freeze: list[str] = field(default_factory=list)  # layer names (or fnmatch patterns) trained with lr_mult 0
 
 
 def load_config(raw: dict, path: Path) -> TrainConfig:
@@ -52,7 +54,8 @@ def load_config(raw: dict, path: Path) -> TrainConfig:
         if key not in known:
             raise UserError(f"{path}: unknown key {key!r} (known: {', '.join(known)})")
         f = known[key]
-        expected = dict if f.default_factory is not MISSING else type(f.default) if f.default is not None else None
+        expected = (type(f.default_factory()) if f.default_factory is not MISSING
+                    else type(f.default) if f.default is not None else None)
         if expected is None or value is None:
             continue
         if expected is float and isinstance(value, int) and not isinstance(value, bool):

@@ -100,6 +100,12 @@ class TorchEngine:
     def load_weights(self, path: str | Path) -> None:
         self.solver.load_weights(path)
 
+    def param_shapes(self) -> dict[str, list[tuple[int, ...]]]:
+        """The TRAIN net's learned blobs by layer, in Caffe's shapes (what a weights file must fit)."""
+        net = self.solver.train_net
+        return {name: [tuple(b.shape) for b in module.blobs]
+                for name, module in zip(net.layer_names, net.layers, strict=True) if len(module.blobs)}
+
     def set_constraints(self, constraints) -> None:
         self.solver.set_constraints(constraints)
 

@@ -41,13 +41,13 @@ def generate_run_files(cfg: TrainConfig, out_dir: Path) -> tuple[Path, dict]:
     from squeezecaffe.netgen.config import parse_hw
     from squeezecaffe.netgen.emit import generate, write_generated
     from squeezecaffe.netgen.recipes import resolve_recipe
-    from squeezecaffe.netgen.registry import get_model
+    from squeezecaffe.netgen.variants import file_stem, model_spec
 
     if not cfg.model:
         raise UserError("give a MODEL name or --solver")
     if not cfg.data:
         raise UserError("--data DIR is needed (a directory written by 'squeezecaffe build-lmdb')")
-    spec = get_model(cfg.model)
+    spec = model_spec(cfg.model)
     manifest = read_manifest(cfg.data)
     if cfg.classes is not None and cfg.classes != manifest.classes:
         raise UserError(f"--classes {cfg.classes} but {cfg.data} holds {manifest.classes} classes")
@@ -55,7 +55,7 @@ def generate_run_files(cfg: TrainConfig, out_dir: Path) -> tuple[Path, dict]:
         raise UserError(f"{cfg.data}: no validation split (rebuild with --val-fraction, or give val images)")
     result = resolve_recipe(spec, cfg.recipe, input_size=parse_hw(cfg.input) if cfg.input else None,
                             batch_size=cfg.batch_size, test_batch_size=cfg.test_batch_size, epochs=cfg.epochs,
-                            data_dir=str(Path(cfg.data).resolve()))
+                            data_dir=str(Path(cfg.data).resolve()), normalize=cfg.normalize)
     overrides = dict(cfg.solver_set)
     recipe = {**result.values, **{f"solver_set.{k}": v for k, v in overrides.items()}}
     # under torchrun every rank reads its own batch: the generated solver's epochs count the global batch
@@ -63,7 +63,10 @@ def generate_run_files(cfg: TrainConfig, out_dir: Path) -> tuple[Path, dict]:
 
     def write() -> Path:
         model = generate(spec, out_dir, result.cfg, sched, overrides,
-                         snapshot_prefix=str(out_dir / "snapshots" / spec.name))
+                         snapshot_prefix=str(out_dir / "snapshots" / file_stem(spec.name)),
+                         freeze_layers=tuple(cfg.freeze))
+        if model.frozen:
+            recipe["frozen"] = model.frozen
         write_generated(model, out_dir)
         return out_dir / "solver.prototxt"
 
@@ -82,6 +85,11 @@ def prepare_run(cfg: TrainConfig, run_dir: Path, lock: rundir.RunLock | None = N
     """Create the run directory with its prototxt, config.json and run.json; returns solver.prototxt.
 
     `lock` is taken once the engine is known to exist, before anything is written into the directory."""
+    if cfg.solver and (cfg.freeze or cfg.normalize):
+        raise UserError("--freeze and --normalize change the generated train_val; with --solver, edit your "
+                        "train_val.prototxt instead (lr_mult: 0; a Power layer per channel)")
+    if cfg.weights and not Path(cfg.weights).is_file():
+        raise UserError(f"{cfg.weights}: weights file not found")
     engine = pick_engine(cfg.engine, cfg.device)
     cfg.engine = engine  # a resumed run keeps the engine it started with
     if lock is not None:
@@ -139,7 +147,24 @@ class Trainer:
         self.window: list[tuple[int, Tensor | float]] = []  # (iteration, loss) since the last display
         self.t0 = time.time()
         if self.cfg.weights:
-            self.solver.load_weights(self.cfg.weights)
+            self._load_initial_weights(announce=True)
+
+    def _load_initial_weights(self, announce: bool) -> None:
+        """Fine-tuning: the layers of --weights that fit the net (by name and shape) go to RUN/init.caffemodel,
+        which the engine loads; layers whose shape changed start from their fillers, and the run says so."""
+        from squeezecaffe.engines.torchcaffe.distributed import barrier
+        from squeezecaffe.netgen.finetune import fit_weights
+        from squeezecaffe.proto import read_binary, write_binary
+
+        init = self.run_dir / "init.caffemodel"
+        if self.dist.is_main:
+            fitted, report = fit_weights(read_binary(self.cfg.weights, pb.NetParameter), self.solver.param_shapes(),
+                                         self.cfg.weights)
+            write_binary(init, fitted)
+            if announce:
+                self.log.line(report.describe(self.cfg.weights))
+        barrier(self.dist)
+        self.solver.load_weights(init)
 
     def _make_engine(self):
         if self.cfg.constraints and self.engine_name != "torch":
@@ -317,7 +342,7 @@ class Trainer:
             del self.solver
             self.solver = self._make_engine()
             if self.cfg.weights:
-                self.solver.load_weights(self.cfg.weights)
+                self._load_initial_weights(announce=False)
             self.solver.set_lr_scale(scale)
             restored = "the initial weights"
         self.guard.recovered()

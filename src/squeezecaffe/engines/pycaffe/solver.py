@@ -215,6 +215,10 @@ class PycaffeSolver:
             raise UserError(f"{path}: solver state not found")
         self._open(restore=path)
 
+    def param_shapes(self) -> dict[str, list[tuple[int, ...]]]:
+        """The TRAIN net's learned blobs by layer (what a weights file must fit)."""
+        return {name: [tuple(b.data.shape) for b in blobs] for name, blobs in self.solver.net.params.items()}
+
     def load_weights(self, path: str | Path) -> None:
         if not Path(path).is_file():
             raise UserError(f"{path}: weights file not found")

@@ -9,6 +9,7 @@ bottom), which get their own autograd functions.
 
 from __future__ import annotations
 
+import itertools
 import math
 import zlib
 from collections.abc import Callable
@@ -226,6 +227,22 @@ class ReLU(CaffeLayer):
         return [F.leaky_relu(x, self.slope) if self.slope else F.relu(x)]
 
 
+@register("Power")
+class Power(CaffeLayer):
+    """y = (shift + scale * x) ^ power, computed as Caffe does: the power is skipped when it is 1."""
+
+    def forward(self, bottoms):
+        p = self.lp.power_param
+        y = bottoms[0]
+        if p.scale != 1:
+            y = y * p.scale
+        if p.shift != 0:
+            y = y + p.shift
+        if p.power != 1:
+            y = torch.pow(y, p.power)
+        return [y]
+
+
 @register("Pooling")
 class Pooling(CaffeLayer):
     """MAX/AVE pooling with Caffe's ceil rounding, last-window rule and AVE divisor.
@@ -340,6 +357,19 @@ class Flatten(CaffeLayer):
         p = self.lp.flatten_param
         x = bottoms[0]
         return [torch.flatten(x, canonical_axis(p.axis, x.dim()), canonical_axis(p.end_axis, x.dim()))]
+
+
+@register("Slice")
+class Slice(CaffeLayer):
+    """Cuts the bottom along `axis` at `slice_point`s, or into as many equal parts as there are tops."""
+
+    def forward(self, bottoms):
+        x = bottoms[0]
+        p = self.lp.slice_param
+        axis = canonical_axis(p.slice_dim if p.HasField("slice_dim") else p.axis, x.dim())
+        points = [0, *p.slice_point, x.shape[axis]] if p.slice_point else \
+            [i * x.shape[axis] // len(self.lp.top) for i in range(len(self.lp.top) + 1)]
+        return [x.narrow(axis, a, b - a) for a, b in itertools.pairwise(points)]
 
 
 @register("Split")
