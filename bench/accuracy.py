@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from squeezecaffe.cli import main as cli
-from squeezecaffe.data_tools.fashion_mnist import DEFAULT_SOURCE
+from squeezecaffe.data_tools.mnist import DEFAULT_SOURCE
 from squeezecaffe.train.logs import read_log
 from squeezecaffe.train.report import markdown_table, run_row
 
