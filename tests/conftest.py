@@ -113,3 +113,17 @@ def no_caffe(monkeypatch):
 
     monkeypatch.setattr(runtime, "import_caffe", missing)
     monkeypatch.setattr(runtime, "caffe_available", lambda: False)
+
+
+def opencv_probabilities(deploy: pb.NetParameter, folder: Path, seed: int = 1) -> np.ndarray:
+    """The deploy net with random weights, loaded by OpenCV's Caffe importer and run on one random input: its
+    output (probabilities) as a flat array."""
+    import cv2
+    from google.protobuf import text_format
+
+    (folder / "deploy.prototxt").write_text(text_format.MessageToString(deploy))
+    (folder / "w.caffemodel").write_bytes(random_caffemodel(deploy).SerializeToString())
+    net = cv2.dnn.readNetFromCaffe(str(folder / "deploy.prototxt"), str(folder / "w.caffemodel"))
+    shape = tuple(int(d) for d in deploy.layer[0].input_param.shape[0].dim)
+    net.setInput(np.random.default_rng(seed).normal(0, 50, shape).astype(np.float32))
+    return net.forward().reshape(-1)

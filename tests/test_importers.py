@@ -81,15 +81,18 @@ def cifar10_python(root: Path, per_batch: int = 4) -> dict:
     return truth
 
 
+def cifar100_splits(per_split: int, seed: int) -> dict:
+    """split -> (images as CIFAR rows, fine labels, coarse labels)."""
+    return {split: (planes(per_split, seed + i), [(7 * j + 3 * i + 1) % 100 for j in range(per_split)],
+                    [(3 * j + i) % 20 for j in range(per_split)]) for i, split in enumerate(("train", "test"))}
+
+
 def cifar100_python(root: Path) -> dict:
     root.mkdir(parents=True)
-    truth = {}
-    for i, split in enumerate(("train", "test")):
-        data = planes(6, 10 + i)
-        fine, coarse = [(7 * j + i) % 100 for j in range(6)], [(3 * j) % 20 for j in range(6)]
+    truth = cifar100_splits(6, 10)
+    for split, (data, fine, coarse) in truth.items():
         (root / split).write_bytes(py2_pickle({b"filenames": [b"f"] * 6, b"batch_label": b"b", b"fine_labels": fine,
                                                b"coarse_labels": coarse, b"data": data}))
-        truth[split] = (data, fine, coarse)
     (root / "meta").write_bytes(py2_pickle({b"fine_label_names": [b"class %d" % k for k in range(100)],
                                             b"coarse_label_names": [b"super %d" % k for k in range(20)]}))
     return truth
@@ -109,13 +112,10 @@ def cifar10_binary(root: Path, per_batch: int = 3) -> dict:
 
 def cifar100_binary(root: Path) -> dict:
     root.mkdir(parents=True)
-    truth = {}
-    for i, split in enumerate(("train", "test")):
-        data = planes(5, 30 + i)
-        coarse, fine = [j % 20 for j in range(5)], [(11 * j + 1) % 100 for j in range(5)]
+    truth = cifar100_splits(5, 30)
+    for split, (data, fine, coarse) in truth.items():
         (root / f"{split}.bin").write_bytes(b"".join(bytes([c, f]) + row.tobytes()
                                                      for row, c, f in zip(data, coarse, fine, strict=True)))
-        truth[split] = (data, fine, coarse)
     (root / "fine_label_names.txt").write_text("".join(f"class_{k}\n" for k in range(100)))
     (root / "coarse_label_names.txt").write_text("".join(f"super_{k}\n" for k in range(20)))
     return truth
@@ -156,7 +156,7 @@ def test_cifar100_fine_and_coarse_labels(writer, labels: str, tmp_path: Path) ->
     np.testing.assert_array_equal(got[3][0], expected_bgr(data[3]))
     folders = sorted(p.name for p in (tmp_path / "png" / "train").iterdir())
     assert len(folders) == (100 if labels == "fine" else 20)
-    assert folders[7] == ("07_class_7" if writer is cifar100_binary and labels == "fine" else folders[7])
+    assert folders[7] == ("07_class_7" if labels == "fine" else "07_super_7")  # names from the meta file
     assert folders == sorted(folders, key=lambda f: int(f.split("_")[0]))  # sorted order == label order
 
 

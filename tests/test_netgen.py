@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 from google.protobuf import text_format
@@ -19,7 +18,7 @@ from squeezecaffe.netgen.registry import MODELS
 from squeezecaffe.netgen.state import filter_net, make_state
 from squeezecaffe.netgen.summary import summarize
 from squeezecaffe.proto import pb
-from tests.conftest import REPO, model_params, random_caffemodel
+from tests.conftest import REPO, model_params, opencv_probabilities
 
 NAMES = list(MODELS)
 
@@ -126,15 +125,8 @@ def test_no_stray_committed_models() -> None:
 def test_deploy_loads_in_opencv_and_gives_probabilities(name: str, tmp_path: Path) -> None:
     spec = MODELS[name]
     cfg, _ = resolve(spec)
-    deploy = build_deploy(spec, cfg)
-    (tmp_path / "deploy.prototxt").write_text(text_format.MessageToString(deploy))
-    (tmp_path / "w.caffemodel").write_bytes(random_caffemodel(deploy).SerializeToString())
-    net = cv2.dnn.readNetFromCaffe(str(tmp_path / "deploy.prototxt"), str(tmp_path / "w.caffemodel"))
-    h, w = cfg.input_size
-    x = np.random.default_rng(1).normal(0, 50, (1, 3, h, w)).astype(np.float32)
-    net.setInput(x)
-    prob = net.forward().reshape(1, -1)
-    assert prob.shape == (1, cfg.classes)
+    prob = opencv_probabilities(build_deploy(spec, cfg), tmp_path)
+    assert prob.shape == (cfg.classes,)
     assert np.all(prob >= 0)
     assert prob.sum() == pytest.approx(1.0, abs=1e-4)
 

@@ -170,6 +170,21 @@ def _release_like_weights(model: str, classes: int) -> pb.NetParameter:
     return random_caffemodel(build_deploy(spec, cfg))
 
 
+def _shapes(deploy: pb.NetParameter) -> dict:
+    net = CaffeNet(deploy, "TEST")
+    return {n: [tuple(b.shape) for b in m.blobs] for n, m in zip(net.layer_names, net.layers, strict=True)
+            if len(m.blobs)}
+
+
+@pytest.mark.parametrize("release_model", ["squeezenet_v1_0", "squeezenet_v1_1"])
+def test_the_release_loads_by_name_into_a_ten_class_net(release_model: str) -> None:
+    spec = model_spec(release_model)
+    fitted, report = fit_weights(_release_like_weights(release_model, 1000),
+                                 _shapes(build_deploy(spec, resolve(spec, classes=10)[0])))
+    assert report.reinitialized == [("conv10", (1000, 512, 1, 1), (10, 512, 1, 1))]
+    assert len(report.copied) == len(fitted.layer) == 25 and not report.not_in_file and not report.unused
+
+
 def test_fit_weights_copies_by_name_and_reinitializes_a_changed_classifier() -> None:
     release = _release_like_weights("squeezenet_v1_1", 1000)
     spec = model_spec("squeezenet_v1_1")

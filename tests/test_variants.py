@@ -5,10 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
-from google.protobuf import text_format
 
 from squeezecaffe.cli import main
 from squeezecaffe.errors import UserError
@@ -18,7 +15,7 @@ from squeezecaffe.netgen.registry import MODELS, Fire
 from squeezecaffe.netgen.summary import summarize
 from squeezecaffe.netgen.variants import FireDesign, model_spec
 from squeezecaffe.proto import pb, read_text
-from tests.conftest import random_caffemodel
+from tests.conftest import opencv_probabilities
 
 
 def trainable(name: str) -> int:
@@ -161,13 +158,7 @@ def test_sweep_writes_every_point_and_the_papers_sizes(tmp_path: Path, capsys) -
 def test_variants_load_in_opencv(name: str, tmp_path: Path) -> None:
     spec = model_spec(name)
     cfg, _ = resolve(spec)
-    deploy = build_deploy(spec, cfg)
-    (tmp_path / "deploy.prototxt").write_text(text_format.MessageToString(deploy))
-    (tmp_path / "w.caffemodel").write_bytes(random_caffemodel(deploy).SerializeToString())
-    net = cv2.dnn.readNetFromCaffe(str(tmp_path / "deploy.prototxt"), str(tmp_path / "w.caffemodel"))
-    h, w = cfg.input_size
-    net.setInput(np.random.default_rng(1).normal(0, 50, (1, 3, h, w)).astype(np.float32))
-    prob = net.forward().reshape(-1)
+    prob = opencv_probabilities(build_deploy(spec, cfg), tmp_path)
     assert prob.shape == (cfg.classes,) and prob.sum() == pytest.approx(1.0, abs=1e-4)
 
 
