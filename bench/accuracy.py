@@ -3,8 +3,8 @@
 Trains original8, partialbypass8, fullbypass8 and fullbypass12 (sized for 28x28x1 inputs and 10
 classes from the data directory) with the same data, schedule and seed, evaluates each on the 10,000
 test images, and prints side by side the Table-3-style report plus the time each took to reach 90%
-validation top-1 and its final test top-1. Everything goes through the normal verbs (import,
-build-lmdb, train, eval), so the figures are what a user gets.
+validation top-1 and its final test top-1. Every step calls what its verb calls (the demo's pipeline:
+squeezecaffe.demo), so the figures are what a user gets.
 
     python bench/accuracy.py [--epochs 3] [--train-images 20000] [--device cpu] [--json out.json]
 
@@ -19,18 +19,13 @@ import sys
 import time
 from pathlib import Path
 
-from squeezecaffe.cli import main as cli
 from squeezecaffe.data_tools.mnist import DEFAULT_SOURCE
+from squeezecaffe.demo import fashion_mnist_data, train_run
+from squeezecaffe.deploy.evaluation import evaluate_weights, format_eval
 from squeezecaffe.train.logs import read_log
 from squeezecaffe.train.report import markdown_table, run_row
 
 MODELS = ("original8", "partialbypass8", "fullbypass8", "fullbypass12")
-
-
-def step(*argv: str) -> None:
-    print(f"$ squeezecaffe {' '.join(argv)}", flush=True)
-    if cli(list(argv)) != 0:
-        sys.exit(f"bench step failed: {' '.join(argv)}")
 
 
 def seconds_to(run_dir: Path, target: float) -> float | None:
@@ -55,23 +50,15 @@ def main() -> int:
     p.add_argument("--json", help="also write the figures to this JSON file")
     args = p.parse_args()
     out = Path(args.out)
-    png, data = out / "fashion-mnist-png", out / "data"
-    step("import-fashion-mnist", str(png), "--src", args.src)
-    limits = ["--limit", f"val={args.val_images}"] + (["--limit", f"train={args.train_images}"] if args.train_images else [])
-    step("build-lmdb", str(png), str(data), "--gray", "--shuffle", "--val-fraction", "0.05", *limits, "--force",
-         "--quiet")
+    data = fashion_mnist_data(out, args.src, train_images=args.train_images or None, val_images=args.val_images)
     runs = []
     for model in args.models.split(","):
         run_dir = out / "runs" / model
-        if run_dir.exists():
-            import shutil
-
-            shutil.rmtree(run_dir)
         started = time.time()
-        step("train", model, "--engine", args.engine, "--data", str(data), "--epochs", str(args.epochs),
-             "--batch-size", str(args.batch_size), "--device", args.device, "--run-dir", str(run_dir), "--quiet")
+        train_run(model, data, run_dir, epochs=args.epochs, batch_size=args.batch_size, engine=args.engine,
+                  device=args.device)
         print(f"{model}: trained in {time.time() - started:.0f} s", flush=True)
-        step("eval", str(run_dir), "--split", "test", "--device", args.device, "--quiet")
+        print(format_eval(evaluate_weights(run_dir, "test", device=args.device)))
         runs.append(run_dir)
     rows = [run_row(r) for r in runs]
     print("\n" + markdown_table(rows))

@@ -141,6 +141,12 @@ def test_seed_001_paper_recipe(model: str, rate: float) -> None:
     assert solver.type == "Adam" and solver.lr_policy == "fixed" and not solver.HasField("power")
 
 
+def test_crops_larger_than_the_stored_images_are_refused(padded: Path) -> None:
+    with pytest.raises(UserError, match=r"stored at 16x16, smaller than the 224x224 crops sq1 takes \(paper recipe\); "
+                                        r"rebuild with build-lmdb --resize 256x256"):
+        resolve_recipe(model_spec("sq1"), "paper", data_dir=str(padded / "data"))
+
+
 def test_paper_recipe_refuses_models_without_one() -> None:
     with pytest.raises(UserError, match="the papers state no schedule for squeezenet_v1_0"):
         resolve_recipe(model_spec("squeezenet_v1_0"), "paper")

@@ -52,7 +52,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        args.run_verb = main  # verbs that run other verbs (the demo) call back through here
         return int(args.func(args) or 0)
     except UserError as exc:
         print(f"squeezecaffe: error: {exc}", file=sys.stderr)

@@ -20,9 +20,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def _prepare(args: argparse.Namespace, data: str | None, out_dir: Path | None):
-    from squeezecaffe.deploy.artifacts import resolve_artifacts
-    from squeezecaffe.deploy.preprocess import Preprocessor
-    from squeezecaffe.deploy.runtimes import make_runtime
+    from squeezecaffe.deploy.evaluation import prepare
     from squeezecaffe.errors import UserError
 
     if args.batch_size <= 0:
@@ -39,23 +37,21 @@ def _prepare(args: argparse.Namespace, data: str | None, out_dir: Path | None):
         from squeezecaffe.compress.pipeline import open_sqz
 
         weights, carried = open_sqz(weights)
-    art = resolve_artifacts(weights, net=args.net, model=args.model, data=data, mean_value=args.mean_value,
-                            out_dir=out_dir, carried=carried)
-    for note in art.notes:
+    prepared = prepare(weights, net=args.net, model=args.model, data=data, mean_value=args.mean_value,
+                       out_dir=out_dir, carried=carried, engine=args.engine, device=args.device)
+    for note in prepared[0].notes:
         print(f"note: {note}", file=sys.stderr)
-    return art, Preprocessor(art), make_runtime(args.engine, art, args.device)
+    return prepared
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from squeezecaffe.deploy.evaluation import evaluate_model, format_eval, open_source
+    from squeezecaffe.deploy.evaluation import evaluate_weights, format_eval
 
     out_dir = Path(args.out) if args.out else None
-    art, pre, runtime = _prepare(args, args.data, out_dir)
-    source = open_source(art, args.data, args.split, pre)
-    if out_dir is None:
-        base = art.run_dir / "eval" if art.run_dir else Path(f"eval-{art.weights.stem}")
-        out_dir = base / (source.name if args.engine == "torch" else f"{source.name}-{args.engine}")
-    result = evaluate_model(art, runtime, source, pre, out_dir, args.batch_size, args.errors, not args.quiet)
+    prepared = _prepare(args, args.data, out_dir)
+    result = evaluate_weights(args.weights, args.split, data=args.data, out_dir=out_dir, batch_size=args.batch_size,
+                              errors_shown=args.errors, progress=not args.quiet, prepared=prepared,
+                              engine=args.engine)
     print(format_eval(result))
     return 0
 
@@ -110,7 +106,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                                    ("val_images", args.val_images), ("batch_size", args.batch_size)) if v is not None}
     if overrides:
         schedule = replace(schedule, name=f"{schedule.name}-custom", **overrides)
-    run_demo(Path(args.out), schedule, args.run_verb, src=args.src, model=args.model, quiet=args.quiet)
+    run_demo(Path(args.out), schedule, src=args.src, model=args.model, quiet=args.quiet)
     return 0
 
 

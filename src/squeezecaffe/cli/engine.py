@@ -211,17 +211,11 @@ def register_engine_verbs(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import time
-
     from squeezecaffe.train.config import TrainConfig
-    from squeezecaffe.train.rundir import RunLock
-    from squeezecaffe.train.runner import Trainer, prepare_run
+    from squeezecaffe.train.launch import launch, resume
 
     if args.resume:
-        with RunLock(Path(args.resume)):
-            trainer = Trainer(Path(args.resume), progress=not args.quiet)
-            trainer.resume()
-            return trainer.run()
+        return resume(Path(args.resume), progress=not args.quiet)
     from squeezecaffe.cli.common import variant_target
 
     if args.model:
@@ -233,7 +227,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     plateau = {"min_delta": args.min_delta, "patience": args.patience, "factors": factors, "min_lr": args.min_lr,
                "cooldown": args.cooldown, "stop_after": args.stop_after}
     from squeezecaffe.cli.common import parse_overrides
-    from squeezecaffe.netgen.variants import file_stem
     from squeezecaffe.train.guard import GuardOptions
     from squeezecaffe.train.plateau import PlateauOptions
 
@@ -251,20 +244,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                       allow_sorted=args.allow_sorted, recipe=args.recipe, guard={"retries": args.guard_retries},
                       tensorboard=args.tensorboard, normalize=args.normalize,
                       freeze=[item for text in args.freeze for item in text.split(",") if item])
-    from squeezecaffe.engines.torchcaffe import distributed
-
-    ctx, _ = distributed.init(args.device)  # under torchrun: every rank runs this; rank 0 writes the run dir
-    name = file_stem(args.model) if args.model else Path(args.solver or "run").stem
-    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = distributed.broadcast_object(run_dir, ctx)
-    lock = RunLock(run_dir)  # held by the one process that writes the run directory (rank 0 under torchrun)
-    try:
-        if ctx.is_main:
-            prepare_run(cfg, run_dir, lock)
-        distributed.barrier(ctx)
-        return Trainer(run_dir, progress=not args.quiet).run()
-    finally:
-        lock.release()
+    return launch(cfg, Path(args.run_dir) if args.run_dir else None, progress=not args.quiet)
 
 
 def cmd_lr_find(args: argparse.Namespace) -> int:

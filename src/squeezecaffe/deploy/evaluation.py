@@ -184,3 +184,29 @@ def format_eval(out: EvalOutput) -> str:
              "worst classes: " + ", ".join(f"{c['name']} {100 * c['top1']:.1f}%" for c in ranked[::-1][:5])]
     lines.append("wrote " + ", ".join(str(f) for f in out.files))
     return "\n".join(lines)
+
+
+def prepare(weights: str | Path, *, net: str | None = None, model: str | None = None, data: str | None = None,
+            mean_value: str | None = None, out_dir: Path | None = None, carried=None, engine: str = "torch",
+            device: str = "cpu") -> tuple[Artifacts, Preprocessor, object]:
+    """What WEIGHTS means (artifacts), how inputs are prepared, and the runtime that scores them."""
+    from squeezecaffe.deploy.artifacts import resolve_artifacts
+    from squeezecaffe.deploy.runtimes import make_runtime
+
+    art = resolve_artifacts(str(weights), net=net, model=model, data=data, mean_value=mean_value, out_dir=out_dir,
+                            carried=carried)
+    return art, Preprocessor(art), make_runtime(engine, art, device)
+
+
+def evaluate_weights(weights: str | Path, split: str | None = None, *, data: str | None = None,
+                     out_dir: Path | None = None, batch_size: int = 100, errors_shown: int = 32,
+                     progress: bool = False, prepared: tuple | None = None, engine: str = "torch",
+                     device: str = "cpu") -> EvalOutput:
+    """`squeezecaffe eval` as a call: a run directory (or weights with `prepared`) scored on a split of its data
+    directory (or `data`); the figures go to RUN/eval/<split>[-engine] unless `out_dir` says otherwise."""
+    art, pre, runtime = prepared or prepare(weights, data=data, engine=engine, device=device)
+    source = open_source(art, data, split, pre)
+    if out_dir is None:
+        base = art.run_dir / "eval" if art.run_dir else Path(f"eval-{art.weights.stem}")
+        out_dir = base / (source.name if engine == "torch" else f"{source.name}-{engine}")
+    return evaluate_model(art, runtime, source, pre, out_dir, batch_size, errors_shown, progress)

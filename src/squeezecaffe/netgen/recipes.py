@@ -162,7 +162,13 @@ def resolve_recipe(spec: ModelSpec, recipe: str = "default", **kwargs) -> Recipe
     if paper and paper.normalize and kwargs.get("normalize") is None and data_dir is not None:
         kwargs["normalize"] = paper.normalize
     cfg, sched = resolve(spec, **kwargs)
-    pad = read_manifest(Path(data_dir)).pad if data_dir is not None else 0
-    return apply_recipe(recipe, spec, cfg, sched, batch_given=kwargs.get("batch_size") is not None,
-                        epochs_given=kwargs.get("epochs") is not None,
-                        input_given=kwargs.get("input_size") is not None, pad=pad)
+    manifest = read_manifest(Path(data_dir)) if data_dir is not None else None
+    result = apply_recipe(recipe, spec, cfg, sched, batch_given=kwargs.get("batch_size") is not None,
+                          epochs_given=kwargs.get("epochs") is not None,
+                          input_given=kwargs.get("input_size") is not None, pad=manifest.pad if manifest else 0)
+    crop = result.cfg.input_size
+    if manifest is not None and result.cfg.crop and (crop[0] > manifest.height or crop[1] > manifest.width):
+        raise UserError(f"{data_dir}: images are stored at {manifest.height}x{manifest.width}, smaller than the "
+                        f"{crop[0]}x{crop[1]} crops {spec.name} takes ({recipe} recipe); rebuild with build-lmdb "
+                        f"--resize {max(crop[0], 256)}x{max(crop[1], 256)}")
+    return result
