@@ -21,7 +21,7 @@ from pathlib import Path
 
 from squeezecaffe.data_tools.mnist import DEFAULT_SOURCE
 from squeezecaffe.demo import fashion_mnist_data, train_run
-from squeezecaffe.deploy.evaluation import evaluate_weights, format_eval
+from squeezecaffe.evaluation.evaluate import evaluate_weights, format_eval
 from squeezecaffe.train.logs import read_log
 from squeezecaffe.train.report import markdown_table, run_row
 

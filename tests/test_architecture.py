@@ -14,7 +14,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("proto", "errors", "fileio", "scoring", "pictures", "__init__"),
     ("netgen", "solvers", "data_tools", "caffe_build"),
     ("engines",),
-    ("train", "deploy"),
+    ("train", "evaluation"),
     ("demo",),
     ("compress",),
     ("export",),
@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
 # Imports between packages side by side in one layer, each with its reason (docs/architecture.md lists them too).
 ALLOWED_BESIDE = {
     ("netgen", "data_tools"): "netgen/config.py sizes a net from a data directory's manifest",
-    ("deploy", "train"): "evaluation reads run directories (train.rundir)",
+    ("evaluation", "train"): "evaluation reads run directories (train.rundir)",
 }
 
 

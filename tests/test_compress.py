@@ -103,8 +103,8 @@ def squeezenet_shapes() -> pb.NetParameter:
     """SqueezeNet v1.0's weight and bias blobs (zeros: the plan and the accounting only need shapes)."""
     from squeezecaffe.netgen.builder import build_deploy
     from squeezecaffe.netgen.config import resolve
-    from squeezecaffe.netgen.inference import infer_net
     from squeezecaffe.netgen.registry import get_model
+    from squeezecaffe.netgen.shapes import infer_net
 
     spec = get_model("squeezenet_v1_0")
     net = build_deploy(spec, resolve(spec)[0])
@@ -352,8 +352,8 @@ def test_eval_takes_a_sqz_and_opencv_gives_the_same_logits_as_for_the_quantized_
     import json
 
     from squeezecaffe.cli import main
-    from squeezecaffe.deploy.artifacts import resolve_artifacts
-    from squeezecaffe.deploy.runtimes import make_runtime
+    from squeezecaffe.evaluation.artifacts import resolve_artifacts
+    from squeezecaffe.evaluation.runtimes import make_runtime
 
     rng = np.random.default_rng(0)
     art_q = resolve_artifacts(str(compressed / "quantized/retrain/best.caffemodel"))
@@ -389,8 +389,8 @@ def test_the_caffe_engine_refuses_constrained_training_in_one_line(data, tmp_pat
 @pytest.mark.slow
 @pytest.mark.caffe
 def test_real_caffe_loads_the_decompressed_caffemodel(compressed):
-    from squeezecaffe.deploy.artifacts import resolve_artifacts
-    from squeezecaffe.deploy.runtimes import make_runtime
+    from squeezecaffe.evaluation.artifacts import resolve_artifacts
+    from squeezecaffe.evaluation.runtimes import make_runtime
 
     art_q = resolve_artifacts(str(compressed / "quantized/retrain/best.caffemodel"))
     art_f = resolve_artifacts(str(compressed / "final/model.caffemodel"), net=str(art_q.deploy_path))

@@ -14,10 +14,10 @@ from PIL import Image
 
 from squeezecaffe.data_tools.convert import ConvertOptions, build_lmdb
 from squeezecaffe.data_tools.lmdb_io import LmdbReader
-from squeezecaffe.deploy.artifacts import resolve_artifacts
-from squeezecaffe.deploy.preprocess import Preprocessor
 from squeezecaffe.engines.torchcaffe.net import load_net
 from squeezecaffe.engines.torchcaffe.weights import load_caffemodel, read_caffemodel
+from squeezecaffe.evaluation.artifacts import resolve_artifacts
+from squeezecaffe.evaluation.preprocess import Preprocessor
 from squeezecaffe.netgen.summary import summarize
 from squeezecaffe.proto import pb, read_text
 from squeezecaffe.train.logs import read_log
@@ -210,7 +210,7 @@ def test_bad_eval_and_classify_calls_are_one_line(argv, message, finished_run, d
 
 def test_test_transform_follows_caffes_phase_rules(tmp_path: Path) -> None:
     """The TEST transform is the Data layer Caffe would put in the TEST net: one with no include rule counts."""
-    from squeezecaffe.deploy.artifacts import _test_transform
+    from squeezecaffe.evaluation.artifacts import _test_transform
 
     layer = 'layer {{ name: "{n}" type: "Data" top: "data" top: "label" {inc} transform_param {{ mirror: true ' \
             'mean_value: {m} }} data_param {{ source: "x" batch_size: 1 }} }}\n'
@@ -228,7 +228,7 @@ def test_test_transform_follows_caffes_phase_rules(tmp_path: Path) -> None:
 def test_a_run_without_best_takes_its_newest_complete_snapshot(finished_run: Path, tmp_path: Path) -> None:
     import shutil
 
-    from squeezecaffe.deploy.artifacts import run_weights
+    from squeezecaffe.evaluation.artifacts import run_weights
 
     copy = tmp_path / "run"
     shutil.copytree(finished_run, copy)

@@ -6,7 +6,7 @@ import pytest
 
 from squeezecaffe.errors import UserError
 from squeezecaffe.netgen.dsl import NetBuilder
-from squeezecaffe.netgen.inference import infer_net, pool_out
+from squeezecaffe.netgen.shapes import infer_net, pool_out
 from squeezecaffe.netgen.summary import summarize
 from squeezecaffe.proto import pb, read_text
 from tests.conftest import FIXTURES

@@ -102,7 +102,7 @@ def train_run(model: str, data: Path, run: Path, *, epochs: int | None, batch_si
 def run_demo(out: Path, schedule: DemoSchedule, *, src: str, model: str = "fullbypass8",
              quiet: bool = False) -> Path:
     """Every step of the demo; returns the run directory (its eval/ and the report beside it)."""
-    from squeezecaffe.deploy.evaluation import evaluate_weights, format_eval
+    from squeezecaffe.evaluation.evaluate import evaluate_weights, format_eval
     from squeezecaffe.fileio import atomic_write_text
     from squeezecaffe.train.plots import plot_runs
     from squeezecaffe.train.report import markdown_table, run_row

@@ -28,10 +28,10 @@ from squeezecaffe.compress.kmeans import kmeans_1d
 from squeezecaffe.compress.plan import PAPER_MIB, PAPER_TOTAL_KEPT, BlobPlan, make_plan
 from squeezecaffe.compress.prune import magnitude_mask
 from squeezecaffe.compress.table import Row, build_rows, fixed_width, format_rows, paper_comparison, rows_json
-from squeezecaffe.deploy.artifacts import Artifacts, Carried, carried_from, resolve_artifacts
 from squeezecaffe.engines.torchcaffe.constraints import BlobConstraint, save_constraints
 from squeezecaffe.engines.torchcaffe.weights import blob_shape, blob_values, read_caffemodel
 from squeezecaffe.errors import UserError
+from squeezecaffe.evaluation.artifacts import Artifacts, Carried, carried_from, resolve_artifacts
 from squeezecaffe.fileio import atomic_write_bytes, atomic_write_text, ensure_writable_dir
 from squeezecaffe.proto import pb, to_text, write_binary
 
@@ -206,9 +206,9 @@ def _retrain(stage_dir: Path, weights: Path, constraints: Path, ctx: _Retrain, o
 def _evaluate(art: Artifacts, weights: Path, options: CompressOptions, out_dir: Path) -> tuple[float, float] | None:
     if art.data_dir is None and options.data is None:
         return None
-    from squeezecaffe.deploy.evaluation import evaluate_model, open_source
-    from squeezecaffe.deploy.preprocess import Preprocessor
-    from squeezecaffe.deploy.runtimes import make_runtime
+    from squeezecaffe.evaluation.evaluate import evaluate_model, open_source
+    from squeezecaffe.evaluation.preprocess import Preprocessor
+    from squeezecaffe.evaluation.runtimes import make_runtime
 
     stage_art = replace(art, weights=weights)
     pre = Preprocessor(stage_art)

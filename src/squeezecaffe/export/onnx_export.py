@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from squeezecaffe import __version__
-from squeezecaffe.deploy.artifacts import Artifacts, Carried, carried_from, resolve_artifacts
 from squeezecaffe.errors import UserError
+from squeezecaffe.evaluation.artifacts import Artifacts, Carried, carried_from, resolve_artifacts
 from squeezecaffe.export.onnx_graph import DEFAULT_OPSET, InputTransform, build_onnx, fold_batchnorm
 from squeezecaffe.proto import pb, to_text
 
@@ -82,7 +82,7 @@ def _check_images(art: Artifacts, options: ExportOptions, pre) -> tuple[list[np.
     """uint8 images at their stored size: the first records of the data (test split, else val) when there is a
     data directory, else seeded random pixels."""
     if art.data_dir is not None or options.data:
-        from squeezecaffe.deploy.evaluation import open_source
+        from squeezecaffe.evaluation.evaluate import open_source
 
         try:
             source = open_source(art, options.data, None, pre)
@@ -103,7 +103,7 @@ def _check_batch(art: Artifacts, options: ExportOptions, baked: InputTransform |
                                                                                              np.ndarray, str]:
     """(input for our engine, input for the graph, what they are): the same images through the TEST transform,
     and for a graph with the transform baked in, through the crop alone."""
-    from squeezecaffe.deploy.preprocess import Preprocessor
+    from squeezecaffe.evaluation.preprocess import Preprocessor
 
     pre = Preprocessor(art)
     images, described = _check_images(art, options, pre)
@@ -125,7 +125,7 @@ def export_onnx(weights: str, output: str | Path, options: ExportOptions, *, net
                 model: str | None = None) -> ExportReport:
     import onnx
 
-    from squeezecaffe.deploy.runtimes import ONNX_LOGITS_KEY, TorchRuntime, logits_layer
+    from squeezecaffe.evaluation.runtimes import ONNX_LOGITS_KEY, TorchRuntime, logits_layer
     from squeezecaffe.fileio import atomic_write_bytes, ensure_writable_dir
     from squeezecaffe.scoring import softmax
 
@@ -147,7 +147,7 @@ def export_onnx(weights: str, output: str | Path, options: ExportOptions, *, net
     metadata = {
         "squeezecaffe.version": __version__, "squeezecaffe.source": str(art.weights),
         "squeezecaffe.classes": json.dumps([[c.id, c.name] for c in art.labels]),
-        "squeezecaffe.deploy": to_text(art.deploy), "squeezecaffe.transform": to_text(rest),
+        "squeezecaffe.evaluation": to_text(art.deploy), "squeezecaffe.transform": to_text(rest),
         "squeezecaffe.baked_transform": json.dumps(options.bake_transform),
         "squeezecaffe.stored_size": json.dumps(list(art.stored_size) if art.stored_size else None),
         "squeezecaffe.data": str(art.data_dir.resolve()) if art.data_dir else "",
@@ -189,7 +189,7 @@ def export_onnx(weights: str, output: str | Path, options: ExportOptions, *, net
 
 def run_onnx(model: bytes | str, batch: np.ndarray, output: str) -> np.ndarray:
     """One output of an ONNX model in onnxruntime (CPU), the batch split as the graph's batch size needs."""
-    from squeezecaffe.deploy.runtimes import OnnxBatches, onnx_session
+    from squeezecaffe.evaluation.runtimes import OnnxBatches, onnx_session
 
     return OnnxBatches(onnx_session(model), output)(batch)
 
@@ -207,5 +207,5 @@ def read_onnx_metadata(path: str) -> dict[str, str]:
 def open_onnx(path: str) -> Carried:
     """What an exported file carries, for `eval`/`classify` on it: deploy net, transform still to apply, data."""
     meta = read_onnx_metadata(path)
-    return carried_from(meta.get("squeezecaffe.deploy"), meta.get("squeezecaffe.transform"),
+    return carried_from(meta.get("squeezecaffe.evaluation"), meta.get("squeezecaffe.transform"),
                         meta.get("squeezecaffe.data") or None, Path(path).stem, path)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from squeezecaffe.errors import UserError
-from squeezecaffe.netgen.inference import conv_geometry, infer_layers, pool_geometry, pool_out
+from squeezecaffe.netgen.shapes import conv_geometry, infer_layers, pool_geometry, pool_out
 from squeezecaffe.netgen.state import filter_net, make_state
 from squeezecaffe.proto import pb
 

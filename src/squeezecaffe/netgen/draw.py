@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from squeezecaffe.netgen.inference import infer_net
+from squeezecaffe.netgen.shapes import infer_net
 from squeezecaffe.proto import pb
 
 _COLORS = {"Convolution": "#cfe2f3", "Pooling": "#fce5cd", "Concat": "#d9ead3", "Eltwise": "#f4cccc",

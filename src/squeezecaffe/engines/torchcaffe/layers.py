@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from squeezecaffe.errors import UserError
-from squeezecaffe.netgen.inference import LayerInfo, canonical_axis, conv_geometry, pool_geometry, pool_out
+from squeezecaffe.netgen.shapes import LayerInfo, canonical_axis, conv_geometry, pool_geometry, pool_out
 from squeezecaffe.proto import pb
 
 FLT_MIN = 1.17549435e-38  # Caffe clamps probabilities to this before the log

@@ -21,7 +21,7 @@ from squeezecaffe.engines.torchcaffe.layers import LAYERS, SUPPORTED_TYPES, Data
 from squeezecaffe.engines.torchcaffe.loader import DataLayerLoader
 from squeezecaffe.engines.torchcaffe.options import EngineOptions
 from squeezecaffe.errors import UserError
-from squeezecaffe.netgen.inference import infer_layers, net_input_shapes
+from squeezecaffe.netgen.shapes import infer_layers, net_input_shapes
 from squeezecaffe.netgen.state import filter_net, make_state
 from squeezecaffe.proto import pb
 

@@ -16,10 +16,10 @@ import numpy as np
 
 from squeezecaffe.data_tools.layouts import ClassLabel, discover
 from squeezecaffe.data_tools.lmdb_io import LmdbReader
-from squeezecaffe.deploy.artifacts import Artifacts
-from squeezecaffe.deploy.figures import confusion_png, error_grid_png
-from squeezecaffe.deploy.preprocess import Preprocessor
 from squeezecaffe.errors import UserError
+from squeezecaffe.evaluation.artifacts import Artifacts
+from squeezecaffe.evaluation.figures import confusion_png, error_grid_png
+from squeezecaffe.evaluation.preprocess import Preprocessor
 from squeezecaffe.fileio import atomic_write_text, ensure_writable_dir
 from squeezecaffe.scoring import Scores, score
 
@@ -190,8 +190,8 @@ def prepare(weights: str | Path, *, net: str | None = None, model: str | None = 
             mean_value: str | None = None, out_dir: Path | None = None, carried=None, engine: str = "torch",
             device: str = "cpu") -> tuple[Artifacts, Preprocessor, object]:
     """What WEIGHTS means (artifacts), how inputs are prepared, and the runtime that scores them."""
-    from squeezecaffe.deploy.artifacts import resolve_artifacts
-    from squeezecaffe.deploy.runtimes import make_runtime
+    from squeezecaffe.evaluation.artifacts import resolve_artifacts
+    from squeezecaffe.evaluation.runtimes import make_runtime
 
     art = resolve_artifacts(str(weights), net=net, model=model, data=data, mean_value=mean_value, out_dir=out_dir,
                             carried=carried)

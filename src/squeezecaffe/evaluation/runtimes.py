@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from squeezecaffe.deploy.artifacts import Artifacts
 from squeezecaffe.errors import UserError
+from squeezecaffe.evaluation.artifacts import Artifacts
 
 RUNTIMES = ("torch", "opencv", "caffe", "onnxruntime")
 ONNX_LOGITS_KEY = "squeezecaffe.logits"  # metadata of an exported .onnx: the graph output holding the logits

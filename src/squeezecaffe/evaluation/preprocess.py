@@ -13,8 +13,8 @@ import numpy as np
 
 from squeezecaffe.data_tools.decode import read_image
 from squeezecaffe.data_tools.transform import DataTransformer
-from squeezecaffe.deploy.artifacts import Artifacts
 from squeezecaffe.errors import UserError
+from squeezecaffe.evaluation.artifacts import Artifacts
 from squeezecaffe.proto import pb
 
 

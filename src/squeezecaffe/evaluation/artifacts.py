@@ -127,7 +127,7 @@ def _labels(data_dir: Path | None, classes: int, where: str) -> list[ClassLabel]
 
 def _output_classes(deploy: pb.NetParameter, where: str) -> int:
     """Classes = the width of the net's last learned layer (conv10 or the classifier InnerProduct)."""
-    from squeezecaffe.netgen.inference import infer_layers
+    from squeezecaffe.netgen.shapes import infer_layers
     from squeezecaffe.netgen.state import filter_net, make_state
 
     infos = infer_layers(filter_net(deploy, make_state("TEST")), where=where)

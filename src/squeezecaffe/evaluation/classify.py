@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from squeezecaffe.data_tools.layouts import IMAGE_SUFFIXES, ClassLabel
-from squeezecaffe.deploy.preprocess import Preprocessor
 from squeezecaffe.errors import UserError
+from squeezecaffe.evaluation.preprocess import Preprocessor
 from squeezecaffe.fileio import atomic_write_text
 from squeezecaffe.scoring import softmax
 

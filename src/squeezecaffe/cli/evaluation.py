@@ -20,8 +20,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def _prepare(args: argparse.Namespace, data: str | None, out_dir: Path | None):
-    from squeezecaffe.deploy.evaluation import prepare
     from squeezecaffe.errors import UserError
+    from squeezecaffe.evaluation.evaluate import prepare
 
     if args.batch_size <= 0:
         raise UserError(f"--batch-size {args.batch_size}: must be positive")
@@ -45,7 +45,7 @@ def _prepare(args: argparse.Namespace, data: str | None, out_dir: Path | None):
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from squeezecaffe.deploy.evaluation import evaluate_weights, format_eval
+    from squeezecaffe.evaluation.evaluate import evaluate_weights, format_eval
 
     out_dir = Path(args.out) if args.out else None
     prepared = _prepare(args, args.data, out_dir)
@@ -57,8 +57,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    from squeezecaffe.deploy.classify import classify_files, expand_inputs, format_prediction, write_predictions
     from squeezecaffe.errors import UserError
+    from squeezecaffe.evaluation.classify import classify_files, expand_inputs, format_prediction, write_predictions
 
     if args.top <= 0:
         raise UserError(f"--top {args.top}: must be positive")
@@ -110,7 +110,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def register_deploy_verbs(sub: argparse._SubParsersAction) -> None:
+def register_evaluation_verbs(sub: argparse._SubParsersAction) -> None:
     from squeezecaffe.data_tools.mnist import DEFAULT_SOURCE
 
     p = sub.add_parser("eval", help="top-1/top-5/loss, per-class accuracy, confusion matrix and error grid of a "
