@@ -76,3 +76,21 @@ def test_draw_writes_png(capsys, tmp_path: Path) -> None:
     assert code == 0
     data = (tmp_path / "net.png").read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_controller_and_guard_options_come_from_their_dataclasses() -> None:
+    """Every CLI-facing field of PlateauOptions/GuardOptions is a `train` option with the field's default."""
+    from dataclasses import fields
+
+    from squeezecaffe.cli import build_parser
+    from squeezecaffe.cli.common import dataclass_values
+    from squeezecaffe.train.guard import GuardOptions
+    from squeezecaffe.train.plateau import PlateauOptions
+
+    args = build_parser().parse_args(["train", "fullbypass8"])
+    assert dataclass_values(args, PlateauOptions) == {f.name: f.default for f in fields(PlateauOptions)
+                                                      if f.name != "base_lr"}
+    assert dataclass_values(args, GuardOptions, prefix="guard-") == {"retries": GuardOptions.retries}
+    args = build_parser().parse_args(["train", "fullbypass8", "--factors", "10,3", "--stop-after", "2",
+                                      "--guard-retries", "0"])
+    assert args.factors == (10.0, 3.0) and args.stop_after == 2 and args.guard_retries == 0

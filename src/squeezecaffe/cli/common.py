@@ -7,6 +7,9 @@ registers them.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import types
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -78,3 +81,44 @@ def variant_target(model: str, args: argparse.Namespace) -> str:
         return model
     return variant_name(model, design=design or None, fires=fires or None, blocks=ints("blocks"),
                         widths=ints("widths"), bottleneck=getattr(args, "bottleneck", None))
+
+
+def _field_type(hint) -> tuple[type, bool]:
+    """(the scalar type, whether the field is a tuple of them) of `int`, `int | None`, `tuple[float, ...]`."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is tuple:
+        return args[0], True
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return args[0], False
+    return hint, False
+
+
+def _list_of(kind: type):
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(kind(v) for v in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}': expected numbers separated by commas, e.g. 5,2") from None
+    return parse
+
+
+def add_dataclass_options(p: argparse.ArgumentParser, cls: type, *, prefix: str = "") -> None:
+    """One `--[prefix]name` option per field of the options dataclass `cls` (fields whose metadata says
+    `cli: False` are left out): type and default from the field, help from its metadata. The dataclass stays the
+    one place a default is written."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("cli", True) is False:
+            continue
+        kind, many = _field_type(hints[f.name])
+        default = f.default
+        shown = ",".join(f"{v:g}" for v in default) if many else default
+        p.add_argument(f"--{prefix}{f.name.replace('_', '-')}", dest=f"{prefix.replace('-', '_')}{f.name}",
+                       type=_list_of(kind) if many else kind, default=default,
+                       help=f"{f.metadata.get('help', '')} (default: {shown})")
+
+
+def dataclass_values(args: argparse.Namespace, cls: type, *, prefix: str = "") -> dict:
+    """The values of the options `add_dataclass_options` made, by field name."""
+    return {f.name: getattr(args, f"{prefix.replace('-', '_')}{f.name}") for f in dataclasses.fields(cls)
+            if f.metadata.get("cli", True) is not False}

@@ -6,7 +6,7 @@ import argparse
 import io
 from pathlib import Path
 
-from squeezecaffe.cli.common import add_variant_options
+from squeezecaffe.cli.common import add_dataclass_options, add_variant_options
 from squeezecaffe.errors import UserError
 
 
@@ -220,18 +220,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.model:
         args.model = variant_target(args.model, args)
-    try:
-        factors = [float(f) for f in args.factors.split(",")]
-    except ValueError:
-        raise UserError(f"--factors {args.factors}: expected numbers separated by commas, e.g. 5,2") from None
-    plateau = {"min_delta": args.min_delta, "patience": args.patience, "factors": factors, "min_lr": args.min_lr,
-               "cooldown": args.cooldown, "stop_after": args.stop_after}
-    from squeezecaffe.cli.common import parse_overrides
+    from squeezecaffe.cli.common import dataclass_values, parse_overrides
     from squeezecaffe.train.guard import GuardOptions
     from squeezecaffe.train.plateau import PlateauOptions
 
+    plateau = dataclass_values(args, PlateauOptions)
+    plateau["factors"] = list(plateau["factors"])  # config.json holds a list
+    guard = dataclass_values(args, GuardOptions, prefix="guard-")
     PlateauOptions(**plateau)  # reject bad controller and guard options before anything is written
-    GuardOptions(retries=args.guard_retries)
+    GuardOptions(**guard)
     solver_set = parse_overrides(args.solver_set)
     if args.base_lr is not None:
         solver_set["base_lr"] = args.base_lr
@@ -241,7 +238,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                       device=args.device, amp=args.amp, channels_last=args.channels_last, workers=args.workers,
                       gpu_transform=args.gpu_transform, data_in_memory=args.data_in_memory,
                       seed=args.seed, keep=args.keep, weights=args.weights, plateau=plateau,
-                      allow_sorted=args.allow_sorted, recipe=args.recipe, guard={"retries": args.guard_retries},
+                      allow_sorted=args.allow_sorted, recipe=args.recipe, guard=guard,
                       tensorboard=args.tensorboard, normalize=args.normalize,
                       freeze=[item for text in args.freeze for item in text.split(",") if item])
     return launch(cfg, Path(args.run_dir) if args.run_dir else None, progress=not args.quiet)
@@ -286,7 +283,7 @@ def register_train_verbs(sub: argparse._SubParsersAction) -> None:
     from squeezecaffe.train.lr_find import SWEEP
     from squeezecaffe.train.plateau import PlateauOptions
 
-    cfg, plateau = TrainConfig(), PlateauOptions()  # the defaults, defined once there
+    cfg = TrainConfig()  # the defaults, defined once there
     p = sub.add_parser("train", help="train a model on a build-lmdb data directory, epoch by epoch, with the "
                                      "plateau LR controller, snapshots, resume, logs and plots")
     p.add_argument("model", nargs="?", help="registered model name or variant (or use --solver)")
@@ -312,19 +309,11 @@ def register_train_verbs(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=cfg.workers, help="data loader processes")
     p.add_argument("--seed", type=int, default=cfg.seed)
     p.add_argument("--keep", type=int, default=cfg.keep, help="snapshots kept (plus best.caffemodel)")
-    p.add_argument("--min-delta", type=float, default=plateau.min_delta,
-                   help="top-1 gain (fraction) that counts as progress")
-    p.add_argument("--patience", type=int, default=plateau.patience, help="epochs without progress before an LR drop")
-    p.add_argument("--factors", default=",".join(f"{f:g}" for f in plateau.factors), help="LR divisors, cycled")
-    p.add_argument("--min-lr", type=float, default=plateau.min_lr)
-    p.add_argument("--cooldown", type=int, default=plateau.cooldown)
-    p.add_argument("--stop-after", type=int, help="stop after this many drops without improvement")
+    add_dataclass_options(p.add_argument_group("plateau controller"), PlateauOptions)
     p.add_argument("--base-lr", help="a rate, or auto: run the LR range test (lr-find) first and use its suggestion")
     p.add_argument("--recipe", default=cfg.recipe,
                    help="default (rate follows the batch, enough iterations for small sets), paper, or registry")
-    p.add_argument("--guard-retries", type=int, default=GuardOptions.retries,
-                   help="recoveries from a divergence or collapse (restore the best snapshot, divide the LR) before "
-                        "the run stops; 0 stops at the first sign")
+    add_dataclass_options(p.add_argument_group("guard"), GuardOptions, prefix="guard-")
     p.add_argument("--tensorboard", action="store_true",
                    help="also write TensorBoard event files into the run directory (needs the tensorboard extra)")
     p.add_argument("--allow-sorted", action="store_true",

@@ -14,15 +14,19 @@ windows, validation), so it changes nothing in a healthy run.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
 class GuardOptions:
-    retries: int = 3  # recoveries before the run stops (0: never recover, stop at the first sign)
-    spike_below: float = 0.5  # a spike needs a window below this fraction of the chance loss first...
-    collapse_share: float = 0.25  # collapsed: kept less than this share of the best gain over chance
-    min_gain: float = 0.1  # ...and the best was at least this far above chance (a fraction of top-1)
+    """The guard's settings; `train --guard-retries` is generated from `retries` (the others are internal)."""
+
+    retries: int = field(default=3, metadata={
+        "help": "recoveries from a divergence or collapse (restore the best snapshot, divide the LR) before the "
+                "run stops; 0 stops at the first sign"})
+    spike_below: float = field(default=0.5, metadata={"cli": False})  # a spike needs a window below this share of
+    collapse_share: float = field(default=0.25, metadata={"cli": False})  # the chance loss first; collapsed: kept
+    min_gain: float = field(default=0.1, metadata={"cli": False})  # less than this share of a best gain >= min_gain
 
     def __post_init__(self) -> None:
         if self.retries < 0:

@@ -17,13 +17,17 @@ from squeezecaffe.errors import UserError
 
 @dataclass
 class PlateauOptions:
-    min_delta: float = 0.01  # absolute top-1 (a fraction): smaller gains count as no gain
-    patience: int = 2  # epochs without gain before a drop
-    factors: tuple[float, ...] = (5.0, 2.0)  # divisors, cycled
-    min_lr: float = 0.0  # the scale never takes base_lr below this
-    base_lr: float = 1.0  # to turn min_lr into a floor on the scale
-    cooldown: int = 0  # epochs after a drop that do not count towards the next plateau
-    stop_after: int | None = None  # stop after this many drops in a row without any improvement
+    """The controller's settings; the `train` verb's options are generated from these fields (their help is the
+    metadata), so a default is written here and nowhere else."""
+
+    min_delta: float = field(default=0.01, metadata={"help": "top-1 gain (a fraction) that counts as progress"})
+    patience: int = field(default=2, metadata={"help": "epochs without progress before an LR drop"})
+    factors: tuple[float, ...] = field(default=(5.0, 2.0), metadata={"help": "LR divisors, cycled"})
+    min_lr: float = field(default=0.0, metadata={"help": "the scale never takes base_lr below this"})
+    base_lr: float = field(default=1.0, metadata={"cli": False})  # turns min_lr into a floor on the scale
+    cooldown: int = field(default=0, metadata={"help": "epochs after a drop that do not count towards the next"})
+    stop_after: int | None = field(default=None,
+                                   metadata={"help": "stop after this many drops in a row without improvement"})
 
     def __post_init__(self) -> None:
         self.factors = tuple(float(f) for f in self.factors)
