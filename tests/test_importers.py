@@ -181,6 +181,16 @@ def test_import_straight_to_lmdb(tmp_path: Path) -> None:
     assert manifest["channels"] == 3 and (manifest["height"], manifest["width"]) == (32, 32)
 
 
+def test_a_finished_export_of_another_dataset_is_not_taken(tmp_path: Path, capsys) -> None:
+    cifar10_binary(tmp_path / "c10")
+    cifar100_binary(tmp_path / "c100")
+    assert main(["import", "cifar10", str(tmp_path / "c10"), str(tmp_path / "png"), "--jobs", "1"]) == 0
+    assert main(["import", "cifar10", str(tmp_path / "c10"), str(tmp_path / "png")]) == 0
+    assert "already there" in capsys.readouterr().out
+    assert main(["import", "cifar100", str(tmp_path / "c100"), str(tmp_path / "png")]) == 2
+    assert "holds a finished cifar10 export, not cifar100" in capsys.readouterr().err
+
+
 def test_mnist_idx_through_the_same_verb(tmp_path: Path) -> None:
     src = tmp_path / "idx"
     src.mkdir()

@@ -28,6 +28,10 @@ def import_dataset(name: str, src: str | Path, out: str | Path, *, labels: str =
     if name not in IMPORTERS:
         raise UserError(f"unknown dataset '{name}'; known: {', '.join(IMPORTERS)}")
     if is_exported(Path(out)) and not force:
-        return export_pngs(out, ArrayDataset(name, (), {}, str(src))), True
+        info = export_pngs(out, ArrayDataset(name, (), {}, str(src)))
+        if info.get("dataset", name) != name:
+            raise UserError(f"{out}: holds a finished {info['dataset']} export, not {name}; pass --force to replace "
+                            "it or choose another folder")
+        return info, True
     loader, _ = IMPORTERS[name]
     return export_pngs(out, loader(Path(src), labels), jobs=jobs, force=force), False
