@@ -8,7 +8,8 @@ a complete description that real Caffe trains the same way, and `run.json` recor
 
 - `default`: the rate follows the global batch (by the square root of its ratio to the row's batch), small
   sets get enough iterations (epochs raised until the run has MIN_ITERATIONS), and BatchNorm averages over a
-  tenth of the run (BN_WINDOW). Explicit --epochs / --batch-size / --solver-set values always win.
+  tenth of the run, at most 200 iterations (BN_WINDOW). Explicit --epochs / --batch-size / --solver-set values
+  always win.
 - `paper`: the seed studies' own schedules where they state them: the Tiny-ImageNet nets (batch 40 for
   original8, 10 for fullbypass12; epochs 50+/50+/35+/~30; Nesterov + poly at the row's rate, the plateau
   controller), seed 002's CIFAR ResNets (SGD momentum 0.9, batch 64, 150 epochs, per-channel mean/std, data
@@ -30,10 +31,14 @@ from squeezecaffe.netgen.registry import ModelSpec
 
 RECIPES = ("default", "paper", "registry")
 MIN_ITERATIONS = 2000  # the default recipe's floor on the run length (a few epochs of a 1k-image set are not enough)
-# BatchNorm's running averages: Caffe's moving_average_fraction 0.999 averages over ~1,000 iterations, i.e. over
-# the whole of a short run, so the TEST-phase statistics mix in activations of early, very different weights. The
-# default recipe keeps the window at a tenth of the run, between 100 iterations and Caffe's 1,000.
-BN_WINDOW = (100, 1000)
+# BatchNorm's running averages: Caffe's moving_average_fraction 0.999 averages over ~1,000 iterations, so the
+# TEST-phase statistics mix in activations of older, different weights: over the whole of a short run, and in a long
+# one whenever the rate is high. Measured on the full demo (fullbypass8, all of Fashion-MNIST, batch 64, 0.028):
+# with 0.999 validation top-1 read 61.6% / 37.2% / 36.9% after epochs 1-3 while the training loss fell, and the
+# epoch-2 weights with their statistics re-estimated over 300 batches score 91.2%; with a 200-iteration window
+# (0.995) the same run reads 75.0% / 82.1%. The default recipe averages over a tenth of the run, 100 to 200
+# iterations.
+BN_WINDOW = (100, 200)
 
 
 @dataclass(frozen=True)
@@ -144,13 +149,13 @@ def apply_recipe(name: str, spec: ModelSpec, cfg: NetConfig, sched: TrainSchedul
     if not epochs_given and sched.epochs * epoch < MIN_ITERATIONS:
         sched = replace(sched, epochs=math.ceil(MIN_ITERATIONS / epoch))
     window = min(max(sched.epochs * epoch / 10, BN_WINDOW[0]), BN_WINDOW[1])
-    if spec.batchnorm and window < BN_WINDOW[1]:
+    if spec.batchnorm:
         cfg = replace(cfg, bn_fraction=round(1 - 1 / window, 4))
         values["bn_moving_average_fraction"] = cfg.bn_fraction
     values.update(base_lr=sched.base_lr, epochs=sched.epochs, batch_size=cfg.batch_size,
                   rule=f"base_lr = {row.base_lr:g} x sqrt({global_batch}/{row.batch_size * row.iter_size}); "
                        f"epochs raised to reach {MIN_ITERATIONS} iterations where fewer; BatchNorm averaging "
-                       "over a tenth of the run")
+                       f"over a tenth of the run, {BN_WINDOW[0]} to {BN_WINDOW[1]} iterations")
     return RecipeResult(cfg, sched, values)
 
 
