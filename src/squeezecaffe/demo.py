@@ -60,7 +60,8 @@ def fashion_mnist_data(out: Path, src: str | Path, *, train_images: int | None, 
     """Fashion-MNIST as a data directory OUT/<name>: the PNG tree OUT/fashion-mnist-png (reused when complete),
     then build-lmdb with a stratified subset of `train_images` (None: all) and `val_images` held out."""
     from squeezecaffe.data_tools.convert import ConvertOptions, build_lmdb
-    from squeezecaffe.data_tools.mnist import export_pngs, is_exported
+    from squeezecaffe.data_tools.mnist import export_pngs
+    from squeezecaffe.data_tools.png_export import is_exported
 
     png, data = out / "fashion-mnist-png", out / name
     _say("import-fashion-mnist", str(png), "--src", str(src))

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from squeezecaffe.data_tools import cifar, mnist
-from squeezecaffe.data_tools.png_export import ArrayDataset, export_pngs, is_exported
+from squeezecaffe.data_tools.png_export import ArrayDataset, export_pngs, exported_info
 from squeezecaffe.errors import UserError
 
 # name -> (loader(src, labels), what SRC holds)
@@ -27,8 +27,8 @@ def import_dataset(name: str, src: str | Path, out: str | Path, *, labels: str =
     """(the export's counts, whether a finished export was already there)."""
     if name not in IMPORTERS:
         raise UserError(f"unknown dataset '{name}'; known: {', '.join(IMPORTERS)}")
-    if is_exported(Path(out)) and not force:
-        info = export_pngs(out, ArrayDataset(name, (), {}, str(src)))
+    info = exported_info(Path(out))
+    if info is not None and not force:  # reused without reading SRC
         if info.get("dataset", name) != name:
             raise UserError(f"{out}: holds a finished {info['dataset']} export, not {name}; pass --force to replace "
                             "it or choose another folder")

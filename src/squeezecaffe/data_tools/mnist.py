@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from squeezecaffe.data_tools.idx import read_idx
-from squeezecaffe.data_tools.png_export import ArrayDataset, is_exported
+from squeezecaffe.data_tools.png_export import ArrayDataset, exported_info
 from squeezecaffe.data_tools.png_export import class_folder as _class_folder
 from squeezecaffe.data_tools.png_export import export_pngs as _export_pngs
 from squeezecaffe.errors import UserError
@@ -60,6 +60,7 @@ def load(src: str | Path, name: str = "fashion-mnist") -> ArrayDataset:
 
 def export_pngs(out: str | Path, src: str | Path = DEFAULT_SOURCE, jobs: int = 0, force: bool = False) -> dict:
     """Fashion-MNIST's PNG tree (see png_export); reuses a complete tree unless `force` (without reading SRC)."""
-    if is_exported(Path(out)) and not force:
-        return _export_pngs(out, ArrayDataset("fashion-mnist", CLASS_NAMES, {}, str(src)))
+    info = exported_info(Path(out))
+    if info is not None and not force:
+        return info
     return _export_pngs(out, load(src), jobs=jobs, force=force)

@@ -60,12 +60,19 @@ def is_exported(out: Path) -> bool:
     return (Path(out) / DONE_MARKER).is_file()
 
 
+def exported_info(out: Path) -> dict | None:
+    """The marker of a finished export in OUT (its dataset, source and counts), or None."""
+    marker = Path(out) / DONE_MARKER
+    return json.loads(marker.read_text(encoding="utf-8")) if marker.is_file() else None
+
+
 def export_pngs(out: str | Path, dataset: ArrayDataset, jobs: int = 0, force: bool = False) -> dict:
     """Write the PNG tree; returns the marker's content (source and per-split counts). Reuses a complete tree
     unless `force`."""
     out = Path(out)
-    if is_exported(out) and not force:
-        return json.loads((out / DONE_MARKER).read_text(encoding="utf-8"))
+    info = exported_info(out)
+    if info is not None and not force:
+        return info
     if out.exists() and not force:
         raise UserError(f"{out}: exists but is not a finished {dataset.name} export; pass --force to replace it")
     names = dataset.class_names
