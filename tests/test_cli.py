@@ -94,3 +94,27 @@ def test_controller_and_guard_options_come_from_their_dataclasses() -> None:
     args = build_parser().parse_args(["train", "fullbypass8", "--factors", "10,3", "--stop-after", "2",
                                       "--guard-retries", "0"])
     assert args.factors == (10.0, 3.0) and args.stop_after == 2 and args.guard_retries == 0
+
+
+def test_train_options_come_from_the_run_config() -> None:
+    """The `train` verb's options are TrainConfig's fields: same defaults, flags for bools, choices kept; a run's
+    config.json built from the parsed options holds every field."""
+    from dataclasses import asdict, fields
+
+    from squeezecaffe.cli import build_parser
+    from squeezecaffe.cli.common import dataclass_values
+    from squeezecaffe.errors import UserError
+    from squeezecaffe.train.config import TrainConfig
+
+    parser = build_parser()
+    options = [f for f in fields(TrainConfig) if f.metadata.get("cli", True)]
+    assert {"data", "epochs", "bn_images", "allow_sorted", "normalize"} <= {f.name for f in options}
+    assert dataclass_values(parser.parse_args(["train", "fullbypass8"]), TrainConfig) == {
+        f.name: f.default for f in options}
+    args = parser.parse_args(["train", "fullbypass8", "--bn-images", "0", "--allow-sorted", "--normalize", "std",
+                              "--epochs", "3", "--engine", "torch"])
+    values = dataclass_values(args, TrainConfig)
+    assert values["bn_images"] == 0 and values["allow_sorted"] is True and values["epochs"] == 3
+    assert asdict(TrainConfig(**values))["normalize"] == "std"
+    with pytest.raises(UserError, match="invalid choice: 'median'"):
+        parser.parse_args(["train", "fullbypass8", "--normalize", "median"])

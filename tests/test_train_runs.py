@@ -127,6 +127,7 @@ def test_bad_inputs_are_one_line(data: Path, tmp_path: Path, capsys, no_caffe):
     assert code == 2 and "config.json: not found" in err
     for flags, message in ((["--factors", "5,x"], "expected numbers separated by commas"),
                            (["--factors", "1"], "factors 1: each must be > 1"),
+                           (["--bn-images", "-1"], "--bn-images -1: give a number of images >= 0"),
                            (["--engine", "caffe"], "pycaffe engine is not available")):
         code, _, err = run(capsys, "train", "cifar_resnet_1111", "--data", str(data), *flags,
                            "--run-dir", str(tmp_path / "r4"))

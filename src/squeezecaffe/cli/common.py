@@ -104,18 +104,24 @@ def _list_of(kind: type):
 
 def add_dataclass_options(p: argparse.ArgumentParser, cls: type, *, prefix: str = "") -> None:
     """One `--[prefix]name` option per field of the options dataclass `cls` (fields whose metadata says
-    `cli: False` are left out): type and default from the field, help from its metadata. The dataclass stays the
-    one place a default is written."""
+    `cli: False` are left out): type and default from the field, help (and `choices`, `metavar`) from its metadata;
+    a bool is a flag. The dataclass stays the one place a default is written."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.metadata.get("cli", True) is False:
             continue
         kind, many = _field_type(hints[f.name])
         default = f.default
-        shown = ",".join(f"{v:g}" for v in default) if many else default
-        p.add_argument(f"--{prefix}{f.name.replace('_', '-')}", dest=f"{prefix.replace('-', '_')}{f.name}",
-                       type=_list_of(kind) if many else kind, default=default,
-                       help=f"{f.metadata.get('help', '')} (default: {shown})")
+        flag, dest = f"--{prefix}{f.name.replace('_', '-')}", f"{prefix.replace('-', '_')}{f.name}"
+        text = f.metadata.get("help", "")
+        if kind is bool:
+            p.add_argument(flag, dest=dest, default=default, help=text,
+                           action=argparse.BooleanOptionalAction if default else "store_true")
+            continue
+        if default is not None:
+            text += f" (default: {','.join(f'{v:g}' for v in default) if many else default})"
+        p.add_argument(flag, dest=dest, type=_list_of(kind) if many else kind, default=default, help=text,
+                       **{k: f.metadata[k] for k in ("choices", "metavar") if k in f.metadata})
 
 
 def dataclass_values(args: argparse.Namespace, cls: type, *, prefix: str = "") -> dict:

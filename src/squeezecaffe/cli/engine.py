@@ -232,15 +232,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     solver_set = parse_overrides(args.solver_set)
     if args.base_lr is not None:
         solver_set["base_lr"] = args.base_lr
-    cfg = TrainConfig(model=args.model, solver=args.solver, data=args.data, epochs=args.epochs,
-                      batch_size=args.batch_size, test_batch_size=args.test_batch_size, input=args.input,
-                      classes=args.classes, solver_set=solver_set, engine=args.engine,
-                      device=args.device, amp=args.amp, channels_last=args.channels_last, workers=args.workers,
-                      gpu_transform=args.gpu_transform, data_in_memory=args.data_in_memory,
-                      seed=args.seed, keep=args.keep, weights=args.weights, plateau=plateau,
-                      allow_sorted=args.allow_sorted, recipe=args.recipe, guard=guard,
-                      tensorboard=args.tensorboard, normalize=args.normalize,
-                      freeze=[item for text in args.freeze for item in text.split(",") if item])
+    device = {"device": args.device, "amp": args.amp, "channels_last": args.channels_last,
+              "gpu_transform": args.gpu_transform, "data_in_memory": args.data_in_memory}
+    cfg = TrainConfig(**dataclass_values(args, TrainConfig), **device, model=args.model, solver_set=solver_set,
+                      plateau=plateau, guard=guard, freeze=[item for text in args.freeze for item in text.split(",")
+                                                            if item])
     return launch(cfg, Path(args.run_dir) if args.run_dir else None, progress=not args.quiet)
 
 
@@ -287,37 +283,17 @@ def register_train_verbs(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model on a build-lmdb data directory, epoch by epoch, with the "
                                      "plateau LR controller, snapshots, resume, logs and plots")
     p.add_argument("model", nargs="?", help="registered model name or variant (or use --solver)")
-    p.add_argument("--data", help="data directory written by build-lmdb")
+    add_dataclass_options(p, TrainConfig)  # --data, --epochs, --batch-size, --engine, --seed, --bn-images, ...
     add_variant_options(p)
-    p.add_argument("--solver", help="a hand-written solver.prototxt instead of a generated one (like caffe train)")
     p.add_argument("--run-dir", help="run directory (default runs/<model>-<timestamp>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest complete snapshot")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--test-batch-size", type=int)
-    p.add_argument("--input", help="network input HxW")
-    p.add_argument("--classes", type=int, help="must equal the dataset's (checked)")
     p.add_argument("--solver-set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--weights", help="initialise from a .caffemodel (fine-tuning): layers copied by name; one whose "
-                                     "shape changed (a classifier for other classes) starts from its filler")
+    p.add_argument("--base-lr", help="a rate, or auto: run the LR range test (lr-find) first and use its suggestion")
     p.add_argument("--freeze", action="append", default=[], metavar="LAYERS",
                    help="layers (names, fnmatch patterns, or modules like fire2) trained with lr_mult 0; "
                         "comma-separated, repeatable")
-    p.add_argument("--normalize", choices=["mean", "std"],
-                   help="std: also divide each channel by the data's std (default: the recipe's; mean otherwise)")
-    p.add_argument("--engine", default=cfg.engine, help="auto, torch or caffe")
-    p.add_argument("--workers", type=int, default=cfg.workers, help="data loader processes")
-    p.add_argument("--seed", type=int, default=cfg.seed)
-    p.add_argument("--keep", type=int, default=cfg.keep, help="snapshots kept (plus best.caffemodel)")
     add_dataclass_options(p.add_argument_group("plateau controller"), PlateauOptions)
-    p.add_argument("--base-lr", help="a rate, or auto: run the LR range test (lr-find) first and use its suggestion")
-    p.add_argument("--recipe", default=cfg.recipe,
-                   help="default (rate follows the batch, enough iterations for small sets), paper, or registry")
     add_dataclass_options(p.add_argument_group("guard"), GuardOptions, prefix="guard-")
-    p.add_argument("--tensorboard", action="store_true",
-                   help="also write TensorBoard event files into the run directory (needs the tensorboard extra)")
-    p.add_argument("--allow-sorted", action="store_true",
-                   help="train even when the training database is in label order (refused by default)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_device_options(p)
     p.set_defaults(func=cmd_train)

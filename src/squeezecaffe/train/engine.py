@@ -2,7 +2,8 @@
 
 Both offer: `sp` (the parsed solver), `iter`, `device`, `step(n, callback, should_stop)`, `learning_rate()`,
 `set_lr_scale(scale)`, `snapshot()`, `restore(state, lr_scale)`, `load_weights(path)`, `validate()` (whole-
-database figures) and `train_geometry()` (records and batch size of the TRAIN Data layer, i.e. what an epoch is).
+database figures), `train_geometry()` (records and batch size of the TRAIN Data layer, i.e. what an epoch is) and
+`reestimate_batchnorm(images)` (BatchNorm statistics at the current weights; engines/torchcaffe/batchnorm_stats.py).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class TorchEngine:
         self.device = options.device
         self.lr_scale = 1.0
         self.val_net = self._val_net(solver_path, seed)
+        self._stats_net: CaffeNet | None = None  # built on first use: a net without BatchNorm never needs it
 
     def _val_net(self, solver_path: Path, seed: int) -> CaffeNet:
         tests = self.solver.test_net_params() if len(self.sp.test_iter) else []
@@ -111,6 +113,28 @@ class TorchEngine:
 
     def validate(self) -> EvalResult:
         return evaluate(self.val_net)
+
+    def reestimate_batchnorm(self, images: int) -> int:
+        """BatchNorm's sums re-estimated over the last `images` training images at the current weights (a TRAIN
+        net sharing every blob, with its own reader); returns the images used (0: nothing to re-estimate)."""
+        from squeezecaffe.engines.torchcaffe import batchnorm_stats
+
+        train = self.solver.train_net
+        if images <= 0 or not batchnorm_stats.accumulating_layers(train) or not train.loaders:
+            return 0
+        if self._stats_net is None:
+            param, where = self.solver.train_net_param()
+            sp, options, dist = self.sp, self.solver.options, self.solver.dist
+            self._stats_net = CaffeNet(param, "TRAIN", stages=tuple(sp.train_state.stage), level=sp.train_state.level,
+                                       where=where, base_dir=self.solver.base_dir,
+                                       data=DataOptions.for_engine(options, self.solver.seed, dist.rank, dist.world))
+            self._stats_net.share_weights_from(train)
+            options.apply(self._stats_net)
+        records, batch = self.train_geometry()
+        global_batch = batch * self.solver.dist.world
+        batches = batchnorm_stats.stats_batches(images, records, global_batch)
+        end = self.iter * self.sp.iter_size * global_batch
+        return batchnorm_stats.reestimate(self._stats_net, batches, end, global_batch, self.solver.dist)
 
 
 def make_engine(name: str, solver_path: Path, run_dir: Path, options: EngineOptions, *, seed: int,

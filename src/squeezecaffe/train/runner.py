@@ -289,6 +289,11 @@ class Trainer:
                 self.log.line(f"interrupted at iteration {solver.iter}; snapshot written. Resume with:\n"
                               f"  squeezecaffe train --resume {self.run_dir}")
                 return 0
+            if self.cfg.bn_images > 0:  # what validation, the snapshot and best.caffemodel then hold
+                used = solver.reestimate_batchnorm(self.cfg.bn_images)
+                if used and epoch == 0:
+                    self.log.line(f"BatchNorm statistics re-estimated over the latest {used:,} training images at the "
+                                  "current weights before each validation (--bn-images)")
             result = solver.validate()
             collapse = self.guard.collapsed(result.top1, self.best_top1)
             if collapse is not None:
