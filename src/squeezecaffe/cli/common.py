@@ -102,13 +102,15 @@ def _list_of(kind: type):
     return parse
 
 
-def add_dataclass_options(p: argparse.ArgumentParser, cls: type, *, prefix: str = "") -> None:
+def add_dataclass_options(p: argparse.ArgumentParser, cls: type, *, prefix: str = "",
+                          only: tuple[str, ...] | None = None) -> None:
     """One `--[prefix]name` option per field of the options dataclass `cls` (fields whose metadata says
-    `cli: False` are left out): type and default from the field, help (and `choices`, `metavar`) from its metadata;
-    a bool is a flag. The dataclass stays the one place a default is written."""
+    `cli: False` are left out; `only` picks fields by name, for a verb that takes a few of them): type and default
+    from the field, help (and `choices`, `metavar`) from its metadata; a bool is a flag. The dataclass stays the
+    one place a default is written."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if f.metadata.get("cli", True) is False:
+        if f.metadata.get("cli", True) is False or (only is not None and f.name not in only):
             continue
         kind, many = _field_type(hints[f.name])
         default = f.default
@@ -122,6 +124,20 @@ def add_dataclass_options(p: argparse.ArgumentParser, cls: type, *, prefix: str 
             text += f" (default: {','.join(f'{v:g}' for v in default) if many else default})"
         p.add_argument(flag, dest=dest, type=_list_of(kind) if many else kind, default=default, help=text,
                        **{k: f.metadata[k] for k in ("choices", "metavar") if k in f.metadata})
+
+
+def add_schedule_choices(p: argparse.ArgumentParser) -> None:
+    """`--base-lr` and `--freeze`: what `train` and `gen` write into the solver / train_val they generate."""
+    p.add_argument("--base-lr", help="a rate, or auto: run the LR range test (lr-find) on --data first and use its "
+                                     "suggestion")
+    p.add_argument("--freeze", action="append", default=[], metavar="LAYERS",
+                   help="layers (names, fnmatch patterns, or modules like fire2) trained with lr_mult 0; "
+                        "comma-separated, repeatable")
+
+
+def freeze_list(args: argparse.Namespace) -> list[str]:
+    """The `--freeze` items, comma-separated lists split."""
+    return [item for text in args.freeze for item in text.split(",") if item]
 
 
 def dataclass_values(args: argparse.Namespace, cls: type, *, prefix: str = "") -> dict:

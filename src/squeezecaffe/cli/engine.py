@@ -6,7 +6,7 @@ import argparse
 import io
 from pathlib import Path
 
-from squeezecaffe.cli.common import add_dataclass_options, add_variant_options
+from squeezecaffe.cli.common import add_dataclass_options, add_schedule_choices, add_variant_options
 from squeezecaffe.errors import UserError
 
 
@@ -220,7 +220,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.model:
         args.model = variant_target(args.model, args)
-    from squeezecaffe.cli.common import dataclass_values, parse_overrides
+    from squeezecaffe.cli.common import dataclass_values, freeze_list, parse_overrides
     from squeezecaffe.train.guard import GuardOptions
     from squeezecaffe.train.plateau import PlateauOptions
 
@@ -235,8 +235,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     device = {"device": args.device, "amp": args.amp, "channels_last": args.channels_last,
               "gpu_transform": args.gpu_transform, "data_in_memory": args.data_in_memory}
     cfg = TrainConfig(**dataclass_values(args, TrainConfig), **device, model=args.model, solver_set=solver_set,
-                      plateau=plateau, guard=guard, freeze=[item for text in args.freeze for item in text.split(",")
-                                                            if item])
+                      plateau=plateau, guard=guard, freeze=freeze_list(args))
     return launch(cfg, Path(args.run_dir) if args.run_dir else None, progress=not args.quiet)
 
 
@@ -279,7 +278,6 @@ def register_train_verbs(sub: argparse._SubParsersAction) -> None:
     from squeezecaffe.train.lr_find import SWEEP
     from squeezecaffe.train.plateau import PlateauOptions
 
-    cfg = TrainConfig()  # the defaults, defined once there
     p = sub.add_parser("train", help="train a model on a build-lmdb data directory, epoch by epoch, with the "
                                      "plateau LR controller, snapshots, resume, logs and plots")
     p.add_argument("model", nargs="?", help="registered model name or variant (or use --solver)")
@@ -288,10 +286,7 @@ def register_train_verbs(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-dir", help="run directory (default runs/<model>-<timestamp>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest complete snapshot")
     p.add_argument("--solver-set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--base-lr", help="a rate, or auto: run the LR range test (lr-find) first and use its suggestion")
-    p.add_argument("--freeze", action="append", default=[], metavar="LAYERS",
-                   help="layers (names, fnmatch patterns, or modules like fire2) trained with lr_mult 0; "
-                        "comma-separated, repeatable")
+    add_schedule_choices(p)
     add_dataclass_options(p.add_argument_group("plateau controller"), PlateauOptions)
     add_dataclass_options(p.add_argument_group("guard"), GuardOptions, prefix="guard-")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -301,14 +296,10 @@ def register_train_verbs(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("lr-find", help="LR range test: loss vs an exponentially growing rate, and a suggested base_lr")
     p.add_argument("model", help="registered model name")
     p.add_argument("--data", required=True, help="data directory written by build-lmdb")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--input", help="network input HxW")
-    p.add_argument("--recipe", default=cfg.recipe)
+    add_dataclass_options(p, TrainConfig, only=("batch_size", "input", "recipe", "workers", "seed"))
     p.add_argument("--start", type=float, default=SWEEP.start, help="first rate (default %(default)g)")
     p.add_argument("--end", type=float, default=SWEEP.end, help="last rate (default %(default)g)")
     p.add_argument("--iterations", type=int, default=SWEEP.iterations, help="sweep length (default %(default)d)")
-    p.add_argument("--workers", type=int, default=cfg.workers, help="data loader processes")
-    p.add_argument("--seed", type=int, default=cfg.seed)
     p.add_argument("--device", default="cpu")
     p.add_argument("-o", "--output", help="the plot (default lr_find_MODEL.png; the figures beside it as .json)")
     p.set_defaults(func=cmd_lr_find)

@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from squeezecaffe.cli.common import add_variant_options, is_model_name, parse_overrides, variant_target
+from squeezecaffe.cli.common import (
+    add_dataclass_options,
+    add_schedule_choices,
+    add_variant_options,
+    freeze_list,
+    is_model_name,
+    parse_overrides,
+    variant_target,
+)
 from squeezecaffe.errors import UserError
 
 
@@ -101,7 +109,7 @@ def cmd_gen(args: argparse.Namespace) -> int:
     def write() -> list[Path]:
         model = generate(spec, out, cfg, sched, overrides,
                          snapshot_prefix=str(out / "snapshots" / file_stem(spec.name)),
-                         freeze_layers=tuple(item for text in args.freeze for item in text.split(",") if item))
+                         freeze_layers=tuple(freeze_list(args)))
         return write_generated(model, out)
 
     if overrides.get("base_lr") == "auto":
@@ -158,6 +166,8 @@ def cmd_draw(args: argparse.Namespace) -> int:
 
 
 def register_netgen_verbs(sub: argparse._SubParsersAction) -> None:
+    from squeezecaffe.train.config import TrainConfig
+
     p = sub.add_parser("list", help="registered models with input, classes and parameter counts")
     p.set_defaults(func=cmd_list)
 
@@ -170,12 +180,8 @@ def register_netgen_verbs(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model")
     p.add_argument("--out", required=True, help="output directory")
     _add_net_overrides(p)
-    p.add_argument("--recipe", default="default", help="default, paper or registry (see docs/training.md)")
-    p.add_argument("--base-lr", help="a rate, or auto: run the LR range test on --data first (lr-find)")
-    p.add_argument("--normalize", choices=["mean", "std"],
-                   help="std: also divide each channel by the data's std (default: the recipe's; mean otherwise)")
-    p.add_argument("--freeze", action="append", default=[], metavar="LAYERS",
-                   help="layers (names, patterns, or modules like fire2) with lr_mult 0 in train_val; repeatable")
+    add_dataclass_options(p, TrainConfig, only=("recipe", "normalize"))  # the same settings as `train`'s
+    add_schedule_choices(p)
     p.set_defaults(func=cmd_gen)
 
     p = sub.add_parser("sweep", help="generate a grid of the Fire design space (SR, pct3x3, base_e, incr_e, freq) "
@@ -185,7 +191,7 @@ def register_netgen_verbs(sub: argparse._SubParsersAction) -> None:
     for key, what in (("--sr", "squeeze ratios"), ("--pct3x3", "shares of 3x3 expand filters"),
                       ("--base-e", "base_e values"), ("--incr-e", "incr_e values"), ("--freq", "freq values")):
         p.add_argument(key, help=f"{what}, comma-separated")
-    p.add_argument("--recipe", default="default", help="default, paper or registry (see docs/training.md)")
+    add_dataclass_options(p, TrainConfig, only=("recipe",))
     p.add_argument("--data", help="size every point's input/classes from a build-lmdb data directory")
     p.set_defaults(func=cmd_sweep)
 
