@@ -6,8 +6,8 @@ Each step calls the function its verb calls, with typed options, and prints the 
 a step whose output is already complete (the PNG tree, a data directory built with the same options) is reused
 on a re-run. The benchmarks (bench/accuracy.py, bench/robustness.py) build their data with `fashion_mnist_data`.
 
-The default is a short schedule sized for a 2-core CPU (a stratified subset of the training set, two
-epochs); `--full` trains on the whole training set with the plateau controller for many epochs.
+The default is a short schedule sized for a 2-core CPU (a stratified subset of 40,000 training images, one
+epoch); `--full` trains on the whole training set with the plateau controller for 20 epochs.
 """
 
 from __future__ import annotations

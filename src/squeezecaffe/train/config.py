@@ -23,10 +23,11 @@ def _opt(default, text: str, **cli):
 NOT_AN_OPTION = types.MappingProxyType({"cli": False})
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything a run needs to be rebuilt; saved as config.json so --resume needs no command line. The `train`
-    verb's options are made from these fields (cli/common.add_dataclass_options): default and help live here."""
+    verb's options are made from these fields (cli/common.add_dataclass_options): default and help live here.
+    Frozen: a run's settings are decided once, before its directory is written."""
 
     model: str | None = field(default=None, metadata=NOT_AN_OPTION)  # the positional MODEL (a name or a variant)
     solver: str | None = _opt(None, "a hand-written solver.prototxt instead of a generated one (like caffe train)")

@@ -91,7 +91,7 @@ def prepare_run(cfg: TrainConfig, run_dir: Path, lock: rundir.RunLock | None = N
     if cfg.weights and not Path(cfg.weights).is_file():
         raise UserError(f"{cfg.weights}: weights file not found")
     engine = pick_engine(cfg.engine, cfg.device)
-    cfg.engine = engine  # a resumed run keeps the engine it started with
+    cfg = replace(cfg, engine=engine)  # config.json names the engine: a resumed run keeps the one it started with
     if lock is not None:
         lock.acquire()
     run_dir = rundir.make_run_dir(run_dir)
