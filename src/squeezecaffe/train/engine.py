@@ -3,7 +3,7 @@
 Both offer: `sp` (the parsed solver), `iter`, `device`, `step(n, callback, should_stop)`, `learning_rate()`,
 `set_lr_scale(scale)`, `snapshot()`, `restore(state, lr_scale)`, `load_weights(path)`, `validate()` (whole-
 database figures), `train_geometry()` (records and batch size of the TRAIN Data layer, i.e. what an epoch is) and
-`reestimate_batchnorm(images)` (BatchNorm statistics at the current weights; engines/torchcaffe/batchnorm_stats.py).
+`reestimate_batchnorm(batches)` (BatchNorm statistics at the current weights; engines/torchcaffe/batchnorm_stats.py).
 """
 
 from __future__ import annotations
@@ -114,28 +114,20 @@ class TorchEngine:
     def validate(self) -> EvalResult:
         return evaluate(self.val_net)
 
-    def reestimate_batchnorm(self, images: int) -> int:
-        """BatchNorm's sums re-estimated over the last `images` training images at the current weights (a TRAIN
+    def reestimate_batchnorm(self, batches: int) -> int:
+        """BatchNorm's sums re-estimated over the last `batches` training batches at the current weights (a TRAIN
         net sharing every blob, with its own reader); returns the images used (0: nothing to re-estimate)."""
         from squeezecaffe.engines.torchcaffe import batchnorm_stats
 
-        train = self.solver.train_net
-        if images <= 0 or not batchnorm_stats.accumulating_layers(train) or not train.loaders:
+        if batches <= 0 or not batchnorm_stats.accumulating_layers(self.solver.train_net):
             return 0
         if self._stats_net is None:
-            param, where = self.solver.train_net_param()
-            sp, options, dist = self.sp, self.solver.options, self.solver.dist
-            self._stats_net = CaffeNet(param, "TRAIN", stages=tuple(sp.train_state.stage), level=sp.train_state.level,
-                                       where=where, base_dir=self.solver.base_dir,
-                                       data=DataOptions.for_engine(options, self.solver.seed, dist.rank, dist.world))
-            self._stats_net.share_weights_from(train)
-            options.apply(self._stats_net)
-        records, batch = self.train_geometry()
-        global_batch = batch * self.solver.dist.world
-        batches = batchnorm_stats.stats_batches(images, records, global_batch)
+            self._stats_net = self.solver.build_train_net()
+            self._stats_net.share_weights_from(self.solver.train_net)
+            self.solver.options.apply(self._stats_net)
+        global_batch = self.train_geometry()[1] * self.solver.dist.world
         end = self.iter * self.sp.iter_size * global_batch
         return batchnorm_stats.reestimate(self._stats_net, batches, end, global_batch, self.solver.dist)
-
 
 def make_engine(name: str, solver_path: Path, run_dir: Path, options: EngineOptions, *, seed: int,
                 snapshot_prefix: str, dist: Dist | None = None):

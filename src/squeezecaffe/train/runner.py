@@ -139,6 +139,10 @@ class Trainer:
         records, batch_size = self.solver.train_geometry()
         self.images_per_iter = batch_size * sp.iter_size * self.dist.world  # the global batch
         self.iters_per_epoch = max(1, math.ceil(records / self.images_per_iter))
+        # BatchNorm re-estimation: whole batches covering --bn-images training images, at most one pass over them
+        per_forward = batch_size * self.dist.world
+        self.bn_batches = math.ceil(min(self.cfg.bn_images, records) / per_forward) if records else 0
+        self.bn_announced = False
         self.controller = PlateauController(PlateauOptions(**self.cfg.plateau, base_lr=sp.base_lr))
         self.best_top1 = -1.0
         self.best_iter: int | None = None  # the snapshot of the best epoch: kept through pruning for the guard
@@ -289,11 +293,11 @@ class Trainer:
                 self.log.line(f"interrupted at iteration {solver.iter}; snapshot written. Resume with:\n"
                               f"  squeezecaffe train --resume {self.run_dir}")
                 return 0
-            if self.cfg.bn_images > 0:  # what validation, the snapshot and best.caffemodel then hold
-                used = solver.reestimate_batchnorm(self.cfg.bn_images)
-                if used and epoch == 0:
-                    self.log.line(f"BatchNorm statistics re-estimated over the latest {used:,} training images at the "
-                                  "current weights before each validation (--bn-images)")
+            used = solver.reestimate_batchnorm(self.bn_batches)  # what validation, the snapshot, best.caffemodel hold
+            if used and not self.bn_announced:
+                self.bn_announced = True
+                self.log.line(f"BatchNorm statistics re-estimated over the latest {used:,} training images at the "
+                              "current weights before each validation (--bn-images)")
             result = solver.validate()
             collapse = self.guard.collapsed(result.top1, self.best_top1)
             if collapse is not None:

@@ -224,27 +224,24 @@ class PycaffeSolver:
             raise UserError(f"{path}: weights file not found")
         self._call("copy_from", self.solver.net.copy_from, str(path))
 
-    def reestimate_batchnorm(self, images: int) -> int:
+    def reestimate_batchnorm(self, batches: int) -> int:
         """BatchNorm's sums cleared and re-estimated by Caffe's own TRAIN forward passes (no backward, no update)
-        over `images` training images at the current weights; returns the images used (0: no BatchNorm that
+        over `batches` training batches at the current weights; returns the images used (0: no BatchNorm that
         accumulates). Unlike the torch engine, the batches are the next ones Caffe's reader gives (this fork
         cannot seek it, and a second net on the same database deadlocks), so training continues after them."""
-        from squeezecaffe.engines.torchcaffe.batchnorm_stats import stats_batches
         from squeezecaffe.netgen.state import filter_net, make_state
 
         layers = [lp.name for lp in filter_net(self.net_param, make_state(pb.TRAIN)).layer
                   if lp.type == "BatchNorm" and not lp.batch_norm_param.use_global_stats]
-        if images <= 0 or not layers:
+        if batches <= 0 or not layers:
             return 0
-        records, batch = self.train_geometry()
-        batches = stats_batches(images, records, batch)
         net = self.solver.net
         for name in layers:
             for blob in net.params[name]:
                 blob.data[...] = 0
         for _ in range(batches):
             self._call("BatchNorm statistics", net.forward)
-        return batches * batch
+        return batches * self.train_data.data_param.batch_size
 
     def validate(self):
         """Whole-database loss/top-1/top-5 on Caffe's test net (sharing the train net's weights), every record

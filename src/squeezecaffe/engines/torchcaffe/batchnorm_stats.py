@@ -17,8 +17,6 @@ normalises with the batch's own statistics and never reads the sums.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from squeezecaffe.engines.torchcaffe.distributed import Dist, average_
@@ -29,13 +27,6 @@ from squeezecaffe.engines.torchcaffe.net import CaffeNet
 def accumulating_layers(net: CaffeNet) -> list[BatchNorm]:
     """The BatchNorm layers that fold batch statistics into their sums in this net's phase."""
     return [m for m in net.layers if isinstance(m, BatchNorm) and not m.use_global_stats]
-
-
-def stats_batches(images: int, records: int, global_batch: int) -> int:
-    """Forward passes that cover `images` training images (at most one pass over the database)."""
-    if images <= 0 or records <= 0:
-        return 0
-    return max(1, math.ceil(min(images, records) / global_batch))
 
 
 @torch.no_grad()

@@ -69,10 +69,7 @@ class Solver:
         if sp.regularization_type not in ("L1", "L2"):
             raise UserError(f"{where}: regularization_type '{sp.regularization_type}' (use L1 or L2)")
         self.seed = seed if seed is not None else (sp.random_seed if sp.random_seed >= 0 else 0)
-        data = DataOptions.for_engine(self.options, self.seed, self.dist.rank, self.dist.world)
-        train_param, train_where = self.train_net_param()
-        self.train_net = CaffeNet(train_param, "TRAIN", stages=tuple(sp.train_state.stage), level=sp.train_state.level,
-                                  where=train_where, base_dir=base_dir, data=data)
+        self.train_net = self.build_train_net()
         fill_net(self.train_net, self.seed)
         self.test_nets = []
         for i, (param, test_where) in enumerate(self.test_net_params()):
@@ -113,6 +110,15 @@ class Solver:
     def from_file(cls, path: str | Path, **kwargs) -> Solver:
         path = Path(path)
         return cls(read_text(path, pb.SolverParameter), where=str(path), base_dir=path.parent, **kwargs)
+
+    def build_train_net(self) -> CaffeNet:
+        """A TRAIN-phase net of this solver with its own Data layer readers (this rank's share, the run's seed, so
+        the same crops and mirrors at each record position); its blobs are its own until shared."""
+        sp = self.sp
+        param, where = self.train_net_param()
+        return CaffeNet(param, "TRAIN", stages=tuple(sp.train_state.stage), level=sp.train_state.level, where=where,
+                        base_dir=self.base_dir,
+                        data=DataOptions.for_engine(self.options, self.seed, self.dist.rank, self.dist.world))
 
     def train_net_param(self) -> tuple[pb.NetParameter, str]:
         sp = self.sp
