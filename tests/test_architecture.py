@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "squeezecaffe"
 
 # Bottom to top; a module belongs to the first layer whose prefix matches its dotted name (without "squeezecaffe.").
 LAYERS: list[tuple[str, ...]] = [
-    ("proto", "errors", "fileio", "scoring", "pictures", "__init__"),
+    ("proto", "errors", "fileio", "scoring", "pictures", "options", "__init__"),
     ("netgen", "solvers", "data_tools", "caffe_build"),
     ("engines",),
     ("train", "evaluation"),

@@ -118,3 +118,31 @@ def test_train_options_come_from_the_run_config() -> None:
     assert asdict(TrainConfig(**values))["normalize"] == "std"
     with pytest.raises(UserError, match="invalid choice: 'median'"):
         parser.parse_args(["train", "fullbypass8", "--normalize", "median"])
+
+
+def test_device_options_come_from_one_dataclass_for_every_engine_verb() -> None:
+    """train, solve, forward and time take the device options of engines/device.py: same defaults, flags, choices;
+    lr-find, eval and classify take its --device."""
+    from dataclasses import asdict, fields
+
+    from squeezecaffe.cli import build_parser
+    from squeezecaffe.cli.common import dataclass_values
+    from squeezecaffe.engines.device import DeviceOptions
+    from squeezecaffe.errors import UserError
+
+    parser = build_parser()
+    defaults = {f.name: f.default for f in fields(DeviceOptions)}
+    for argv in (["train", "fullbypass8"], ["solve", "s.prototxt"], ["forward", "n.prototxt", "--output", "o.npz"],
+                 ["time", "fullbypass8"]):
+        assert dataclass_values(parser.parse_args(argv), DeviceOptions) == defaults, argv[0]
+    args = parser.parse_args(["train", "fullbypass8", "--device", "cuda:1", "--amp", "bf16", "--channels-last",
+                              "--data-in-memory"])
+    chosen = DeviceOptions(**dataclass_values(args, DeviceOptions))
+    assert asdict(chosen) == {**defaults, "device": "cuda:1", "amp": "bf16", "channels_last": True,
+                              "data_in_memory": True}
+    assert chosen.torch_only == ["--amp", "--channels-last", "--data-in-memory"]
+    for argv in (["lr-find", "fullbypass8", "--data", "d"], ["eval", "run"], ["classify", "run", "x.png"]):
+        picked = parser.parse_args([*argv, "--device", "cuda"])  # these take the device, no more
+        assert picked.device == "cuda" and not hasattr(picked, "amp"), argv[0]
+    with pytest.raises(UserError, match="invalid choice: 'fp8'"):
+        parser.parse_args(["train", "fullbypass8", "--amp", "fp8"])

@@ -399,3 +399,50 @@ def test_real_caffe_loads_the_decompressed_caffemodel(compressed):
     ours = make_runtime("torch", art_f).logits(batch)
     assert np.array_equal(q, f)  # the same weights, bit for bit, give the same logits
     assert np.abs(ours - f).max() <= 1e-4 * max(1.0, np.abs(f).max())
+
+
+def _blobs(path) -> dict[str, list[np.ndarray]]:
+    from squeezecaffe.engines.torchcaffe.weights import read_caffemodel
+
+    return {lp.name: [blob_values(b) for b in lp.blobs] for lp in read_caffemodel(path).layer if len(lp.blobs)}
+
+
+@pytest.mark.slow
+def test_without_retraining_batchnorm_statistics_are_re_estimated_at_the_compressed_weights(finished_run, tmp_path,
+                                                                                         capsys):
+    """--retrain-epochs 0: the pruned and the quantized model get BatchNorm statistics measured at their own weights
+    (the 120 training records in 8 batches of 16, folded into cleared sums); every other blob is the stage's
+    own, and --bn-images 0 keeps the dense model's statistics."""
+    from squeezecaffe.cli import main
+    from squeezecaffe.proto import read_text
+
+    out = tmp_path / "c"
+    assert main(["compress", str(finished_run), "--out", str(out), "--retrain-epochs", "0", "--quiet"]) == 0
+    said = capsys.readouterr().out
+    assert "pruned + BatchNorm re-estimated" in said and "over 128 training images" in said
+    dense = _blobs(finished_run / "best.caffemodel")
+    pruned_convs = {c.layer for c in load_constraints(out / "pruned" / "masks.npz") if not c.mask.all()}
+    net = read_text(out / "pruned" / "recalibrate" / "train_val.prototxt", pb.NetParameter)
+    norms = {lp.name: lp.batch_norm_param.moving_average_fraction for lp in net.layer if lp.type == "BatchNorm"}
+    for stage in ("pruned", "quantized"):
+        before, after = _blobs(out / stage / f"{stage}.caffemodel"), _blobs(out / stage / "model.caffemodel")
+        assert before.keys() == after.keys() and norms.keys() < after.keys()
+        for name, blobs in after.items():
+            if name in norms:
+                f = norms[name]
+                assert blobs[2][0] == pytest.approx(sum(f ** i for i in range(8)), rel=1e-6), name
+                if name.removesuffix("/bn") in pruned_convs:  # measured anew at the thinned convolution
+                    assert not np.array_equal(blobs[0], dense[name][0]), name
+            else:
+                assert all(np.array_equal(a, b) for a, b in zip(blobs, before[name], strict=True)), name
+    final = _blobs(out / "final" / "model.caffemodel")  # what the .sqz decodes to carries the new statistics
+    assert all(np.array_equal(final[n][0], _blobs(out / "quantized" / "model.caffemodel")[n][0]) for n in norms)
+
+    kept = tmp_path / "k"
+    assert main(["compress", str(finished_run), "--out", str(kept), "--retrain-epochs", "0", "--bn-images", "0",
+                 "--quiet"]) == 0
+    assert "re-estimated" not in capsys.readouterr().out
+    stats = _blobs(kept / "final" / "model.caffemodel")
+    assert all(np.array_equal(stats[n][0], dense[n][0]) for n in norms)
+    assert main(["compress", str(finished_run), "--out", str(tmp_path / "x"), "--bn-images", "-2"]) == 2
+    assert "--bn-images -2" in capsys.readouterr().err

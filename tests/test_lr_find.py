@@ -13,6 +13,7 @@ from squeezecaffe.engines.torchcaffe.options import EngineOptions
 from squeezecaffe.engines.torchcaffe.solver import Solver
 from squeezecaffe.errors import UserError
 from squeezecaffe.proto import pb, read_text
+from squeezecaffe.train import lr_find
 from squeezecaffe.train.lr_find import run_sweep, sweep_rates
 from tests.datasets import small_data_dir
 from tests.test_distributed import _solver
@@ -31,7 +32,7 @@ def test_the_sweep_finds_a_minimum_between_its_ends(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_lr_find_verb_and_base_lr_auto(data: Path, tmp_path: Path, capsys, no_caffe) -> None:
+def test_lr_find_verb_and_base_lr_auto(data: Path, tmp_path: Path, capsys, monkeypatch, no_caffe) -> None:
     plot = tmp_path / "sweep.png"
     assert main(["lr-find", "cifar_resnet_1111", "--data", str(data), "--batch-size", "8", "--iterations", "40",
                  "--start", "1e-4", "--end", "1e4", "--workers", "0", "-o", str(plot)]) == 0
@@ -39,6 +40,8 @@ def test_lr_find_verb_and_base_lr_auto(data: Path, tmp_path: Path, capsys, no_ca
     assert "suggested base_lr" in out and plot.stat().st_size > 10_000
     suggestion = json.loads(plot.with_suffix(".json").read_text())["suggestion"]
     assert 1e-5 < suggestion < 1e2 and "still falling" not in out
+    # --base-lr auto sweeps the default range (200 iterations); the wiring is what is tested here: a shorter one
+    monkeypatch.setattr(lr_find, "SWEEP", lr_find.SweepRange(start=1e-4, end=1e4, iterations=40))
     run_dir = tmp_path / "run"
     assert main(["train", "cifar_resnet_1111", "--data", str(data), "--batch-size", "4", "--epochs", "1",
                  "--workers", "0", "--quiet", "--base-lr", "auto", "--run-dir", str(run_dir)]) == 0

@@ -7,9 +7,10 @@ import sys
 from pathlib import Path
 
 import lmdb
+import numpy as np
 from google.protobuf import text_format
 
-from squeezecaffe.proto import pb, read_text
+from squeezecaffe.proto import pb, read_text, set_float_data
 from tests.conftest import FIXTURES, REPO
 
 PROTO_DIR = REPO / "src" / "squeezecaffe" / "proto"
@@ -100,3 +101,18 @@ def test_real_caffe_prototxt_parses_and_text_roundtrips() -> None:
     solver = read_text(FIXTURES / "solver" / "solver.prototxt", pb.SolverParameter)
     assert solver.type == "Nesterov" and solver.lr_policy == "poly" and solver.iter_size == 2
     assert solver.solver_mode == pb.SolverParameter.CPU
+
+
+def test_set_float_data_writes_the_same_message_as_the_repeated_field() -> None:
+    """The packed-bytes fast path against protobuf's own repeated-field encoding, odd values and sizes included."""
+    rng = np.random.default_rng(0)
+    odd = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, 3.4028235e38], dtype=np.float32)
+    for values in (odd, rng.standard_normal(1000).astype(np.float32), np.zeros(0, np.float32),
+                   rng.standard_normal(17).astype(np.float64)):  # float64 input is stored as float32, like the list
+        slow = pb.BlobProto(num=1, channels=len(values))
+        slow.data.extend(values.astype(np.float32).tolist())
+        fast = pb.BlobProto(num=1, channels=len(values))
+        fast.data.extend([7.0, 8.0])  # replaced, not appended to
+        set_float_data(fast, values)
+        assert fast.SerializeToString() == slow.SerializeToString()
+        assert np.array_equal(np.asarray(fast.data, np.float32), values.astype(np.float32), equal_nan=True)

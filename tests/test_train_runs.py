@@ -157,13 +157,16 @@ def test_data_in_memory_trains_the_same_run(data: Path, finished_run: Path, tmp_
     keys = ("NumIters", "loss", "val_loss", "val_top1")
     assert [[r[k] for k in keys] for r in read_log(run_dir / "log.csv")] == \
         [[r[k] for k in keys] for r in read_log(finished_run / "log.csv")]
-    assert json.loads((run_dir / "config.json").read_text())["data_in_memory"] is True
+    assert json.loads((run_dir / "config.json").read_text())["device_options"]["data_in_memory"] is True
 
 
 @pytest.mark.parametrize("edit, message", [
     ({"epochz": 3}, "unknown key 'epochz'"),
     ({"workers": "two"}, "workers is 'two', expected int"),
     ({"plateau": [1, 2]}, "plateau is [1, 2], expected dict"),
+    ({"device_options": {"ampp": "bf16"}}, "unknown key 'device_options.ampp'"),
+    ({"device_options": {"channels_last": "yes"}}, "device_options.channels_last is 'yes', expected bool"),
+    ({"device_options": "cuda"}, "device_options is 'cuda', expected an object"),
 ])
 def test_a_hand_edited_config_is_one_line(finished_run: Path, tmp_path: Path, capsys, edit, message) -> None:
     copy = tmp_path / "copy"
@@ -172,6 +175,22 @@ def test_a_hand_edited_config_is_one_line(finished_run: Path, tmp_path: Path, ca
     (copy / "config.json").write_text(json.dumps({**config, **edit}))
     code, _, err = run(capsys, "train", "--resume", str(copy), "--quiet")
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_config_from_before_the_device_group_still_loads(finished_run: Path) -> None:
+    """Runs written when the device options sat at the top level of config.json resume with the same settings."""
+    from squeezecaffe.engines.device import DeviceOptions
+    from squeezecaffe.train.config import load_config
+
+    raw = json.loads((finished_run / "config.json").read_text())
+    raw.pop("solver_path")
+    assert load_config(raw, finished_run / "config.json").device_options == DeviceOptions()
+    del raw["device_options"]
+    flat = {**raw, "device": "cpu", "amp": None, "channels_last": True, "gpu_transform": False,
+            "data_in_memory": True}
+    cfg = load_config(flat, finished_run / "config.json")
+    assert cfg.device_options == DeviceOptions(channels_last=True, data_in_memory=True)
+    assert cfg.epochs == raw["epochs"] and cfg.model == raw["model"]
 
 
 def test_tensorboard_event_files_hold_the_run(data: Path, tmp_path: Path, capsys, no_caffe) -> None:

@@ -82,21 +82,24 @@ def fashion_mnist_data(out: Path, src: str | Path, *, train_images: int | None, 
 
 
 def train_run(model: str, data: Path, run: Path, *, epochs: int | None, batch_size: int,
-              base_lr: float | None = None, engine: str = "torch", device: str = "cpu",
+              base_lr: float | None = None, engine: str = "torch", device: str = "cpu", channels_last: bool = False,
               quiet: bool = True, **options) -> None:
-    """`squeezecaffe train` into a fresh run directory (an existing one is replaced: a re-run trains afresh)."""
+    """`squeezecaffe train` into a fresh run directory (an existing one is replaced: a re-run trains afresh);
+    `options` are further TrainConfig fields."""
+    from squeezecaffe.engines.device import DeviceOptions
     from squeezecaffe.train.config import TrainConfig
     from squeezecaffe.train.launch import launch
 
     if run.exists():
         shutil.rmtree(run)
     rate = {"base_lr": f"{base_lr:g}"} if base_lr else {}
-    flags = [f"--{k.replace('_', '-')}" for k, v in options.items() if v is True]
+    flags = [f"--{k.replace('_', '-')}" for k, v in {**options, "channels_last": channels_last}.items() if v is True]
     _say("train", model, "--engine", engine, "--data", str(data), *(["--epochs", str(epochs)] if epochs else []),
          "--batch-size", str(batch_size), *flags, *(["--base-lr", rate["base_lr"]] if rate else []),
          "--run-dir", str(run))
     cfg = TrainConfig(model=model, data=str(data), epochs=epochs, batch_size=batch_size, engine=engine,
-                      device=device, solver_set=rate, **options)
+                      device_options=DeviceOptions(device=device, channels_last=channels_last), solver_set=rate,
+                      **options)
     if launch(cfg, run, progress=not quiet) != 0:
         raise UserError(f"{run}: training stopped before its end")
 

@@ -144,3 +144,18 @@ def dataclass_values(args: argparse.Namespace, cls: type, *, prefix: str = "") -
     """The values of the options `add_dataclass_options` made, by field name."""
     return {f.name: getattr(args, f"{prefix.replace('-', '_')}{f.name}") for f in dataclasses.fields(cls)
             if f.metadata.get("cli", True) is not False}
+
+
+def add_device_options(p: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
+    """The device group (engines/device.py), all of it or the fields in `only`; shared by every verb that runs a
+    net with the torch engine."""
+    from squeezecaffe.engines.device import DeviceOptions
+
+    add_dataclass_options(p.add_argument_group("device"), DeviceOptions, only=only)
+
+
+def device_options(args: argparse.Namespace):
+    """The parsed device group as a DeviceOptions."""
+    from squeezecaffe.engines.device import DeviceOptions
+
+    return DeviceOptions(**dataclass_values(args, DeviceOptions))

@@ -6,26 +6,23 @@ import argparse
 import io
 from pathlib import Path
 
-from squeezecaffe.cli.common import add_dataclass_options, add_schedule_choices, add_variant_options
+from squeezecaffe.cli.common import (
+    add_dataclass_options,
+    add_device_options,
+    add_schedule_choices,
+    add_variant_options,
+    dataclass_values,
+    device_options,
+)
 from squeezecaffe.errors import UserError
 
 
-def _add_device_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    p.add_argument("--channels-last", action="store_true", help="NHWC memory format (GPU speed)")
-    p.add_argument("--amp", choices=["bf16", "fp16"], help="autocast the forward; weights and updates stay fp32")
-    p.add_argument("--gpu-transform", action="store_true",
-                   help="Data layers ship uint8 pixels; crop, mean, scale and mirror run on the device")
-    p.add_argument("--data-in-memory", action="store_true",
-                   help="decode each database once into one uint8 tensor on the device (GPU memory with "
-                        "--device cuda) and batch from there; implies --gpu-transform")
-
-
 def _options(args: argparse.Namespace, workers: int = 0):
+    from dataclasses import asdict
+
     from squeezecaffe.engines.torchcaffe.options import EngineOptions
 
-    return EngineOptions(device=args.device, channels_last=args.channels_last, amp=args.amp, workers=workers,
-                         gpu_transform=args.gpu_transform, data_in_memory=args.data_in_memory)
+    return EngineOptions(**asdict(device_options(args)), workers=workers)
 
 
 def _read_input(spec: str):
@@ -187,7 +184,7 @@ def register_engine_verbs(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, help="the .npz to write (float32 arrays keyed by blob name)")
     p.add_argument("--blobs", help="comma-separated blob names to save (default: all)")
     p.add_argument("--seed", type=int, default=0, help="filler and Data-layer seed")
-    _add_device_options(p)
+    add_device_options(p)
     p.set_defaults(func=cmd_forward)
 
     p = sub.add_parser("time", help="per-layer forward/backward ms and images/s (like `caffe time`)")
@@ -197,7 +194,7 @@ def register_engine_verbs(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, help="batch size (default: the net's)")
     p.add_argument("--input", help="image size HxW for Data layers without crop_size")
     p.add_argument("--no-layers", action="store_true", help="whole-net figures only")
-    _add_device_options(p)
+    add_device_options(p)
     p.set_defaults(func=cmd_time)
 
     p = sub.add_parser("solve", help="run a solver.prototxt with the torch engine (like `caffe train`)")
@@ -206,7 +203,7 @@ def register_engine_verbs(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", help="initialise from a .caffemodel (fine-tuning)")
     p.add_argument("--iterations", type=int, help="run this many iterations (then snapshot) instead of to max_iter")
     p.add_argument("--workers", type=int, default=2, help="data loader processes per Data layer")
-    _add_device_options(p)
+    add_device_options(p)
     p.set_defaults(func=cmd_solve)
 
 
@@ -220,7 +217,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.model:
         args.model = variant_target(args.model, args)
-    from squeezecaffe.cli.common import dataclass_values, freeze_list, parse_overrides
+    from squeezecaffe.cli.common import freeze_list, parse_overrides
     from squeezecaffe.train.guard import GuardOptions
     from squeezecaffe.train.plateau import PlateauOptions
 
@@ -232,10 +229,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     solver_set = parse_overrides(args.solver_set)
     if args.base_lr is not None:
         solver_set["base_lr"] = args.base_lr
-    device = {"device": args.device, "amp": args.amp, "channels_last": args.channels_last,
-              "gpu_transform": args.gpu_transform, "data_in_memory": args.data_in_memory}
-    cfg = TrainConfig(**dataclass_values(args, TrainConfig), **device, model=args.model, solver_set=solver_set,
-                      plateau=plateau, guard=guard, freeze=freeze_list(args))
+    cfg = TrainConfig(**dataclass_values(args, TrainConfig), device_options=device_options(args), model=args.model,
+                      solver_set=solver_set, plateau=plateau, guard=guard, freeze=freeze_list(args))
     return launch(cfg, Path(args.run_dir) if args.run_dir else None, progress=not args.quiet)
 
 
@@ -243,12 +238,14 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     import json
     import tempfile
 
+    from squeezecaffe.engines.device import DeviceOptions
     from squeezecaffe.train.config import TrainConfig
     from squeezecaffe.train.lr_find import find_lr, plot_sweep
     from squeezecaffe.train.runner import generate_run_files
 
     cfg = TrainConfig(model=args.model, data=args.data, batch_size=args.batch_size, input=args.input,
-                      recipe=args.recipe, device=args.device, workers=args.workers, seed=args.seed)
+                      recipe=args.recipe, device_options=DeviceOptions(device=args.device), workers=args.workers,
+                      seed=args.seed)
     with tempfile.TemporaryDirectory(prefix="lr-find-") as tmp:
         solver_path, _ = generate_run_files(cfg, Path(tmp))
         sweep = find_lr(solver_path, start=args.start, end=args.end, iterations=args.iterations, seed=args.seed,
@@ -290,7 +287,7 @@ def register_train_verbs(sub: argparse._SubParsersAction) -> None:
     add_dataclass_options(p.add_argument_group("plateau controller"), PlateauOptions)
     add_dataclass_options(p.add_argument_group("guard"), GuardOptions, prefix="guard-")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    _add_device_options(p)
+    add_device_options(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("lr-find", help="LR range test: loss vs an exponentially growing rate, and a suggested base_lr")
@@ -300,7 +297,7 @@ def register_train_verbs(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--start", type=float, default=SWEEP.start, help="first rate (default %(default)g)")
     p.add_argument("--end", type=float, default=SWEEP.end, help="last rate (default %(default)g)")
     p.add_argument("--iterations", type=int, default=SWEEP.iterations, help="sweep length (default %(default)d)")
-    p.add_argument("--device", default="cpu")
+    add_device_options(p, only=("device",))
     p.add_argument("-o", "--output", help="the plot (default lr_find_MODEL.png; the figures beside it as .json)")
     p.set_defaults(func=cmd_lr_find)
 

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from squeezecaffe.cli.common import add_device_options
+
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("weights", help="a run directory (its best.caffemodel), a .caffemodel, a .sqz (compress) or an "
@@ -14,7 +16,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="registered model whose deploy net the weights belong to")
     p.add_argument("--engine", default="torch",
                    help="torch (default), opencv (OpenCV dnn), caffe, or onnxruntime (for an .onnx)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (torch engine)")
+    add_device_options(p, only=("device",))  # the torch engine's
     p.add_argument("--mean-value", help="B,G,R mean to subtract when neither a run nor --data says it")
     p.add_argument("--batch-size", type=int, default=100)
 

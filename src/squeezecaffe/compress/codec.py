@@ -19,7 +19,7 @@ from squeezecaffe.compress import huffman
 from squeezecaffe.compress.container import Container, SectionWriter, pack
 from squeezecaffe.compress.sparse import from_relative, to_relative
 from squeezecaffe.errors import UserError
-from squeezecaffe.proto import pb
+from squeezecaffe.proto import pb, set_float_data
 
 
 @dataclass
@@ -160,5 +160,5 @@ def decode_model(box: Container) -> pb.NetParameter:
             values = decode_blob(box, entry, f"{lp.name}/blob{i}")
             blob = lp.blobs.add()
             blob.shape.dim.extend(values.shape)
-            blob.data.extend(values.reshape(-1).tolist())
+            set_float_data(blob, values.reshape(-1))
     return out

@@ -25,6 +25,7 @@ import numpy as np
 from squeezecaffe.compress.codec import CodedBlob, decode_model, encode_model
 from squeezecaffe.compress.container import Container
 from squeezecaffe.compress.kmeans import kmeans_1d
+from squeezecaffe.compress.options import CompressOptions
 from squeezecaffe.compress.plan import PAPER_MIB, PAPER_TOTAL_KEPT, BlobPlan, make_plan
 from squeezecaffe.compress.prune import magnitude_mask
 from squeezecaffe.compress.table import Row, build_rows, fixed_width, format_rows, paper_comparison, rows_json
@@ -33,26 +34,9 @@ from squeezecaffe.engines.torchcaffe.weights import blob_shape, blob_values, rea
 from squeezecaffe.errors import UserError
 from squeezecaffe.evaluation.artifacts import Artifacts, Carried, carried_from, resolve_artifacts
 from squeezecaffe.fileio import atomic_write_bytes, atomic_write_text, ensure_writable_dir
-from squeezecaffe.proto import pb, to_text, write_binary
+from squeezecaffe.proto import pb, set_float_data, to_text, write_binary
 
 RETRAIN_LR_FACTOR = 0.1  # fine-tuning rate, as a fraction of the source run's base_lr
-
-
-@dataclass
-class CompressOptions:
-    density: str = "auto"
-    bits: str = "6"
-    index_bits: str = "conv=8,fc=5"
-    retrain_epochs: int = 1  # per retrained stage (pruned, quantized); 0 = no retraining
-    retrain_lr: float | None = None  # default: RETRAIN_LR_FACTOR x the source run's base_lr
-    centroid_gradient: str = "mean"
-    data: str | None = None
-    split: str | None = None  # evaluated split (default: test, else val)
-    device: str = "cpu"
-    seed: int = 42
-    batch_size: int | None = None  # retraining batch (default: the source run's)
-    force: bool = False
-    progress: bool = True
 
 
 @dataclass
@@ -87,9 +71,8 @@ def _weight(model: pb.NetParameter, layer: str) -> tuple[pb.BlobProto, np.ndarra
 
 def _set_weight(model: pb.NetParameter, layer: str, values: np.ndarray) -> None:
     blob, _ = _weight(model, layer)
-    del blob.data[:]
     del blob.double_data[:]
-    blob.data.extend(np.asarray(values, np.float32).reshape(-1).tolist())
+    set_float_data(blob, np.asarray(values, np.float32).reshape(-1))
 
 
 def prune(model: pb.NetParameter, plans: list[BlobPlan]) -> tuple[pb.NetParameter, list[BlobConstraint]]:
@@ -154,20 +137,28 @@ class _Retrain:
     data: str
     base_lr: float
     batch_size: int | None
-    extra: dict
+    extra: dict  # TrainConfig values the source run set that its retraining keeps
+    channels_last: bool = False
 
 
 def _retrain_context(art: Artifacts, model: str | None, options: CompressOptions) -> _Retrain | None:
-    from squeezecaffe.proto import read_text
-    from squeezecaffe.train.rundir import read_json
+    from dataclasses import asdict
 
-    config = read_json(art.run_dir / "config.json") if art.run_dir else {}
+    from squeezecaffe.proto import read_text
+    from squeezecaffe.train.config import load_config
+    from squeezecaffe.train.rundir import CONFIG, read_json
+
+    source = None
+    if art.run_dir:
+        raw = read_json(art.run_dir / CONFIG)
+        raw.pop("solver_path", None)
+        source = load_config(raw, art.run_dir / CONFIG)
+    config = asdict(source) if source else {}
     name = model or config.get("model")
     data = options.data or config.get("data")
     if not name or not data or art.data_dir is None:
         return None
-    extra = {k: config[k] for k in ("channels_last", "input", "recipe", "allow_sorted", "workers", "test_batch_size")
-             if k in config}
+    extra = {k: config[k] for k in ("input", "recipe", "allow_sorted", "workers", "test_batch_size") if k in config}
     batch = options.batch_size or config.get("batch_size")
     if art.run_dir and (art.run_dir / "solver.prototxt").is_file() and config.get("model") == name:
         base_lr = read_text(art.run_dir / "solver.prototxt", pb.SolverParameter).base_lr
@@ -177,17 +168,20 @@ def _retrain_context(art: Artifacts, model: str | None, options: CompressOptions
 
         base_lr = resolve_recipe(model_spec(name), extra.get("recipe", "default"), batch_size=batch,
                                  data_dir=str(art.data_dir)).sched.base_lr
-    return _Retrain(name, str(art.data_dir), base_lr, batch, extra)
+    return _Retrain(name, str(art.data_dir), base_lr, batch, extra,
+                    channels_last=bool(source and source.device_options.channels_last))
 
 
 def _retrain(stage_dir: Path, weights: Path, constraints: Path, ctx: _Retrain, options: CompressOptions) -> Path:
+    from squeezecaffe.engines.device import DeviceOptions
     from squeezecaffe.train.config import TrainConfig
     from squeezecaffe.train.rundir import RunLock
     from squeezecaffe.train.runner import Trainer, prepare_run
 
     rate = options.retrain_lr if options.retrain_lr is not None else RETRAIN_LR_FACTOR * ctx.base_lr
+    device = DeviceOptions(device=options.device, channels_last=ctx.channels_last)
     cfg = TrainConfig(model=ctx.model, data=ctx.data, epochs=options.retrain_epochs, batch_size=ctx.batch_size,
-                      solver_set={"base_lr": f"{rate:.6g}"}, engine="torch", device=options.device, seed=options.seed,
+                      solver_set={"base_lr": f"{rate:.6g}"}, engine="torch", device_options=device, seed=options.seed,
                       keep=1, weights=str(weights.resolve()), constraints=str(constraints.resolve()),
                       centroid_gradient=options.centroid_gradient, **ctx.extra)
     run_dir = stage_dir / "retrain"
@@ -201,6 +195,44 @@ def _retrain(stage_dir: Path, weights: Path, constraints: Path, ctx: _Retrain, o
     if not best.is_file():
         raise UserError(f"{run_dir}: retraining finished no epoch (no best.caffemodel)")
     return best
+
+
+def _recalibrate(stage_dir: Path, model: pb.NetParameter, ctx: _Retrain, options: CompressOptions
+                 ) -> tuple[pb.NetParameter, int]:
+    """`model` with its BatchNorm statistics re-estimated at its own weights over `options.bn_images` training
+    images (the first records of the training database); returns it and the images used.
+
+    Pruning and quantizing change what every convolution outputs, and statistics measured on the dense weights no
+    longer fit them: pruned to a third without retraining, fullbypass8 scored 19.7% with the dense model's
+    statistics (docs/compression.md). A retraining run re-estimates them itself; this is for `--retrain-epochs 0`.
+    The nets are generated as for retraining, into STAGE/recalibrate/; only BatchNorm blobs change."""
+    from squeezecaffe.engines.torchcaffe.batchnorm_stats import accumulating_layers
+    from squeezecaffe.engines.torchcaffe.options import EngineOptions
+    from squeezecaffe.engines.torchcaffe.weights import copy_weights, tensor_to_blob
+    from squeezecaffe.train.config import TrainConfig
+    from squeezecaffe.train.engine import TorchEngine
+    from squeezecaffe.train.runner import generate_run_files
+
+    folder = stage_dir / "recalibrate"
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = TrainConfig(model=ctx.model, data=ctx.data, epochs=1, batch_size=ctx.batch_size, engine="torch",
+                      seed=options.seed, **ctx.extra)
+    solver_path, _ = generate_run_files(cfg, folder)
+    engine = TorchEngine(solver_path, EngineOptions(device=options.device, channels_last=ctx.channels_last,
+                                                    workers=cfg.workers),
+                         seed=options.seed, snapshot_prefix=str(folder / "unused"))
+    net = engine.solver.train_net
+    copy_weights(net, model, "the stage's weights")
+    records, batch = engine.train_geometry()
+    images = engine.reestimate_batchnorm(-(-min(options.bn_images, records) // batch))
+    fresh = {module.lp.name: module for module in accumulating_layers(net)}
+    out = pb.NetParameter()
+    out.CopyFrom(model)
+    for lp in out.layer:
+        if lp.name in fresh:
+            del lp.blobs[:]
+            lp.blobs.extend(tensor_to_blob(b) for b in fresh[lp.name].blobs)
+    return out, images
 
 
 def _evaluate(art: Artifacts, weights: Path, options: CompressOptions, out_dir: Path) -> tuple[float, float] | None:
@@ -236,6 +268,9 @@ def compress(source: str, out: str | Path, options: CompressOptions, *, model: s
 
     if options.retrain_epochs < 0:
         raise UserError(f"--retrain-epochs {options.retrain_epochs}: must be 0 or more")
+    if options.bn_images < 0:
+        raise UserError(f"--bn-images {options.bn_images}: give a number of images >= 0 (0: keep the dense "
+                        "model's statistics)")
     if options.retrain_lr is not None and not options.retrain_lr > 0:
         raise UserError(f"--retrain-lr {options.retrain_lr:g}: must be positive")
     if options.batch_size is not None and options.batch_size <= 0:
@@ -248,10 +283,21 @@ def compress(source: str, out: str | Path, options: CompressOptions, *, model: s
     plans, notes = make_plan(dense, options.density, options.bits, options.index_bits)
     notes = [*art.notes, *notes]
     _check_out(out, options.force)
-    ctx = _retrain_context(art, model, options) if options.retrain_epochs else None
-    if options.retrain_epochs and ctx is None:
-        notes.append("no retraining: it needs a registry model (--model or a run's) and a build-lmdb data "
-                     "directory (--data or a run's)")
+    # retraining, or else (--retrain-epochs 0) BatchNorm's statistics re-estimated at the changed weights
+    has_batchnorm = any(lp.type == "BatchNorm" for lp in dense.layer)
+    wants_statistics = not options.retrain_epochs and options.bn_images > 0 and has_batchnorm
+    ctx = _retrain_context(art, model, options) if options.retrain_epochs or wants_statistics else None
+    if ctx is None and (options.retrain_epochs or wants_statistics):
+        what = "no retraining" if options.retrain_epochs else "BatchNorm statistics kept from the dense model"
+        notes.append(f"{what}: it needs a registry model (--model or a run's) and a build-lmdb data directory "
+                     "(--data or a run's)")
+    retrain = ctx if options.retrain_epochs else None
+    recalibrate = ctx if wants_statistics else None
+
+    def recalibrated(folder: Path, model_now: pb.NetParameter) -> tuple[Path, pb.NetParameter]:
+        fresh, images = _recalibrate(folder, model_now, recalibrate, options)
+        say(f"BatchNorm statistics re-estimated over {images:,} training images (--bn-images)")
+        return write_binary(folder / "recalibrated.caffemodel", fresh), fresh
     for note in notes:
         say(f"note: {note}")
     stages = []
@@ -272,12 +318,16 @@ def compress(source: str, out: str | Path, options: CompressOptions, *, model: s
     write_binary(folder / "pruned.caffemodel", pruned)
     masks_path = save_constraints(folder / "masks.npz", masks)
     weights = folder / "pruned.caffemodel"
-    if ctx is not None:
+    if retrain is not None:
         stage("pruned", weights, folder)
-        weights = _retrain(folder, weights, masks_path, ctx, options)
+        weights = _retrain(folder, weights, masks_path, retrain, options)
         pruned = read_caffemodel(weights)
+    elif recalibrate is not None:
+        stage("pruned", weights, folder)
+        weights, pruned = recalibrated(folder, pruned)
     shutil.copyfile(weights, folder / "model.caffemodel")
-    stage("pruned + retrained" if ctx is not None else "pruned", folder / "model.caffemodel", folder)
+    done = " + retrained" if retrain else " + BatchNorm re-estimated" if recalibrate else ""
+    stage(f"pruned{done}", folder / "model.caffemodel", folder)
 
     # 2. quantize the kept weights, fine-tune the shared values
     folder = out / "quantized"
@@ -286,11 +336,14 @@ def compress(source: str, out: str | Path, options: CompressOptions, *, model: s
     clusters_path = save_constraints(folder / "clusters.npz", [BlobConstraint(layer, 0, clusters=c.clusters)
                                                                for layer, c in coded.items()])
     weights = folder / "quantized.caffemodel"
-    if ctx is not None:
+    if retrain is not None:
         stage("quantized", weights, folder)
-        weights = _retrain(folder, weights, clusters_path, ctx, options)
+        weights = _retrain(folder, weights, clusters_path, retrain, options)
         quantized = read_caffemodel(weights)
         coded = read_shared_values(quantized, coded, str(weights))
+    elif recalibrate is not None:  # the shared values stay as k-means left them; only the statistics change
+        stage("quantized", weights, folder)
+        weights, quantized = recalibrated(folder, quantized)
     shutil.copyfile(weights, folder / "model.caffemodel")
 
     # 3. Huffman-code into the container; decode it again and prove it gives the same weights

@@ -10,7 +10,7 @@ import numpy as np
 from squeezecaffe.data_tools.lmdb_io import LmdbReader, datum_to_array
 from squeezecaffe.errors import UserError
 from squeezecaffe.fileio import atomic_write_text
-from squeezecaffe.proto import pb, write_binary
+from squeezecaffe.proto import pb, set_float_data, write_binary
 
 # Every integer up to 2^24 is a float32: uint8 pixels summed in float32 stay exact, whatever the order,
 # while each pixel's total is at most this (at least 65,793 images, more for darker pixels).
@@ -31,7 +31,7 @@ def mean_blob(total: np.ndarray, count: int) -> tuple[pb.BlobProto, list[float]]
     mean = total.astype(np.float32) / np.float32(count)
     c, h, w = mean.shape
     blob = pb.BlobProto(num=1, channels=c, height=h, width=w)
-    blob.data.extend(mean.ravel().tolist())
+    set_float_data(blob, mean.ravel())
     per_channel = [float(np.mean(mean[i], dtype=np.float64)) for i in range(c)]
     return blob, per_channel
 

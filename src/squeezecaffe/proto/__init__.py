@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import TypeVar
 
+import numpy as np
 from google.protobuf import message as _message
 from google.protobuf import text_format
 
@@ -18,7 +19,7 @@ from squeezecaffe.proto import sqcaffe_pb2 as pb
 
 M = TypeVar("M", bound=_message.Message)
 
-__all__ = ["parse_text", "pb", "read_binary", "read_text", "to_text", "write_binary", "write_text"]
+__all__ = ["parse_text", "pb", "read_binary", "read_text", "set_float_data", "to_text", "write_binary", "write_text"]
 
 
 def parse_text(text: str, message_type: type[M], source: str = "<text>") -> M:
@@ -66,3 +67,27 @@ def read_binary(path: str | os.PathLike, message_type: type[M]) -> M:
 
 def write_binary(path: str | os.PathLike, msg: _message.Message) -> Path:
     return atomic_write_bytes(path, msg.SerializeToString())
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_PACKED_DATA_TAG = _varint(pb.BlobProto.DESCRIPTOR.fields_by_name["data"].number << 3 | 2)  # wire type 2: packed
+
+
+def set_float_data(blob: pb.BlobProto, values) -> None:
+    """Replace `blob.data` with `values` (any array-like, stored as float32).
+
+    The values go in as the packed field's wire bytes (tag, length, little-endian floats) merged into the message:
+    one copy of the buffer, where extending the repeated field from a Python list costs a conversion per value
+    (~50x slower: a snapshot of every blob of a net, a mean file, a decoded model). The message it leaves is the
+    same, byte for byte, as the one the list would have made."""
+    raw = np.ascontiguousarray(values, dtype="<f4").tobytes()
+    del blob.data[:]
+    blob.MergeFromString(_PACKED_DATA_TAG + _varint(len(raw)) + raw)

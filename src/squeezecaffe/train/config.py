@@ -7,20 +7,12 @@ so the CLI can build its parser without importing an engine.
 
 from __future__ import annotations
 
-import types
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 
+from squeezecaffe.engines.device import DeviceOptions
 from squeezecaffe.errors import UserError
-
-
-def _opt(default, text: str, **cli):
-    """A field that is also a `train` option: its help (and choices/metavar) next to its default."""
-    return field(default=default, metadata={"help": text, **cli})
-
-
-# a field the `train` verb fills another way (a positional, a repeated option, an option group)
-NOT_AN_OPTION = types.MappingProxyType({"cli": False})
+from squeezecaffe.options import NOT_AN_OPTION, option
 
 
 @dataclass(frozen=True)
@@ -30,43 +22,39 @@ class TrainConfig:
     Frozen: a run's settings are decided once, before its directory is written."""
 
     model: str | None = field(default=None, metadata=NOT_AN_OPTION)  # the positional MODEL (a name or a variant)
-    solver: str | None = _opt(None, "a hand-written solver.prototxt instead of a generated one (like caffe train)")
-    data: str | None = _opt(None, "data directory written by build-lmdb")
-    epochs: int | None = _opt(None, "epochs to train (default: the recipe's)")
-    batch_size: int | None = _opt(None, "images per iteration (default: the recipe's)")
-    test_batch_size: int | None = _opt(None, "images per validation batch")
-    input: str | None = _opt(None, "network input HxW")
-    classes: int | None = _opt(None, "must equal the dataset's (checked)")
+    solver: str | None = option(None, "a hand-written solver.prototxt instead of a generated one (like caffe train)")
+    data: str | None = option(None, "data directory written by build-lmdb")
+    epochs: int | None = option(None, "epochs to train (default: the recipe's)")
+    batch_size: int | None = option(None, "images per iteration (default: the recipe's)")
+    test_batch_size: int | None = option(None, "images per validation batch")
+    input: str | None = option(None, "network input HxW")
+    classes: int | None = option(None, "must equal the dataset's (checked)")
     solver_set: dict[str, str] = field(default_factory=dict, metadata=NOT_AN_OPTION)  # --solver-set K=V, --base-lr
-    engine: str = _opt("auto", "auto (real Caffe when built, else torch), torch or caffe")
-    # the device options are shared with forward/time/solve (cli/engine._add_device_options)
-    device: str = field(default="cpu", metadata=NOT_AN_OPTION)
-    amp: str | None = field(default=None, metadata=NOT_AN_OPTION)
-    channels_last: bool = field(default=False, metadata=NOT_AN_OPTION)
-    gpu_transform: bool = field(default=False, metadata=NOT_AN_OPTION)
-    data_in_memory: bool = field(default=False, metadata=NOT_AN_OPTION)
-    workers: int = _opt(2, "data loader processes")
-    seed: int = _opt(42, "seed of the fillers, crops, mirrors and dropout masks")
-    keep: int = _opt(3, "snapshots kept (plus best.caffemodel)")
-    weights: str | None = _opt(None, "initialise from a .caffemodel (fine-tuning): layers copied by name; one whose "
+    engine: str = option("auto", "auto (real Caffe when built, else torch), torch or caffe")
+    # device, channels_last, amp, ...: their own group, shared with forward/time/solve (engines/device.py)
+    device_options: DeviceOptions = field(default_factory=DeviceOptions, metadata=NOT_AN_OPTION)
+    workers: int = option(2, "data loader processes")
+    seed: int = option(42, "seed of the fillers, crops, mirrors and dropout masks")
+    keep: int = option(3, "snapshots kept (plus best.caffemodel)")
+    weights: str | None = option(None, "initialise from a .caffemodel (fine-tuning): layers copied by name; one whose "
                                      "shape changed (a classifier for other classes) starts from its filler")
     # PlateauOptions fields except base_lr (their own option group)
     plateau: dict = field(default_factory=dict, metadata=NOT_AN_OPTION)
-    allow_sorted: bool = _opt(False, "train even when the training database is in label order (refused by "
+    allow_sorted: bool = option(False, "train even when the training database is in label order (refused by "
                                      "default)")
-    recipe: str = _opt("default", "default (rate follows the batch, enough iterations for small sets), paper, or "
+    recipe: str = option("default", "default (rate follows the batch, enough iterations for small sets), paper, or "
                                   "registry")
     guard: dict = field(default_factory=dict, metadata=NOT_AN_OPTION)  # GuardOptions fields (their own option group)
-    tensorboard: bool = _opt(False, "also write TensorBoard event files into the run directory (needs the "
+    tensorboard: bool = option(False, "also write TensorBoard event files into the run directory (needs the "
                                     "tensorboard extra)")
     # compress's retraining: masks / shared values held through training, and how a shared value's gradient is
     # formed from its members' (mean or sum)
     constraints: str | None = field(default=None, metadata=NOT_AN_OPTION)
     centroid_gradient: str = field(default="mean", metadata=NOT_AN_OPTION)
-    normalize: str | None = _opt(None, "std: also divide each channel by the data's std (default: the recipe's; "
+    normalize: str | None = option(None, "std: also divide each channel by the data's std (default: the recipe's; "
                                        "mean otherwise)", choices=["mean", "std"])
     freeze: list[str] = field(default_factory=list, metadata=NOT_AN_OPTION)  # --freeze LAYERS (repeatable, comma-separated)
-    bn_images: int = _opt(4096, "before each validation and snapshot, re-estimate BatchNorm's statistics over the "
+    bn_images: int = option(4096, "before each validation and snapshot, re-estimate BatchNorm's statistics over the "
                                 "latest N training images at the current weights (0: keep the running averages)",
                           metavar="N")
 
@@ -76,19 +64,38 @@ class TrainConfig:
                             "averages)")
 
 
+# config.json of runs written before the device options became their own group held them at the top level
+_FLAT_DEVICE_KEYS = ("device", "amp", "channels_last", "gpu_transform", "data_in_memory")
+
+
+def _checked(cls: type, raw: dict, path: Path, where: str = ""):
+    """`raw` as a `cls`, naming an unknown key or a wrong type in one line; a dict for a dataclass field is read
+    the same way, one level down."""
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: {where.rstrip('.') or 'the file'} is {raw!r}, expected an object")
+    known = {f.name: f for f in fields(cls)}
+    values = {}
+    for key, value in raw.items():
+        name = f"{where}{key}"
+        if key not in known:
+            raise UserError(f"{path}: unknown key {name!r} (known: {', '.join(known)})")
+        f = known[key]
+        default = f.default_factory() if f.default_factory is not MISSING else f.default
+        if is_dataclass(default):
+            value = _checked(type(default), value, path, f"{name}.")
+        elif default is not None and value is not None:
+            expected = type(default)
+            number = expected is float and isinstance(value, int) and not isinstance(value, bool)
+            if not number and (not isinstance(value, expected) or (expected is int and isinstance(value, bool))):
+                raise UserError(f"{path}: {name} is {value!r}, expected {expected.__name__}")
+        values[key] = value
+    return cls(**values)
+
+
 def load_config(raw: dict, path: Path) -> TrainConfig:
     """config.json -> TrainConfig, naming an unknown key or a wrong type in one line (a hand-edited file)."""
-    known = {f.name: f for f in fields(TrainConfig)}
-    for key, value in raw.items():
-        if key not in known:
-            raise UserError(f"{path}: unknown key {key!r} (known: {', '.join(known)})")
-        f = known[key]
-        expected = (type(f.default_factory()) if f.default_factory is not MISSING
-                    else type(f.default) if f.default is not None else None)
-        if expected is None or value is None:
-            continue
-        if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            continue
-        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-            raise UserError(f"{path}: {key} is {value!r}, expected {expected.__name__}")
-    return TrainConfig(**raw)
+    raw = dict(raw)
+    flat = {key: raw.pop(key) for key in _FLAT_DEVICE_KEYS if key in raw}
+    if flat:
+        raw["device_options"] = {**flat, **raw.get("device_options", {})}
+    return _checked(TrainConfig, raw, path)

@@ -26,7 +26,7 @@ def launch(cfg: TrainConfig, run_dir: Path | None = None, *, progress: bool = Tr
     """Create the run directory (rank 0 under torchrun), train to the end, return the exit status."""
     from squeezecaffe.engines.torchcaffe import distributed
 
-    ctx, _ = distributed.init(cfg.device)  # under torchrun: every rank runs this; rank 0 writes the run dir
+    ctx, _ = distributed.init(cfg.device_options.device)  # under torchrun: every rank runs this; rank 0 writes the run dir
     run_dir = distributed.broadcast_object(Path(run_dir) if run_dir else default_run_dir(cfg), ctx)
     lock = RunLock(run_dir)  # held by the one process that writes the run directory (rank 0 under torchrun)
     try:

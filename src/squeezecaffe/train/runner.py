@@ -74,8 +74,8 @@ def generate_run_files(cfg: TrainConfig, out_dir: Path) -> tuple[Path, dict]:
         from squeezecaffe.train.lr_find import auto_base_lr
 
         overrides.pop("base_lr")
-        rate, found = auto_base_lr(write, out_dir, f"{spec.name}: LR range test", seed=cfg.seed, device=cfg.device,
-                                   workers=cfg.workers)
+        rate, found = auto_base_lr(write, out_dir, f"{spec.name}: LR range test", seed=cfg.seed,
+                                   device=cfg.device_options.device, workers=cfg.workers)
         overrides["base_lr"] = str(rate)
         recipe.update({"solver_set.base_lr": "auto", **found})
     return write(), recipe
@@ -90,7 +90,7 @@ def prepare_run(cfg: TrainConfig, run_dir: Path, lock: rundir.RunLock | None = N
                         "train_val.prototxt instead (lr_mult: 0; a Power layer per channel)")
     if cfg.weights and not Path(cfg.weights).is_file():
         raise UserError(f"{cfg.weights}: weights file not found")
-    engine = pick_engine(cfg.engine, cfg.device)
+    engine = pick_engine(cfg.engine, cfg.device_options.device)
     cfg = replace(cfg, engine=engine)  # config.json names the engine: a resumed run keeps the one it started with
     if lock is not None:
         lock.acquire()
@@ -107,7 +107,7 @@ def prepare_run(cfg: TrainConfig, run_dir: Path, lock: rundir.RunLock | None = N
     else:
         solver_path, recipe = generate_run_files(cfg, run_dir)
     rundir.write_json(run_dir / rundir.CONFIG, {**asdict(cfg), "solver_path": str(solver_path)})
-    rundir.write_json(run_dir / rundir.PROVENANCE, {**rundir.provenance(engine, cfg.device), "recipe": recipe})
+    rundir.write_json(run_dir / rundir.PROVENANCE, {**rundir.provenance(engine, cfg.device_options.device), "recipe": recipe})
     return solver_path
 
 
@@ -119,7 +119,7 @@ class Trainer:
         raw = rundir.read_json(self.run_dir / rundir.CONFIG)
         self.solver_path = Path(raw.pop("solver_path"))
         self.cfg = load_config(raw, self.run_dir / rundir.CONFIG)
-        self.dist, device = distributed.init(self.cfg.device)  # torchrun: this rank's device
+        self.dist, device = distributed.init(self.cfg.device_options.device)  # torchrun: this rank's device
         self.main = self.dist.is_main
         self.progress = progress and self.main
         self.log = RunLog(self.run_dir, echo, tensorboard=self.cfg.tensorboard) if self.main else SilentLog()
@@ -127,10 +127,9 @@ class Trainer:
         # snapshots always live in the run directory (a hand-written solver's prefix may point anywhere)
         generated = not self.cfg.solver and file_sp.snapshot_prefix
         self.prefix = file_sp.snapshot_prefix if generated else str(self.run_dir / "snapshots" / self.solver_path.stem)
-        self.engine_name = pick_engine(self.cfg.engine, self.cfg.device)
-        self.engine_options = EngineOptions(device=device, amp=self.cfg.amp, channels_last=self.cfg.channels_last,
-                                            workers=self.cfg.workers, gpu_transform=self.cfg.gpu_transform,
-                                            data_in_memory=self.cfg.data_in_memory)
+        self.engine_name = pick_engine(self.cfg.engine, self.cfg.device_options.device)
+        self.engine_options = EngineOptions(**{**asdict(self.cfg.device_options), "device": device},
+                                            workers=self.cfg.workers)
         self.solver = self._make_engine()
         sp = self.solver.sp
         self.max_iter = sp.max_iter

@@ -1,4 +1,5 @@
-"""Where and how a net runs: device, memory format, mixed precision, data workers."""
+"""Where and how a net runs: the user's device options (engines/device.py) plus the engine's own: data workers,
+prefetch depth, master precision."""
 
 from __future__ import annotations
 
@@ -6,31 +7,20 @@ from dataclasses import dataclass
 
 import torch
 
+from squeezecaffe.engines.device import DeviceOptions
 from squeezecaffe.errors import UserError
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-@dataclass
-class EngineOptions:
-    device: str = "cpu"
-    channels_last: bool = False
-    amp: str | None = None  # None (fp32) or "bf16"/"fp16": autocast forward, fp32 master weights and updates
+@dataclass(frozen=True)
+class EngineOptions(DeviceOptions):
     workers: int = 0  # DataLoader worker processes per Data layer
     prefetch: int = 4
     dtype: str = "float32"  # master precision of weights, histories and updates ("float64" for reference checks)
-    gpu_transform: bool = False  # Data layers ship uint8 and crop/mean/scale/mirror on the device
-    data_in_memory: bool = False  # each database decoded once into device memory (implies gpu_transform)
 
     def data_transform_device(self) -> str | None:
         return str(self.torch_device()) if self.gpu_transform or self.data_in_memory else None
-
-    @property
-    def torch_only(self) -> list[str]:
-        """The options set here that only the torch engine has (Caffe trains in fp32 NCHW from its own loader)."""
-        flags = {"--amp": self.amp, "--channels-last": self.channels_last, "--gpu-transform": self.gpu_transform,
-                 "--data-in-memory": self.data_in_memory}
-        return [flag for flag, value in flags.items() if value]
 
     def torch_device(self) -> torch.device:
         try:

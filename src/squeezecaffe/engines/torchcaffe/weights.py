@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from squeezecaffe.errors import UserError
-from squeezecaffe.proto import pb, read_binary, write_binary
+from squeezecaffe.proto import pb, read_binary, set_float_data, write_binary
 
 
 def blob_shape(blob: pb.BlobProto) -> tuple[int, ...]:
@@ -45,7 +45,7 @@ def blob_values(blob: pb.BlobProto) -> np.ndarray:
 def tensor_to_blob(t: torch.Tensor) -> pb.BlobProto:
     blob = pb.BlobProto()
     blob.shape.dim.extend(int(d) for d in t.shape)
-    blob.data.extend(t.detach().to("cpu", torch.float32).contiguous().numpy().ravel().tolist())
+    set_float_data(blob, t.detach().to("cpu", torch.float32).contiguous().numpy().ravel())
     return blob
 
 

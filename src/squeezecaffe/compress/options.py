@@ -1,0 +1,32 @@
+"""The `compress` verb's settings, declared once; free of torch so the parser can be built without an engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from squeezecaffe.options import NOT_AN_OPTION, option
+
+
+@dataclass
+class CompressOptions:
+    """The `compress` verb's settings; its options are generated from these fields (default and help here)."""
+
+    data: str | None = option(None, "build-lmdb directory to retrain and evaluate on (default: the run's)")
+    split: str | None = option(None, "split evaluated at each stage (default: test, else val)")
+    density: str = option("auto", "fraction of weights kept: auto (by role), paper (SqueezeNet v1.0's Table 1), a "
+                                  "number, PATTERN=D,... or a file of 'PATTERN D' lines")
+    bits: str = option("6", "cluster-index bits: one number, or by kind/pattern, e.g. conv=8,fc=5")
+    index_bits: str = option("conv=8,fc=5", "bound of the relative position of the next kept weight (the paper's)")
+    retrain_epochs: int = option(1, "epochs of retraining after pruning and of fine-tuning after quantization "
+                                    "(0: none)")
+    retrain_lr: float | None = option(None, "base_lr of both retraining runs (default: 0.1 x the run's)")
+    centroid_gradient: str = option("mean", "a shared value's gradient: the mean or the sum of its weights' "
+                                            "gradients", choices=["mean", "sum"])
+    bn_images: int = option(4096, "with --retrain-epochs 0: re-estimate BatchNorm's statistics of the pruned and "
+                                  "of the quantized model over N training images (0: keep the dense model's)",
+                            metavar="N")
+    batch_size: int | None = option(None, "retraining batch (default: the run's)")
+    device: str = option("cpu", "cpu, cuda or cuda:N")
+    seed: int = option(42, "seed of the retraining runs")
+    force: bool = option(False, "replace an earlier compression in --out")
+    progress: bool = field(default=True, metadata=NOT_AN_OPTION)  # the verb's --quiet

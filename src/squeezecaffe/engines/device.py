@@ -1,0 +1,26 @@
+"""Where a net runs and in what form: the device options every torch-engine verb offers (train, solve, forward,
+time), declared once. Free of torch, so a verb's parser can be built without importing an engine; the torch side
+(EngineOptions) extends it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from squeezecaffe.options import option
+
+
+@dataclass(frozen=True)
+class DeviceOptions:
+    device: str = option("cpu", "cpu, cuda or cuda:N")
+    channels_last: bool = option(False, "NHWC memory format (faster convolutions on GPUs and on most CPUs)")
+    amp: str | None = option(None, "autocast the forward; weights and updates stay fp32", choices=["bf16", "fp16"])
+    gpu_transform: bool = option(False, "Data layers ship uint8 pixels; crop, mean, scale and mirror run on the device")
+    data_in_memory: bool = option(False, "decode each database once into one uint8 tensor on the device (GPU memory "
+                                         "with --device cuda) and batch from there; implies --gpu-transform")
+
+    @property
+    def torch_only(self) -> list[str]:
+        """The options set here that only the torch engine has (Caffe trains in fp32 NCHW from its own loader)."""
+        flags = {"--amp": self.amp, "--channels-last": self.channels_last, "--gpu-transform": self.gpu_transform,
+                 "--data-in-memory": self.data_in_memory}
+        return [flag for flag, value in flags.items() if value]
