@@ -3,7 +3,7 @@
 The procedure is the one a user types, run through the installed `squeezecaffe` command:
 
     squeezecaffe build-lmdb ROOT DB --gray --val-fraction 0.1
-    squeezecaffe train MODEL --data DB [--batch-size 32] --run-dir RUN
+    squeezecaffe train MODEL --data DB [--batch-size 32] --engine torch --run-dir RUN
     squeezecaffe eval RUN --split test
 
 ROOT holds `train/<class>/*.png` and `test/<class>/*.png`. Nothing is tuned to the set: the recipe decides the
@@ -64,6 +64,8 @@ def main() -> int:
     p.add_argument("--train-per-class", type=int, default=500)
     p.add_argument("--model", default="fullbypass8")
     p.add_argument("--batches", default="32,default", help="batch sizes to train at ('default': the recipe's)")
+    p.add_argument("--engine", default="torch",
+                   help="torch (default: the fast one on a CPU; both engines train the same way), caffe or auto")
     p.add_argument("--out", default="out/bench_small_set")
     p.add_argument("--json", help="also write the table to this JSON file")
     args = p.parse_args()
@@ -82,12 +84,12 @@ def main() -> int:
         shutil.rmtree(run, ignore_errors=True)  # a re-run trains afresh
         start = time.time()
         squeezecaffe("train", args.model, "--data", str(db), *([] if batch == "default" else ["--batch-size", batch]),
-                     "--run-dir", str(run))
+                     "--engine", args.engine, "--run-dir", str(run), "--quiet")
         train_seconds = time.time() - start
         squeezecaffe("eval", str(run), "--split", "test")
         test = json.loads((run / "eval" / "test" / "metrics.json").read_text())
         recipe = json.loads((run / "run.json").read_text())["recipe"]
-        rows.append({"model": args.model, "batch": recipe["batch_size"], "epochs": recipe["epochs"],
+        rows.append({"model": args.model, "engine": args.engine, "batch": recipe["batch_size"], "epochs": recipe["epochs"],
                      "base_lr": recipe["base_lr"], "test_top1": test["top1"], "test_images": test["count"],
                      "train_seconds": round(train_seconds)})
     print("\n| model | batch | epochs | base_lr | test top-1 | test images | train seconds |")
