@@ -28,6 +28,9 @@ class PlateauOptions:
     cooldown: int = field(default=0, metadata={"help": "epochs after a drop that do not count towards the next"})
     stop_after: int | None = field(default=None,
                                    metadata={"help": "stop after this many drops in a row without improvement"})
+    stop_below: float = field(default=1e-3, metadata={
+        "help": "stop once a drop takes the LR scale below this: the rate no longer moves the weights "
+                "(best.caffemodel keeps the best epoch); 0: never"})
 
     def __post_init__(self) -> None:
         self.factors = tuple(float(f) for f in self.factors)
@@ -35,6 +38,8 @@ class PlateauOptions:
             raise UserError(f"patience {self.patience}: must be >= 1")
         if not self.factors or any(f <= 1 for f in self.factors):
             raise UserError(f"factors {','.join(f'{f:g}' for f in self.factors)}: each must be > 1")
+        if not 0 <= self.stop_below < 1:
+            raise UserError(f"stop-below {self.stop_below:g}: must be 0 (never) or a scale below 1")
 
 
 @dataclass
@@ -82,6 +87,9 @@ class PlateauController:
                 if opt.stop_after is not None and self.drops_without_gain >= opt.stop_after:
                     self.stop = True
                     event += "; stop"
+                elif self.scale < opt.stop_below:
+                    self.stop = True
+                    event += f"; stop (scale below {opt.stop_below:g})"
         self.history.append({"epoch": self.epochs, "top1": top1, "event": event, "scale": self.scale})
         return self.scale
 
