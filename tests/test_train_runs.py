@@ -163,7 +163,8 @@ def test_data_in_memory_trains_the_same_run(data: Path, finished_run: Path, tmp_
 @pytest.mark.parametrize("edit, message", [
     ({"epochz": 3}, "unknown key 'epochz'"),
     ({"workers": "two"}, "workers is 'two', expected int"),
-    ({"plateau": [1, 2]}, "plateau is [1, 2], expected dict"),
+    ({"plateau": [1, 2]}, "plateau is [1, 2], expected an object"),
+    ({"plateau": {"patience": "2"}}, "plateau.patience is '2', expected int"),
     ({"device_options": {"ampp": "bf16"}}, "unknown key 'device_options.ampp'"),
     ({"device_options": {"channels_last": "yes"}}, "device_options.channels_last is 'yes', expected bool"),
     ({"device_options": "cuda"}, "device_options is 'cuda', expected an object"),

@@ -221,11 +221,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from squeezecaffe.train.guard import GuardOptions
     from squeezecaffe.train.plateau import PlateauOptions
 
-    plateau = dataclass_values(args, PlateauOptions)
-    plateau["factors"] = list(plateau["factors"])  # config.json holds a list
-    guard = dataclass_values(args, GuardOptions, prefix="guard-")
-    PlateauOptions(**plateau)  # reject bad controller and guard options before anything is written
-    GuardOptions(**guard)
+    # built here, so bad controller and guard options are refused before anything is written
+    plateau = PlateauOptions(**dataclass_values(args, PlateauOptions))
+    guard = GuardOptions(**dataclass_values(args, GuardOptions, prefix="guard-"))
     solver_set = parse_overrides(args.solver_set)
     if args.base_lr is not None:
         solver_set["base_lr"] = args.base_lr

@@ -13,6 +13,8 @@ from pathlib import Path
 from squeezecaffe.engines.device import DeviceOptions
 from squeezecaffe.errors import UserError
 from squeezecaffe.options import NOT_AN_OPTION, option
+from squeezecaffe.train.guard import GuardOptions
+from squeezecaffe.train.plateau import PlateauOptions
 
 
 @dataclass(frozen=True)
@@ -38,13 +40,13 @@ class TrainConfig:
     keep: int = option(3, "snapshots kept (plus best.caffemodel)")
     weights: str | None = option(None, "initialise from a .caffemodel (fine-tuning): layers copied by name; one whose "
                                      "shape changed (a classifier for other classes) starts from its filler")
-    # PlateauOptions fields except base_lr (their own option group)
-    plateau: dict = field(default_factory=dict, metadata=NOT_AN_OPTION)
+    # the controller's and the guard's settings: their own option groups (train/plateau.py, train/guard.py)
+    plateau: PlateauOptions = field(default_factory=PlateauOptions, metadata=NOT_AN_OPTION)
     allow_sorted: bool = option(False, "train even when the training database is in label order (refused by "
                                      "default)")
     recipe: str = option("default", "default (rate follows the batch, enough iterations for small sets), paper, or "
                                   "registry")
-    guard: dict = field(default_factory=dict, metadata=NOT_AN_OPTION)  # GuardOptions fields (their own option group)
+    guard: GuardOptions = field(default_factory=GuardOptions, metadata=NOT_AN_OPTION)
     tensorboard: bool = option(False, "also write TensorBoard event files into the run directory (needs the "
                                     "tensorboard extra)")
     # compress's retraining: masks / shared values held through training, and how a shared value's gradient is
@@ -83,6 +85,8 @@ def _checked(cls: type, raw: dict, path: Path, where: str = ""):
         default = f.default_factory() if f.default_factory is not MISSING else f.default
         if is_dataclass(default):
             value = _checked(type(default), value, path, f"{name}.")
+        elif isinstance(default, tuple) and isinstance(value, list):  # JSON has no tuples
+            value = tuple(value)
         elif default is not None and value is not None:
             expected = type(default)
             number = expected is float and isinstance(value, int) and not isinstance(value, bool)

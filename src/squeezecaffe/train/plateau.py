@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from squeezecaffe.errors import UserError
 
 
-@dataclass
+@dataclass(frozen=True)
 class PlateauOptions:
     """The controller's settings; the `train` verb's options are generated from these fields (their help is the
     metadata), so a default is written here and nowhere else."""
@@ -33,7 +33,7 @@ class PlateauOptions:
                 "(best.caffemodel keeps the best epoch); 0: never"})
 
     def __post_init__(self) -> None:
-        self.factors = tuple(float(f) for f in self.factors)
+        object.__setattr__(self, "factors", tuple(float(f) for f in self.factors))  # a JSON list reads back
         if self.patience < 1:
             raise UserError(f"patience {self.patience}: must be >= 1")
         if not self.factors or any(f <= 1 for f in self.factors):

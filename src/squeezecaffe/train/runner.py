@@ -25,9 +25,9 @@ from squeezecaffe.proto import pb, read_text
 from squeezecaffe.train import rundir
 from squeezecaffe.train.config import TrainConfig, load_config
 from squeezecaffe.train.engine import make_engine, pick_engine
-from squeezecaffe.train.guard import Diverged, DivergenceGuard, GuardOptions
+from squeezecaffe.train.guard import Diverged, DivergenceGuard
 from squeezecaffe.train.logs import RunLog, SilentLog
-from squeezecaffe.train.plateau import PlateauController, PlateauOptions
+from squeezecaffe.train.plateau import PlateauController
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -142,10 +142,10 @@ class Trainer:
         per_forward = batch_size * self.dist.world
         self.bn_batches = math.ceil(min(self.cfg.bn_images, records) / per_forward) if records else 0
         self.bn_announced = False
-        self.controller = PlateauController(PlateauOptions(**self.cfg.plateau, base_lr=sp.base_lr))
+        self.controller = PlateauController(replace(self.cfg.plateau, base_lr=sp.base_lr))
         self.best_top1 = -1.0
         self.best_iter: int | None = None  # the snapshot of the best epoch: kept through pruning for the guard
-        self.guard = DivergenceGuard(self.solver.classes(), GuardOptions(**self.cfg.guard))
+        self.guard = DivergenceGuard(self.solver.classes(), self.cfg.guard)
         self.interrupted = False
         self.window: list[tuple[int, Tensor | float]] = []  # (iteration, loss) since the last display
         self.t0 = time.time()
