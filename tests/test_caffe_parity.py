@@ -539,7 +539,7 @@ def test_train_with_the_caffe_engine_then_resume_and_eval(data: Path, tmp_path: 
     run_dir = tmp_path / "caffe_run"
     argv = ["train", "cifar_resnet_1111", "--data", str(data), "--engine", "caffe", "--batch-size", "16",
             "--quiet", "--solver-set", "base_lr=0.01", "--run-dir", str(run_dir), "--patience", "1",
-            "--min-delta", "1.0"]  # no epoch can gain 100 points: after the first, each epoch drops the LR
+            "--patience-iterations", "0", "--min-delta", "1.0"]  # no epoch gains 100 points: each after the first drops
     assert main([*argv, "--epochs", "3"]) == 0
     provenance = json.loads((run_dir / "run.json").read_text())
     assert provenance["engine"] == "caffe" and provenance["caffe"]["sdist"] == "brocolli-caffe==9.0.2"

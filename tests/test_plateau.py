@@ -85,13 +85,25 @@ def test_a_run_stops_once_the_scale_falls_below_stop_below():
     for _ in range(40):
         never.update(0.5)
     assert not never.stop and never.scale < 1e-6
-    demo = PlateauController()
+    demo = PlateauController(PlateauOptions(iterations_per_epoch=891))  # 57,000 images at batch 64
     for top1 in FULL_DEMO[:-1]:
         demo.update(top1)
         assert not demo.stop  # the full demo runs to its end: the stop comes with its last drop, after epoch 20
     demo.update(FULL_DEMO[-1])
     assert demo.stop and demo.scale == pytest.approx(2e-4)
     assert [h["epoch"] for h in demo.history if h["event"].startswith("lr /")] == [7, 10, 12, 14, 16, 18, 20]
+
+
+def test_patience_spans_at_least_patience_iterations():
+    """Short epochs (a small set at a large batch) get more of them before a drop; long ones keep `patience`."""
+    short = PlateauController(PlateauOptions(iterations_per_epoch=36))  # 4,500 images at batch 128
+    assert short.patience == 14  # ceil(500 / 36)
+    for _ in range(16):
+        short.update(0.5)
+    assert [h["event"] for h in short.history][12:] == ["plateau 12/14", "plateau 13/14", "lr / 5", "plateau 1/14"]
+    assert [h["epoch"] for h in short.history if h["event"].startswith("lr /")] == [15]  # epoch 1 improved
+    assert PlateauController(PlateauOptions(iterations_per_epoch=891)).patience == 2  # the full demo's epochs
+    assert PlateauController(PlateauOptions(iterations_per_epoch=8, patience_iterations=0)).patience == 2
 
 
 def test_bad_options_are_refused():

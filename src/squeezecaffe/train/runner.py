@@ -142,7 +142,8 @@ class Trainer:
         per_forward = batch_size * self.dist.world
         self.bn_batches = math.ceil(min(self.cfg.bn_images, records) / per_forward) if records else 0
         self.bn_announced = False
-        self.controller = PlateauController(replace(self.cfg.plateau, base_lr=sp.base_lr))
+        self.controller = PlateauController(replace(self.cfg.plateau, base_lr=sp.base_lr,
+                                                    iterations_per_epoch=self.iters_per_epoch))
         self.best_top1 = -1.0
         self.best_iter: int | None = None  # the snapshot of the best epoch: kept through pruning for the guard
         self.guard = DivergenceGuard(self.solver.classes(), self.cfg.guard)
