@@ -89,7 +89,8 @@ def test_controller_and_guard_options_come_from_their_dataclasses() -> None:
 
     args = build_parser().parse_args(["train", "fullbypass8"])
     assert dataclass_values(args, PlateauOptions) == {f.name: f.default for f in fields(PlateauOptions)
-                                                      if f.name != "base_lr"}
+                                                      if f.metadata.get("cli", True)}
+    assert {"stop_below", "patience_iterations"} <= set(dataclass_values(args, PlateauOptions))
     assert dataclass_values(args, GuardOptions, prefix="guard-") == {"retries": GuardOptions.retries}
     args = build_parser().parse_args(["train", "fullbypass8", "--factors", "10,3", "--stop-after", "2",
                                       "--guard-retries", "0"])
