@@ -178,6 +178,16 @@ def test_a_hand_edited_config_is_one_line(finished_run: Path, tmp_path: Path, ca
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
 
 
+def test_a_config_without_its_solver_path_is_one_line(finished_run: Path, tmp_path: Path, capsys) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(finished_run, copy)
+    config = json.loads((copy / "config.json").read_text())
+    del config["solver_path"]
+    (copy / "config.json").write_text(json.dumps(config))
+    code, _, err = run(capsys, "train", "--resume", str(copy), "--quiet")
+    assert code == 2 and "no solver_path" in err and len(err.strip().splitlines()) == 1
+
+
 def test_a_config_from_before_the_device_group_still_loads(finished_run: Path) -> None:
     """Runs written when the device options sat at the top level of config.json resume with the same settings."""
     from squeezecaffe.engines.device import DeviceOptions

@@ -145,14 +145,9 @@ def _retrain_context(art: Artifacts, model: str | None, options: CompressOptions
     from dataclasses import asdict
 
     from squeezecaffe.proto import read_text
-    from squeezecaffe.train.config import load_config
-    from squeezecaffe.train.rundir import CONFIG, read_json
+    from squeezecaffe.train.config import read_run_config
 
-    source = None
-    if art.run_dir:
-        raw = read_json(art.run_dir / CONFIG)
-        raw.pop("solver_path", None)
-        source = load_config(raw, art.run_dir / CONFIG)
+    source = read_run_config(art.run_dir)[0] if art.run_dir else None
     config = asdict(source) if source else {}
     name = model or config.get("model")
     data = options.data or config.get("data")

@@ -15,6 +15,7 @@ from squeezecaffe.errors import UserError
 from squeezecaffe.options import NOT_AN_OPTION, option
 from squeezecaffe.train.guard import GuardOptions
 from squeezecaffe.train.plateau import PlateauOptions
+from squeezecaffe.train.rundir import CONFIG, read_json
 
 
 @dataclass(frozen=True)
@@ -103,3 +104,13 @@ def load_config(raw: dict, path: Path) -> TrainConfig:
     if flat:
         raw["device_options"] = {**flat, **raw.get("device_options", {})}
     return _checked(TrainConfig, raw, path)
+
+
+def read_run_config(run_dir: Path) -> tuple[TrainConfig, Path]:
+    """A run directory's config.json: its settings and the solver.prototxt it trains (stored beside them)."""
+    path = Path(run_dir) / CONFIG
+    raw = read_json(path)
+    solver = raw.pop("solver_path", None)
+    if not isinstance(solver, str):
+        raise UserError(f"{path}: no solver_path (config.json is written by `train`; was it edited?)")
+    return load_config(raw, path), Path(solver)

@@ -23,7 +23,7 @@ from squeezecaffe.engines.torchcaffe.solver import IterationStats, read_scalars
 from squeezecaffe.errors import UserError
 from squeezecaffe.proto import pb, read_text
 from squeezecaffe.train import rundir
-from squeezecaffe.train.config import TrainConfig, load_config
+from squeezecaffe.train.config import TrainConfig, read_run_config
 from squeezecaffe.train.engine import make_engine, pick_engine
 from squeezecaffe.train.guard import Diverged, DivergenceGuard
 from squeezecaffe.train.logs import RunLog, SilentLog
@@ -116,9 +116,7 @@ class Trainer:
         from squeezecaffe.engines.torchcaffe import distributed
 
         self.run_dir = Path(run_dir).resolve()
-        raw = rundir.read_json(self.run_dir / rundir.CONFIG)
-        self.solver_path = Path(raw.pop("solver_path"))
-        self.cfg = load_config(raw, self.run_dir / rundir.CONFIG)
+        self.cfg, self.solver_path = read_run_config(self.run_dir)
         self.dist, device = distributed.init(self.cfg.device_options.device)  # torchrun: this rank's device
         self.main = self.dist.is_main
         self.progress = progress and self.main
