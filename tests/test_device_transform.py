@@ -105,6 +105,24 @@ def test_in_memory_batches_equal_loader_batches(db: Path, phase: int, transform:
             assert mem.position == cpu.position
 
 
+def test_in_memory_database_is_decoded_once_and_freed_with_its_last_loader(db: Path) -> None:
+    """The BatchNorm statistics net reads the training database as the training net does: one decoded copy."""
+    import gc
+
+    from squeezecaffe.engines.torchcaffe import loader
+
+    lp = _layer(db, "crop_size: 9 mirror: true")
+    first = DataLayerLoader(lp, pb.TRAIN, seed=1, device_transform="cpu", in_memory=True)
+    second = DataLayerLoader(lp, pb.TRAIN, seed=2, device_transform="cpu", in_memory=True)
+    val = DataLayerLoader(_layer(db, "crop_size: 9", "val"), pb.TEST, device_transform="cpu", in_memory=True)
+    assert second.memory.pixels is first.memory.pixels and val.memory.pixels is not first.memory.pixels
+    (x1, _), (x2, _) = first.next_batch(), second.next_batch()
+    assert not torch.equal(x1, x2)  # the crops and mirrors stay each loader's own (seeds 1 and 2)
+    del first, second, val, x1, x2
+    gc.collect()
+    assert not any(key[0].startswith(str(db.resolve())) for key in loader._DECODED)
+
+
 def test_in_memory_dataset_needs_one_image_size(tmp_path: Path) -> None:
     import cv2
     import numpy as np

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from squeezecaffe.engines.device import device_field
 from squeezecaffe.options import NOT_AN_OPTION, option
 
 
@@ -26,7 +27,7 @@ class CompressOptions:
                                   "of the quantized model over N training images (0: keep the dense model's)",
                             metavar="N")
     batch_size: int | None = option(None, "retraining batch (default: the run's)")
-    device: str = option("cpu", "cpu, cuda or cuda:N")
+    device: str = device_field()
     seed: int = option(42, "seed of the retraining runs")
     force: bool = option(False, "replace an earlier compression in --out")
     progress: bool = field(default=True, metadata=NOT_AN_OPTION)  # the verb's --quiet

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -34,7 +35,10 @@ from squeezecaffe.engines.torchcaffe.weights import blob_shape, blob_values, rea
 from squeezecaffe.errors import UserError
 from squeezecaffe.evaluation.artifacts import Artifacts, Carried, carried_from, resolve_artifacts
 from squeezecaffe.fileio import atomic_write_bytes, atomic_write_text, ensure_writable_dir
-from squeezecaffe.proto import pb, set_float_data, to_text, write_binary
+from squeezecaffe.proto import pb, read_text, set_float_data, to_text, write_binary
+
+if TYPE_CHECKING:
+    from squeezecaffe.train.config import TrainConfig
 
 RETRAIN_LR_FACTOR = 0.1  # fine-tuning rate, as a fraction of the source run's base_lr
 
@@ -144,7 +148,6 @@ class _Retrain:
 def _retrain_context(art: Artifacts, model: str | None, options: CompressOptions) -> _Retrain | None:
     from dataclasses import asdict
 
-    from squeezecaffe.proto import read_text
     from squeezecaffe.train.config import read_run_config
 
     source = read_run_config(art.run_dir)[0] if art.run_dir else None
@@ -167,18 +170,25 @@ def _retrain_context(art: Artifacts, model: str | None, options: CompressOptions
                     channels_last=bool(source and source.device_options.channels_last))
 
 
-def _retrain(stage_dir: Path, weights: Path, constraints: Path, ctx: _Retrain, options: CompressOptions) -> Path:
+def _stage_config(ctx: _Retrain, options: CompressOptions, **fields) -> TrainConfig:
+    """The settings of a stage's run (retraining, or BatchNorm re-estimation): the source run's model, data, batch
+    and kept settings, this verb's device and seed; `fields` add the stage's own."""
     from squeezecaffe.engines.device import DeviceOptions
     from squeezecaffe.train.config import TrainConfig
+
+    return TrainConfig(model=ctx.model, data=ctx.data, batch_size=ctx.batch_size, engine="torch",
+                       device_options=DeviceOptions(device=options.device, channels_last=ctx.channels_last),
+                       seed=options.seed, **ctx.extra, **fields)
+
+
+def _retrain(stage_dir: Path, weights: Path, constraints: Path, ctx: _Retrain, options: CompressOptions) -> Path:
     from squeezecaffe.train.rundir import RunLock
     from squeezecaffe.train.runner import Trainer, prepare_run
 
     rate = options.retrain_lr if options.retrain_lr is not None else RETRAIN_LR_FACTOR * ctx.base_lr
-    device = DeviceOptions(device=options.device, channels_last=ctx.channels_last)
-    cfg = TrainConfig(model=ctx.model, data=ctx.data, epochs=options.retrain_epochs, batch_size=ctx.batch_size,
-                      solver_set={"base_lr": f"{rate:.6g}"}, engine="torch", device_options=device, seed=options.seed,
-                      keep=1, weights=str(weights.resolve()), constraints=str(constraints.resolve()),
-                      centroid_gradient=options.centroid_gradient, **ctx.extra)
+    cfg = _stage_config(ctx, options, epochs=options.retrain_epochs, solver_set={"base_lr": f"{rate:.6g}"}, keep=1,
+                        weights=str(weights.resolve()), constraints=str(constraints.resolve()),
+                        centroid_gradient=options.centroid_gradient)
     run_dir = stage_dir / "retrain"
     lock = RunLock(run_dir)
     try:
@@ -201,33 +211,17 @@ def _recalibrate(stage_dir: Path, model: pb.NetParameter, ctx: _Retrain, options
     longer fit them: pruned to a third without retraining, fullbypass8 scored 19.7% with the dense model's
     statistics (docs/compression.md). A retraining run re-estimates them itself; this is for `--retrain-epochs 0`.
     The nets are generated as for retraining, into STAGE/recalibrate/; only BatchNorm blobs change."""
-    from squeezecaffe.engines.torchcaffe.batchnorm_stats import accumulating_layers
+    from squeezecaffe.engines.torchcaffe.batchnorm_stats import reestimated_model
     from squeezecaffe.engines.torchcaffe.options import EngineOptions
-    from squeezecaffe.engines.torchcaffe.weights import copy_weights, tensor_to_blob
-    from squeezecaffe.train.config import TrainConfig
-    from squeezecaffe.train.engine import TorchEngine
     from squeezecaffe.train.runner import generate_run_files
 
     folder = stage_dir / "recalibrate"
     folder.mkdir(parents=True, exist_ok=True)
-    cfg = TrainConfig(model=ctx.model, data=ctx.data, epochs=1, batch_size=ctx.batch_size, engine="torch",
-                      seed=options.seed, **ctx.extra)
+    cfg = _stage_config(ctx, options, epochs=1)
     solver_path, _ = generate_run_files(cfg, folder)
-    engine = TorchEngine(solver_path, EngineOptions(device=options.device, channels_last=ctx.channels_last,
-                                                    workers=cfg.workers),
-                         seed=options.seed, snapshot_prefix=str(folder / "unused"))
-    net = engine.solver.train_net
-    copy_weights(net, model, "the stage's weights")
-    records, batch = engine.train_geometry()
-    images = engine.reestimate_batchnorm(-(-min(options.bn_images, records) // batch))
-    fresh = {module.lp.name: module for module in accumulating_layers(net)}
-    out = pb.NetParameter()
-    out.CopyFrom(model)
-    for lp in out.layer:
-        if lp.name in fresh:
-            del lp.blobs[:]
-            lp.blobs.extend(tensor_to_blob(b) for b in fresh[lp.name].blobs)
-    return out, images
+    net_path = Path(read_text(solver_path, pb.SolverParameter).net)
+    engine_options = EngineOptions(device=options.device, channels_last=ctx.channels_last, workers=cfg.workers)
+    return reestimated_model(net_path, model, options.bn_images, engine_options, options.seed)
 
 
 def _evaluate(art: Artifacts, weights: Path, options: CompressOptions, out_dir: Path) -> tuple[float, float] | None:

@@ -9,9 +9,14 @@ from dataclasses import dataclass
 from squeezecaffe.options import option
 
 
+def device_field():
+    """The --device option, for DeviceOptions and for the verbs that offer only it (compress)."""
+    return option("cpu", "cpu, cuda or cuda:N")
+
+
 @dataclass(frozen=True)
 class DeviceOptions:
-    device: str = option("cpu", "cpu, cuda or cuda:N")
+    device: str = device_field()
     channels_last: bool = option(False, "NHWC memory format (faster convolutions on GPUs and on most CPUs)")
     amp: str | None = option(None, "autocast the forward; weights and updates stay fp32", choices=["bf16", "fp16"])
     gpu_transform: bool = option(False, "Data layers ship uint8 pixels; crop, mean, scale and mirror run on the device")

@@ -17,11 +17,15 @@ normalises with the batch's own statistics and never reads the sums.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from squeezecaffe.engines.torchcaffe.distributed import Dist, average_
 from squeezecaffe.engines.torchcaffe.layers import BatchNorm
 from squeezecaffe.engines.torchcaffe.net import CaffeNet
+from squeezecaffe.engines.torchcaffe.options import EngineOptions
+from squeezecaffe.proto import pb, read_text
 
 
 def accumulating_layers(net: CaffeNet) -> list[BatchNorm]:
@@ -48,3 +52,34 @@ def reestimate(net: CaffeNet, batches: int, end_position: int, global_batch: int
         net({})
     average_(blobs, dist)
     return batches * global_batch
+
+
+def reestimated_model(net_path: Path, model: pb.NetParameter, images: int, options: EngineOptions, seed: int
+                      ) -> tuple[pb.NetParameter, int]:
+    """A copy of `model` whose BatchNorm statistics are re-estimated at its own weights: the TRAIN net of
+    `net_path` (a train_val prototxt) forwards the first `images` records of its training database (rounded up to
+    whole batches, at most one pass; the crops and mirrors of seed `seed`). Only the BatchNorm blobs change.
+    Returns the copy and the images used (0: no BatchNorm that accumulates, or no Data layer).
+
+    For weights that no training run produced, e.g. a pruned or quantized model (compress), whose convolutions no
+    longer output what the dense model's statistics describe. One net is built, without a solver or a TEST net."""
+    from squeezecaffe.engines.torchcaffe.net import DataOptions
+    from squeezecaffe.engines.torchcaffe.weights import copy_weights, tensor_to_blob
+
+    net = CaffeNet(read_text(net_path, pb.NetParameter), "TRAIN", where=str(net_path), base_dir=net_path.parent,
+                   data=DataOptions.for_engine(options, seed))
+    options.apply(net)
+    copy_weights(net, model, "the weights to re-estimate")
+    loader = next(iter(net.loaders.values()), None)
+    if loader is None:
+        return model, 0
+    batches = -(-min(images, len(loader)) // loader.batch_size)
+    used = reestimate(net, batches, batches * loader.batch_size, loader.batch_size, Dist())
+    fresh = {layer.lp.name: layer for layer in accumulating_layers(net)}
+    out = pb.NetParameter()
+    out.CopyFrom(model)
+    for lp in out.layer:
+        if lp.name in fresh:
+            del lp.blobs[:]
+            lp.blobs.extend(tensor_to_blob(blob) for blob in fresh[lp.name].blobs)
+    return out, used

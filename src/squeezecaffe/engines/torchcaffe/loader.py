@@ -12,6 +12,7 @@ batches are gathered from it there, each record's draws made exactly as the work
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,6 +52,47 @@ def _record_rng(seed: int, position: int) -> np.random.Generator:
     return np.random.default_rng([seed, position])
 
 
+class _Decoded:
+    """A database's pixels and labels as tensors on one device (what InMemoryRecords gathers from)."""
+
+    def __init__(self, pixels: torch.Tensor, labels: torch.Tensor) -> None:
+        self.pixels, self.labels = pixels, labels
+
+
+# Decoded databases by (path, colour, device, file size and time): the BatchNorm statistics net reads the training
+# database as the training net does, and holding it twice would double the decoding time and the (GPU) memory.
+# Weak values: a database is freed with the last net that uses it.
+_DECODED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+def _decoded(reader: LmdbReader, device: torch.device, where: str) -> _Decoded:
+    stat = (reader.path / "data.mdb").stat()  # a database rewritten in place is decoded anew
+    key = (str(reader.path.resolve()), reader.color, str(device), stat.st_size, stat.st_mtime_ns)
+    cached = _DECODED.get(key)
+    if cached is not None:
+        return cached
+    first, _ = reader[0]
+    count, shape = len(reader), tuple(first.shape)
+    needed = count * int(np.prod(shape))
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if needed > free // 2:
+            raise UserError(f"{where}: --data-in-memory needs {needed / 2**30:.2f} GiB of {device} for "
+                            f"{reader.path}, more than half of the {free / 2**30:.2f} GiB free; leave it off")
+    pixels = np.empty((count, *shape), np.uint8)
+    labels = np.empty(count, np.float32)
+    for i, (img, label) in enumerate(reader):
+        if img.shape != shape:
+            raise UserError(f"{where}: --data-in-memory needs one image size, but record {i} of {reader.path} is "
+                            f"{'x'.join(map(str, img.shape))} and the first {'x'.join(map(str, shape))} "
+                            "(rebuild the database with --resize)")
+        pixels[i] = img
+        labels[i] = label
+    decoded = _Decoded(torch.from_numpy(pixels).to(device), torch.from_numpy(labels).to(device))
+    _DECODED[key] = decoded
+    return decoded
+
+
 class InMemoryRecords:
     """A whole database decoded once into one uint8 N x C x H x W tensor (and its labels) on a device.
 
@@ -62,25 +104,8 @@ class InMemoryRecords:
 
     def __init__(self, reader: LmdbReader, transformer: DataTransformer, seed: int, device: str, where: str) -> None:
         self.transformer, self.seed, self.device = transformer, seed, torch.device(device)
-        first, _ = reader[0]
-        count, shape = len(reader), tuple(first.shape)
-        needed = count * int(np.prod(shape))
-        if self.device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(self.device)
-            if needed > free // 2:
-                raise UserError(f"{where}: --data-in-memory needs {needed / 2**30:.2f} GiB of {self.device} for "
-                                f"{reader.path}, more than half of the {free / 2**30:.2f} GiB free; leave it off")
-        pixels = np.empty((count, *shape), np.uint8)
-        labels = np.empty(count, np.float32)
-        for i, (img, label) in enumerate(reader):
-            if img.shape != shape:
-                raise UserError(f"{where}: --data-in-memory needs one image size, but record {i} of {reader.path} is "
-                                f"{'x'.join(map(str, img.shape))} and the first {'x'.join(map(str, shape))} "
-                                "(rebuild the database with --resize)")
-            pixels[i] = img
-            labels[i] = label
-        self.pixels = torch.from_numpy(pixels).to(self.device)
-        self.labels = torch.from_numpy(labels).to(self.device)
+        self.decoded = _decoded(reader, self.device, where)
+        self.pixels, self.labels = self.decoded.pixels, self.decoded.labels
 
     def __len__(self) -> int:
         return self.pixels.shape[0]
