@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 
 # The main job on a built-in default: real photos (Debian's Fashion-MNIST package, installed if missing)
 # -> PNG folders -> LMDB -> fullbypass8 trained with the torch engine -> test eval -> Table-3 report.
-# A short schedule by default (a few minutes on 2 CPU cores); FULL=1 for the full one.
+# A short schedule by default (a few minutes on 2 CPU cores); FULL=1 for the full one; DEVICE=cuda on a GPU.
 FASHION := /usr/share/datasets/fashion-mnist
 fashion-mnist:
 	@test -f $(FASHION)/train-labels-idx1-ubyte.gz || { \
@@ -34,7 +34,7 @@ fashion-mnist:
 	  else echo "Fashion-MNIST is not installed; run: sudo apt-get install dataset-fashion-mnist"; exit 1; fi; }
 
 demo: setup fashion-mnist
-	$(BIN)/squeezecaffe demo --out $(OUT)/demo $(if $(FULL),--full)
+	$(BIN)/squeezecaffe demo --out $(OUT)/demo $(if $(FULL),--full) $(if $(DEVICE),--device $(DEVICE))
 
 # The built-in default dataset (`make train` / `make build-lmdb` without DATA): all of Fashion-MNIST as a
 # build-lmdb data directory (57,000 train / 3,000 val / 10,000 test, 28x28 gray), built on first use.

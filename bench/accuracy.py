@@ -21,6 +21,7 @@ from pathlib import Path
 
 from squeezecaffe.data_tools.mnist import DEFAULT_SOURCE
 from squeezecaffe.demo import fashion_mnist_data, train_run
+from squeezecaffe.engines.device import DeviceOptions
 from squeezecaffe.evaluation.evaluate import evaluate_weights, format_eval
 from squeezecaffe.train.logs import read_log
 from squeezecaffe.train.report import markdown_table, run_row
@@ -56,7 +57,7 @@ def main() -> int:
         run_dir = out / "runs" / model
         started = time.time()
         train_run(model, data, run_dir, epochs=args.epochs, batch_size=args.batch_size, engine=args.engine,
-                  device=args.device)
+                  device=DeviceOptions(device=args.device))
         print(f"{model}: trained in {time.time() - started:.0f} s", flush=True)
         print(format_eval(evaluate_weights(run_dir, "test", device=args.device)))
         runs.append(run_dir)

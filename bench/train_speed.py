@@ -11,10 +11,13 @@ Then (a) again fed by a Data layer from a real LMDB of random 64x64 images: thro
 processes; on CUDA with the transform on the GPU) and from the database held in device memory
 (--data-in-memory). fed / compute-only below 1 is the share of the time spent waiting for data (its
 complement); on a busy 2-core CPU run-to-run noise is larger than that share.
-For each device (CPU; CUDA when present) and batch size it prints images/s and, on CUDA, peak memory.
+For each device (CPU; CUDA when present), batch size, precision (`--amps fp32,bf16`: autocast of the forward, as
+`train --amp`) and memory layout (`--layouts nchw,nhwc`: channels-last, as `train --channels-last`; both contenders
+alike) it prints images/s and, on CUDA, peak memory.
 
     python bench/train_speed.py [--models fullbypass8,fullbypass12] [--batches 64,256,1024] [--iters 5] [--repeats 3]
-                                [--devices cpu,cuda] [--workers 4] [--records 4096] [--json out.json]
+                                [--devices cpu,cuda] [--amps fp32,bf16] [--layouts nchw,nhwc] [--workers 4]
+                                [--records 4096] [--json out.json]
 
 Default batches on the CPU are small (a 2-core CPU trains ~30 images/s); pass --cpu-batches to change them.
 """
@@ -22,6 +25,8 @@ Default batches on the CPU are small (a 2-core CPU trains ~30 images/s); pass --
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import os
 import sys
 import tempfile
@@ -41,6 +46,8 @@ from squeezecaffe.data_tools.lmdb_io import AtomicLmdbWriter, LmdbAppender, datu
 from squeezecaffe.engines.torchcaffe.options import EngineOptions
 from squeezecaffe.engines.torchcaffe.solver import Solver
 from squeezecaffe.proto import parse_text, pb, read_text, to_text
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 # (squeeze, expand) per Fire, bypass kind per Fire ("conv" = TypeA, "id" = TypeB), pools after these Fires
 ARCH = {
@@ -98,28 +105,33 @@ def _sync(device: str) -> None:
 
 
 def time_reference(model: str, classes: int, x: torch.Tensor, y: torch.Tensor, warmup: int, iters: int,
-                   device: str) -> float:
+                   device: str, amp: str | None = None, channels_last: bool = False) -> float:
     net = BypassSqueezeNet(model, classes).to(device)
+    if channels_last:
+        net, x = net.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=0.0002, foreach=True)
     loss_fn = nn.CrossEntropyLoss()
     labels = y.long()
+    autocast = torch.autocast(torch.device(device).type, dtype=AMP_DTYPES[amp]) if amp else contextlib.nullcontext()
     t0 = 0.0
     for i in range(warmup + iters):
         if i == warmup:
             _sync(device)
             t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        loss_fn(net(x), labels).backward()
+        with autocast:
+            loss = loss_fn(net(x), labels)
+        loss.backward()
         opt.step()
     _sync(device)
     return iters * len(x) / (time.perf_counter() - t0)
 
 
-def time_engine(solver_path: Path, x: torch.Tensor, y: torch.Tensor, warmup: int, iters: int, device: str,
-                reference_params: int) -> float:
+def time_engine(solver_path: Path, x: torch.Tensor, y: torch.Tensor, warmup: int, iters: int,
+                options: EngineOptions, reference_params: int) -> float:
     inputs = {"data": x, "label": y}
-    solver = Solver.from_file(solver_path, options=EngineOptions(device=device), feed=lambda phase, it, k: inputs,
-                              seed=1)
+    device = options.device
+    solver = Solver.from_file(solver_path, options=options, feed=lambda phase, it, k: inputs, seed=1)
     trainable = sum(blob.numel() for _, _, blob, lr_mult, _ in solver.params if lr_mult)
     if trainable != reference_params:  # the two contenders must be the same network
         raise SystemExit(f"{solver_path}: {trainable:,} trainable parameters, the hand-written net {reference_params:,}")
@@ -186,6 +198,8 @@ def main() -> int:
     p.add_argument("--devices", default="cpu,cuda")
     p.add_argument("--batches", default="64,256,1024", help="batch sizes on CUDA")
     p.add_argument("--cpu-batches", default="32")
+    p.add_argument("--amps", default="fp32", help="precisions: fp32, bf16, fp16 (autocast), comma-separated")
+    p.add_argument("--layouts", default="nchw", help="memory formats: nchw, nhwc (channels-last), comma-separated")
     p.add_argument("--classes", type=int, default=200)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--iters", type=int, default=5)
@@ -200,69 +214,76 @@ def main() -> int:
         db = random_lmdb(Path(tmp) / "random_lmdb", args.records, args.classes)
         for device in devices:
             batches = args.cpu_batches if device == "cpu" else args.batches
-            for model in args.models.split(","):
-                for batch in (int(b) for b in batches.split(",")):
-                    folder = Path(tmp) / f"{model}-{device}-{batch}"
-                    folder.mkdir()
-                    solver_path = training_net(model, batch, args.classes, folder)
-                    rng = np.random.default_rng(0)
-                    x_np = rng.normal(scale=50.0, size=(batch, 3, 64, 64)).astype(np.float32)
-                    y_np = rng.integers(0, args.classes, size=batch).astype(np.float32)
-                    x, y = torch.from_numpy(x_np).to(device), torch.from_numpy(y_np).to(device)
-                    if device.startswith("cuda"):
-                        torch.cuda.reset_peak_memory_stats()
-                    params = parameter_count(BypassSqueezeNet(model, args.classes))
-                    fed_solver = data_fed_solver(solver_path, db)
-                    on_gpu = device.startswith("cuda")
-                    from squeezecaffe.engines.pycaffe.runtime import caffe_available
+            for model, batch, amp, layout in itertools.product(
+                    args.models.split(","), (int(b) for b in batches.split(",")), args.amps.split(","),
+                    args.layouts.split(",")):
+                amp_name = None if amp == "fp32" else amp
+                channels_last = layout == "nhwc"
+                folder = Path(tmp) / f"{model}-{device}-{batch}-{amp}-{layout}"
+                folder.mkdir()
+                solver_path = training_net(model, batch, args.classes, folder)
+                rng = np.random.default_rng(0)
+                x_np = rng.normal(scale=50.0, size=(batch, 3, 64, 64)).astype(np.float32)
+                y_np = rng.integers(0, args.classes, size=batch).astype(np.float32)
+                x, y = torch.from_numpy(x_np).to(device), torch.from_numpy(y_np).to(device)
+                if device.startswith("cuda"):
+                    torch.cuda.reset_peak_memory_stats()
+                params = parameter_count(BypassSqueezeNet(model, args.classes))
+                fed_solver = data_fed_solver(solver_path, db)
+                on_gpu = device.startswith("cuda")
+                speed = dict(device=device, amp=amp_name, channels_last=channels_last)
+                from squeezecaffe.engines.pycaffe.runtime import caffe_available
 
-                    contenders = {
-                        "engine": partial(time_engine, solver_path, x, y, args.warmup, args.iters, device, params),
-                        "reference": partial(time_reference, model, args.classes, x, y, args.warmup, args.iters,
-                                             device),
-                        "loader": partial(time_engine_fed, fed_solver, batch, args.warmup, args.iters, EngineOptions(
-                            device=device, workers=args.workers, gpu_transform=on_gpu)),
-                        "in_memory": partial(time_engine_fed, fed_solver, batch, args.warmup, args.iters,
-                                             EngineOptions(device=device, data_in_memory=True)),
-                    }
-                    if device == "cpu" and caffe_available():
-                        contenders["caffe"] = partial(time_caffe, solver_path, x_np, y_np, args.warmup, args.iters,
-                                                      folder)
-                    # Best of --repeats, the contenders alternating within each repeat: a shared machine's
-                    # speed drifts, and every contender should meet the same machine.
-                    best: dict[str, float] = {}
-                    peak = None
-                    for _ in range(args.repeats):
-                        for name, timed in contenders.items():
-                            best[name] = max(best.get(name, 0.0), timed())
-                            if name == "engine" and on_gpu:
-                                peak = torch.cuda.max_memory_allocated() / 2**30
-                                torch.cuda.reset_peak_memory_stats()
-                    engine, reference, loader, in_memory = (best[k] for k in ("engine", "reference", "loader",
-                                                                               "in_memory"))
-                    caffe = best.get("caffe")
-                    rows.append({"device": device, "model": model, "batch": batch, "engine": round(engine, 1),
-                                 "engine_lmdb_loader": round(loader, 1), "engine_in_memory": round(in_memory, 1),
-                                 "loader_over_compute": round(loader / engine, 3),
-                                 "in_memory_over_compute": round(in_memory / engine, 3),
-                                 "loader_workers": args.workers,
-                                 "reference": round(reference, 1), "engine_over_reference": round(engine / reference, 3),
-                                 "pycaffe": None if caffe is None else round(caffe, 1),
-                                 "peak_gib": None if peak is None else round(peak, 2),
-                                 "trainable_params": params})
+                contenders = {
+                    "engine": partial(time_engine, solver_path, x, y, args.warmup, args.iters, EngineOptions(**speed),
+                                      params),
+                    "reference": partial(time_reference, model, args.classes, x, y, args.warmup, args.iters, device,
+                                         amp_name, channels_last),
+                    "loader": partial(time_engine_fed, fed_solver, batch, args.warmup, args.iters, EngineOptions(
+                        **speed, workers=args.workers, gpu_transform=on_gpu)),
+                    "in_memory": partial(time_engine_fed, fed_solver, batch, args.warmup, args.iters,
+                                         EngineOptions(**speed, data_in_memory=True)),
+                }
+                if device == "cpu" and caffe_available() and not amp_name and not channels_last:
+                    contenders["caffe"] = partial(time_caffe, solver_path, x_np, y_np, args.warmup, args.iters,
+                                                  folder)
+                # Best of --repeats, the contenders alternating within each repeat: a shared machine's
+                # speed drifts, and every contender should meet the same machine.
+                best: dict[str, float] = {}
+                peak = None
+                for _ in range(args.repeats):
+                    for name, timed in contenders.items():
+                        best[name] = max(best.get(name, 0.0), timed())
+                        if name == "engine" and on_gpu:
+                            peak = torch.cuda.max_memory_allocated() / 2**30
+                            torch.cuda.reset_peak_memory_stats()
+                engine, reference, loader, in_memory = (best[k] for k in ("engine", "reference", "loader",
+                                                                           "in_memory"))
+                caffe = best.get("caffe")
+                rows.append({"device": device, "model": model, "batch": batch, "amp": amp, "layout": layout,
+                             "engine": round(engine, 1),
+                             "engine_lmdb_loader": round(loader, 1), "engine_in_memory": round(in_memory, 1),
+                             "loader_over_compute": round(loader / engine, 3),
+                             "in_memory_over_compute": round(in_memory / engine, 3),
+                             "loader_workers": args.workers,
+                             "reference": round(reference, 1), "engine_over_reference": round(engine / reference, 3),
+                             "pycaffe": None if caffe is None else round(caffe, 1),
+                             "peak_gib": None if peak is None else round(peak, 2),
+                             "trainable_params": params})
     from squeezecaffe.train.rundir import cpu_name
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     machine = f"{cpu_name()} x{os.cpu_count()}, {gpu}, torch {torch.__version__}"
     print(f"\ntraining images/s, 64x64x3, {args.classes} classes, best of {args.repeats} x {args.iters} timed "
           f"iterations ({machine})\n")
-    print("| device | model | batch | (a) engine | (b) hand-written | a/b | (c) pycaffe | (a) + LMDB loader "
-          "(/ a) | (a) + in-memory data (/ a) | peak GiB |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| device | model | batch | precision | layout | (a) engine | (b) hand-written | a/b | (c) pycaffe | "
+          "(a) + LMDB loader (/ a) | (a) + in-memory data (/ a) | peak GiB |")
+    print("|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         caffe = "—" if r["pycaffe"] is None else f"{r['pycaffe']:.1f}"
         peak = "—" if r["peak_gib"] is None else f"{r['peak_gib']:.2f}"
-        print(f"| {r['device']} | {r['model']} | {r['batch']} | {r['engine']:.1f} | {r['reference']:.1f} | "
+        print(f"| {r['device']} | {r['model']} | {r['batch']} | {r['amp']} | {r['layout']} | {r['engine']:.1f} | "
+              f"{r['reference']:.1f} | "
               f"{r['engine_over_reference']:.2f} | {caffe} | {r['engine_lmdb_loader']:.1f} "
               f"({r['loader_over_compute']:.2f}) | {r['engine_in_memory']:.1f} ({r['in_memory_over_compute']:.2f}) | "
               f"{peak} |")

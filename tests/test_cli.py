@@ -123,7 +123,7 @@ def test_train_options_come_from_the_run_config() -> None:
 
 def test_device_options_come_from_one_dataclass_for_every_engine_verb() -> None:
     """train, solve, forward and time take the device options of engines/device.py: same defaults, flags, choices;
-    lr-find, eval and classify take its --device."""
+    lr-find, eval and classify take its --device, the demo all but --channels-last; `flags` gives them back."""
     from dataclasses import asdict, fields
 
     from squeezecaffe.cli import build_parser
@@ -142,6 +142,10 @@ def test_device_options_come_from_one_dataclass_for_every_engine_verb() -> None:
     assert asdict(chosen) == {**defaults, "device": "cuda:1", "amp": "bf16", "channels_last": True,
                               "data_in_memory": True}
     assert chosen.torch_only == ["--amp", "--channels-last", "--data-in-memory"]
+    again = parser.parse_args(["train", "fullbypass8", *chosen.flags])  # what a printed command carries
+    assert DeviceOptions(**dataclass_values(again, DeviceOptions)) == chosen and DeviceOptions().flags == []
+    demo = parser.parse_args(["demo", "--device", "cuda", "--amp", "bf16"])  # the demo: channels-last always on
+    assert (demo.device, demo.amp) == ("cuda", "bf16") and not hasattr(demo, "channels_last")
     for argv in (["lr-find", "fullbypass8", "--data", "d"], ["eval", "run"], ["classify", "run", "x.png"]):
         picked = parser.parse_args([*argv, "--device", "cuda"])  # these take the device, no more
         assert picked.device == "cuda" and not hasattr(picked, "amp"), argv[0]

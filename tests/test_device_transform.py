@@ -123,6 +123,22 @@ def test_in_memory_database_is_decoded_once_and_freed_with_its_last_loader(db: P
     assert not any(key[0].startswith(str(db.resolve())) for key in loader._DECODED)
 
 
+def test_closing_a_loader_ends_its_worker_processes(db: Path) -> None:
+    """Workers persist while a loader lives; a run's end closes its nets' loaders (Trainer.run), so a process that
+    trains several runs one after another does not keep every earlier run's workers."""
+    import multiprocessing
+
+    before = set(multiprocessing.active_children())
+    lp = _layer(db, "crop_size: 9 mirror: true")
+    loader = DataLayerLoader(lp, pb.TRAIN, seed=1, workers=2)
+    loader.next_batch()
+    assert len(set(multiprocessing.active_children()) - before) == 2
+    loader.close()
+    assert set(multiprocessing.active_children()) - before == set()
+    with pytest.raises(RuntimeError, match="loader was closed"):
+        loader.next_batch()
+
+
 def test_in_memory_dataset_needs_one_image_size(tmp_path: Path) -> None:
     import cv2
     import numpy as np

@@ -160,6 +160,18 @@ def test_data_in_memory_trains_the_same_run(data: Path, finished_run: Path, tmp_
     assert json.loads((run_dir / "config.json").read_text())["device_options"]["data_in_memory"] is True
 
 
+def test_a_finished_run_leaves_no_worker_processes(data: Path, tmp_path: Path, capsys, no_caffe) -> None:
+    """The data readers' worker processes (persistent while a net lives) end with the run, so a process that trains
+    runs one after another (bench/robustness.py, compress's retraining stages) does not gather them."""
+    import multiprocessing
+
+    before = set(multiprocessing.active_children())
+    code, _, err = run(capsys, *TRAIN, "--epochs", "1", "--workers", "2", "--data", str(data), "--run-dir",
+                       str(tmp_path / "w"))
+    assert code == 0, err
+    assert set(multiprocessing.active_children()) - before == set()
+
+
 @pytest.mark.parametrize("edit, message", [
     ({"epochz": 3}, "unknown key 'epochz'"),
     ({"workers": "two"}, "workers is 'two', expected int"),

@@ -98,17 +98,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_DEVICE_OPTIONS = ("device", "amp", "gpu_transform", "data_in_memory")  # channels-last is always on
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from squeezecaffe.demo import FULL, SHORT, run_demo
+    from squeezecaffe.demo import DEMO_DEVICE, FULL, SHORT, run_demo
 
     schedule = FULL if args.full else SHORT
     overrides = {k: v for k, v in (("epochs", args.epochs), ("train_images", args.train_images),
                                    ("val_images", args.val_images), ("batch_size", args.batch_size)) if v is not None}
     if overrides:
         schedule = replace(schedule, name=f"{schedule.name}-custom", **overrides)
-    run_demo(Path(args.out), schedule, src=args.src, model=args.model, quiet=args.quiet)
+    device = replace(DEMO_DEVICE, **{name: getattr(args, name) for name in DEMO_DEVICE_OPTIONS})
+    run_demo(Path(args.out), schedule, src=args.src, model=args.model, device=device, quiet=args.quiet)
     return 0
 
 
@@ -149,4 +153,5 @@ def register_evaluation_verbs(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-images", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_device_options(p, only=DEMO_DEVICE_OPTIONS)
     p.set_defaults(func=cmd_demo)

@@ -4,7 +4,7 @@ time), declared once. Free of torch, so a verb's parser can be built without imp
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from squeezecaffe.options import option
 
@@ -22,6 +22,18 @@ class DeviceOptions:
     gpu_transform: bool = option(False, "Data layers ship uint8 pixels; crop, mean, scale and mirror run on the device")
     data_in_memory: bool = option(False, "decode each database once into one uint8 tensor on the device (GPU memory "
                                          "with --device cuda) and batch from there; implies --gpu-transform")
+
+    @property
+    def flags(self) -> list[str]:
+        """The command-line options that give these settings (the defaults left out), as a printed command shows
+        them."""
+        default, flags = DeviceOptions(), []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value != getattr(default, f.name):
+                flag = f"--{f.name.replace('_', '-')}"
+                flags += [flag] if value is True else [flag, str(value)]
+        return flags
 
     @property
     def torch_only(self) -> list[str]:

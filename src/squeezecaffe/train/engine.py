@@ -3,7 +3,8 @@
 Both offer: `sp` (the parsed solver), `iter`, `device`, `step(n, callback, should_stop)`, `learning_rate()`,
 `set_lr_scale(scale)`, `snapshot()`, `restore(state, lr_scale)`, `load_weights(path)`, `validate()` (whole-
 database figures), `train_geometry()` (records and batch size of the TRAIN Data layer, i.e. what an epoch is) and
-`reestimate_batchnorm(batches)` (BatchNorm statistics at the current weights; engines/torchcaffe/batchnorm_stats.py).
+`reestimate_batchnorm(batches)` (BatchNorm statistics at the current weights; engines/torchcaffe/batchnorm_stats.py)
+and `close()` (the data readers stop: worker processes end with the run).
 """
 
 from __future__ import annotations
@@ -113,6 +114,12 @@ class TorchEngine:
 
     def validate(self) -> EvalResult:
         return evaluate(self.val_net)
+
+    def close(self) -> None:
+        """Stop every net's data readers (the training, validation and statistics nets)."""
+        for net in (self.solver.train_net, self.val_net, self._stats_net):
+            if net is not None:
+                net.close()
 
     def reestimate_batchnorm(self, batches: int) -> int:
         """BatchNorm's sums re-estimated over the last `batches` training batches at the current weights (a TRAIN

@@ -257,6 +257,7 @@ class Trainer:
         try:
             return self._run()
         finally:
+            self.solver.close()  # the data readers' worker processes end with the run
             for s, h in handlers.items():
                 signal.signal(s, h)
 
@@ -348,6 +349,7 @@ class Trainer:
             self.solver.restore(info["solverstate"], lr_scale=scale)
             restored = f"the best snapshot (iteration {info['iter']})"
         else:  # nothing finished yet: start again from the initial weights
+            self.solver.close()
             del self.solver
             self.solver = self._make_engine()
             if self.cfg.weights:

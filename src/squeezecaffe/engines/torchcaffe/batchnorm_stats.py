@@ -74,7 +74,10 @@ def reestimated_model(net_path: Path, model: pb.NetParameter, images: int, optio
     if loader is None:
         return model, 0
     batches = -(-min(images, len(loader)) // loader.batch_size)
-    used = reestimate(net, batches, batches * loader.batch_size, loader.batch_size, Dist())
+    try:
+        used = reestimate(net, batches, batches * loader.batch_size, loader.batch_size, Dist())
+    finally:
+        net.close()  # its reader's worker processes
     fresh = {layer.lp.name: layer for layer in accumulating_layers(net)}
     out = pb.NetParameter()
     out.CopyFrom(model)

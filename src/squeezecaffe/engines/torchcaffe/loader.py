@@ -224,7 +224,21 @@ class DataLayerLoader:
         self.sampler.start = position
         self._it = None
 
+    def close(self) -> None:
+        """Stop the worker processes (persistent while the loader lives) and let go of an in-memory database. A
+        process that trains several runs one after another (a benchmark, compress's stages) would otherwise keep
+        every earlier run's workers until the garbage collector meets the nets."""
+        self._it = None
+        if self.loader is not None:
+            iterator = getattr(self.loader, "_iterator", None)  # the persistent workers' iterator, if started
+            self.loader = None
+            if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+                iterator._shutdown_workers()
+        self.memory = None
+
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.loader is None and self.memory is None:
+            raise RuntimeError(f"{self.source}: this Data layer's loader was closed")
         if self._it is None:
             self._it = iter(self.sampler if self.memory is not None else self.loader)
         batch = next(self._it)

@@ -200,6 +200,11 @@ class CaffeNet(nn.Module):
                 return blob.dtype
         return torch.float32
 
+    def close(self) -> None:
+        """Stop the Data layers' readers (worker processes, in-memory databases); the net cannot read data after."""
+        for loader in self.loaders.values():
+            loader.close()
+
     def batch_size(self) -> int:
         for loader in self.loaders.values():
             return loader.batch_size

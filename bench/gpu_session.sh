@@ -1,0 +1,55 @@
+#!/bin/bash
+# The GPU measurements, prepared so that a short lease of one GPU machine brings them back in one or two commands.
+# Run from the repository root on the GPU machine (PyTorch with CUDA there; nothing else needed from the network):
+#
+#   bash bench/gpu_session.sh OUTDIR STEP...      STEP: tests | speed | scale | demo (in the order given)
+#
+#   tests  the `gpu` test lane (tests/test_gpu.py): CUDA against the CPU engine, device batches, 2 ranks = 1 rank
+#   speed  bench/train_speed.py on CUDA: fullbypass8/12, batch 64/256/1024, engine vs hand-written, LMDB loader,
+#          in-memory data, peak memory
+#   scale  bench/tiny_scale.py: 100,000 synthetic 64x64 JPEGs -> build-lmdb -> one epoch of fullbypass12 on CUDA
+#   demo   `squeezecaffe demo --full --device cuda`: the full demo's curve, test top-1 and wall time
+#
+# Each step runs under its own time limit (seconds: TESTS_S, SPEED_S, SCALE_S, DEMO_S) and writes STEP.log (and
+# STEP.json) into OUTDIR; OUTDIR/summary.txt gets the machine and one line per step (exit code, seconds).
+# Wheels in .whl/ (lmdb, which the GPU image lacks) are installed into /tmp/site first. The demo reads
+# Fashion-MNIST's IDX files from $FASHION (default .fmnist/: copy /usr/share/datasets/fashion-mnist/*.gz there).
+set -u
+out=${1:?usage: bash bench/gpu_session.sh OUTDIR STEP...}
+shift
+mkdir -p "$out"
+export PYTHONPATH="$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
+{
+  date -u
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1
+  python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.is_available())'
+  echo "cpus $(nproc)"
+} >>"$out/summary.txt"
+
+step() {  # step NAME LIMIT_S COMMAND...
+  local name=$1 limit=$2 started rc
+  shift 2
+  started=$(date +%s)
+  timeout "$limit" "$@" >"$out/$name.log" 2>&1
+  rc=$?
+  echo "$name: exit $rc, $(($(date +%s) - started)) s (limit $limit s)" | tee -a "$out/summary.txt"
+}
+
+for s in "$@"; do
+  case $s in
+    tests) step tests "${TESTS_S:-150}" python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider ;;
+    speed) step speed "${SPEED_S:-300}" python3 bench/train_speed.py --devices cuda --models fullbypass8,fullbypass12 \
+             --batches 256,1024 --amps fp32,bf16 --layouts nchw,nhwc --iters 10 --repeats 2 --workers 8 \
+             --json "$out/speed.json" ;;
+    scale) step scale "${SCALE_S:-200}" python3 bench/tiny_scale.py --device cuda --batch-size 256 \
+             --out /tmp/tiny_scale --json "$out/scale.json" ;;
+    demo) step demo "${DEMO_S:-300}" python3 -m squeezecaffe demo --full --device cuda --src "${FASHION:-.fmnist}" \
+            --out /tmp/demo --quiet
+          cp /tmp/demo/runs/fullbypass8-full/log.csv "$out/demo_log.csv" 2>/dev/null ;;  # time to 93.5%: its rows
+    *) echo "unknown step '$s' (tests, speed, scale, demo)" | tee -a "$out/summary.txt" ;;
+  esac
+done
