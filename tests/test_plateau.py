@@ -65,7 +65,7 @@ def test_min_lr_cooldown_and_stop_after():
         ctl.update(a)
         assert not ctl.stop
     ctl.update(0.5)
-    assert ctl.stop and ctl.last_event.endswith("stop")
+    assert ctl.stop and ctl.last_event.endswith("stop") and ctl.stop_reason == "no improvement after the last 2 LR drops"
 
 
 # validation top-1 after each of the 20 epochs of `make demo FULL=1` (fullbypass8, all of Fashion-MNIST): the
@@ -81,6 +81,7 @@ def test_a_run_stops_once_the_scale_falls_below_stop_below():
     # epoch 1 improves on nothing; then a drop every 2 epochs: 0.2, 0.1, 0.02, 0.01, 0.002, 0.001, and the 7th,
     # after epoch 15, takes the scale to 0.0002 < 1e-3
     assert ctl.epochs == 15 and ctl.scale == pytest.approx(2e-4) and ctl.last_event == "lr / 5; stop (scale below 0.001)"
+    assert ctl.stop_reason == "the LR scale fell below --stop-below 0.001"
     never = PlateauController(PlateauOptions(stop_below=0))
     for _ in range(40):
         never.update(0.5)

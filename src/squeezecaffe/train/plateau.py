@@ -60,6 +60,7 @@ class PlateauController:
     epochs: int = 0
     history: list[dict] = field(default_factory=list)  # one entry per update: epoch, top1, event, scale
     stop: bool = False
+    stop_reason: str = ""  # why `stop` was set, as the run's last line says it
 
     @property
     def patience(self) -> int:
@@ -102,9 +103,11 @@ class PlateauController:
                     event = "at min_lr"
                 if opt.stop_after is not None and self.drops_without_gain >= opt.stop_after:
                     self.stop = True
+                    self.stop_reason = f"no improvement after the last {self.drops_without_gain} LR drops"
                     event += "; stop"
                 elif self.scale < opt.stop_below:
                     self.stop = True
+                    self.stop_reason = f"the LR scale fell below --stop-below {opt.stop_below:g}"
                     event += f"; stop (scale below {opt.stop_below:g})"
         self.history.append({"epoch": self.epochs, "top1": top1, "event": event, "scale": self.scale})
         return self.scale

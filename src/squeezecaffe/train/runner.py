@@ -323,9 +323,8 @@ class Trainer:
                           f"top-1 {100 * result.top1:.2f}%, top-5 {100 * result.top5:.2f}% ({result.count} images), "
                           f"{rate:.0f} images/s, lr scale {scale:g} ({event})")
             if self.controller.stop:
-                why = ("the LR scale fell below --stop-below" if "below" in event
-                       else "the controller saw no improvement after its last drops")
-                self.log.line(f"stopping after epoch {epoch + 1}: {why}; the best epoch is in best.caffemodel")
+                self.log.line(f"stopping after epoch {epoch + 1}: {self.controller.stop_reason}; the best epoch is "
+                              "in best.caffemodel")
                 break
         self.finish()
         return 0
