@@ -43,6 +43,7 @@ from caffe_vs_torch import save_json, time_caffe, training_net
 
 from squeezecaffe.data_tools.decode import raw_datum_bytes
 from squeezecaffe.data_tools.lmdb_io import AtomicLmdbWriter, LmdbAppender, datum_key
+from squeezecaffe.engines.pycaffe.runtime import caffe_available
 from squeezecaffe.engines.torchcaffe.options import EngineOptions
 from squeezecaffe.engines.torchcaffe.solver import Solver
 from squeezecaffe.proto import parse_text, pb, read_text, to_text
@@ -232,8 +233,6 @@ def main() -> int:
                 fed_solver = data_fed_solver(solver_path, db)
                 on_gpu = device.startswith("cuda")
                 speed = dict(device=device, amp=amp_name, channels_last=channels_last)
-                from squeezecaffe.engines.pycaffe.runtime import caffe_available
-
                 contenders = {
                     "engine": partial(time_engine, solver_path, x, y, args.warmup, args.iters, EngineOptions(**speed),
                                       params),
