@@ -367,6 +367,12 @@ def test_eval_takes_a_sqz_and_opencv_gives_the_same_logits_as_for_the_quantized_
     assert main(["eval", str(compressed / "final/model.sqz"), "--out", str(out), "--quiet"]) == 0
     report = json.loads((compressed / "final/report.json").read_text())
     assert json.loads((out / "metrics.json").read_text())["top1"] == report["stages"][-1]["top1"]
+    # the class names and stored size travel in the file: used where its data directory is not there
+    from squeezecaffe.compress.pipeline import open_sqz
+
+    _, carried = open_sqz(str(compressed / "final/model.sqz"))
+    assert [(c.id, c.name) for c in carried.labels] == [(c.id, c.name) for c in art_q.labels]
+    assert carried.stored_size == art_q.stored_size is not None
 
 
 @pytest.mark.caffe

@@ -126,6 +126,39 @@ def test_eval_of_an_image_folder_equals_eval_of_its_lmdb(finished_run: Path, dat
     assert "best classes:" in out and "top-1" in out
 
 
+def test_eval_of_a_folder_skips_and_lists_unreadable_files_and_keeps_the_runs_own_figures(
+        finished_run: Path, mistaken: Path, data: Path, tmp_path: Path, capsys):
+    import shutil
+
+    src = Path(json.loads((data / "manifest.json").read_text())["options"]["source"])
+    photos = tmp_path / "photos"
+    shutil.copytree(src, photos)
+    first_class = sorted(p for p in photos.iterdir() if p.is_dir())[0]
+    (first_class / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a whole JPEG")
+    (first_class / "empty.png").write_bytes(b"")
+    code, _, err = run(capsys, "eval", str(finished_run), "--split", "train", "--quiet")
+    assert code == 0, err
+    own = (finished_run / "eval" / "train" / "metrics.json").read_bytes()
+
+    code, _, err = run(capsys, "eval", str(finished_run), "--data", str(photos), "--quiet")  # 2 of 162 > 1%
+    assert code == 2 and "2 of 162 images could not be read" in err and len(err.strip().splitlines()) == 1
+
+    code, out, err = run(capsys, "eval", str(mistaken), "--data", str(photos), "--quiet",
+                         "--max-skip", "0.05")
+    assert code == 0, err
+    assert "skipped 2 unreadable image(s)" in out
+    code, _, err = run(capsys, "eval", str(mistaken), "--data", str(src), "--quiet",
+                       "--out", str(tmp_path / "clean"))
+    assert code == 0, err
+    got = json.loads((finished_run / "eval" / "photos-train" / "metrics.json").read_text())
+    clean = json.loads((tmp_path / "clean" / "metrics.json").read_text())
+    assert sorted(Path(s["key"]).name for s in got["skipped"]) == ["broken.jpg", "empty.png"]
+    assert got["count"] == clean["count"] == 160 and got["confusion"] == clean["confusion"]
+    assert got["errors"] and [e["key"] for e in got["errors"]] == [e["key"] for e in clean["errors"]]
+    # a folder's "train" split did not replace the run's own train figures (report reads those)
+    assert (finished_run / "eval" / "train" / "metrics.json").read_bytes() == own
+
+
 def test_preprocessing_a_file_equals_preprocessing_its_stored_record(finished_run: Path, data: Path):
     art = resolve_artifacts(str(finished_run))
     pre = Preprocessor(art)

@@ -5,10 +5,13 @@ database exactly as the model it came from."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from squeezecaffe.errors import UserError
+from squeezecaffe.evaluation.artifacts import resolve_artifacts
 from squeezecaffe.export.onnx_export import ExportOptions, export_onnx, read_onnx_metadata
 from squeezecaffe.netgen.registry import MODELS, narrowed
 from squeezecaffe.proto import parse_text, pb, write_binary, write_text
@@ -144,3 +147,33 @@ def test_exported_run_scores_its_data_like_the_torch_engine_to_the_image(finishe
     capsys.readouterr()
     assert main(["eval", str(onnx_path), "--engine", "opencv"]) == 2
     assert "an .onnx file runs in onnxruntime" in capsys.readouterr().err
+
+
+def test_an_exported_file_keeps_its_class_names_and_stored_size_where_its_data_directory_is_gone(
+        finished_run, data, tmp_path):
+    """On another machine the data directory the file names does not exist: the names and the size files are
+    brought to must come from the file itself (as a .sqz's do), not fall back to numbers and the net's input."""
+    import onnx
+
+    from squeezecaffe.cli import main
+    from squeezecaffe.evaluation.preprocess import Preprocessor
+    from squeezecaffe.export.onnx_export import open_onnx
+
+    here = tmp_path / "run.onnx"
+    assert main(["export", str(finished_run), "--onnx", str(here)]) == 0
+    model = onnx.load(str(here))
+    for prop in model.metadata_props:
+        if prop.key == "squeezecaffe.data":
+            prop.value = str(tmp_path / "gone")  # as on a machine without the training data
+    elsewhere = tmp_path / "elsewhere.onnx"
+    elsewhere.write_bytes(model.SerializeToString())
+
+    run_art = resolve_artifacts(str(finished_run))
+    art = resolve_artifacts(str(elsewhere), carried=open_onnx(str(elsewhere)))
+    assert art.data_dir is None
+    assert [(c.id, c.name) for c in art.labels] == [(c.id, c.name) for c in run_art.labels]
+    assert art.labels[0].name == "red stripes"
+    assert art.stored_size == run_art.stored_size is not None
+    src = Path(json.loads((data / "manifest.json").read_text())["options"]["source"])
+    image = sorted(p for p in src.rglob("*") if p.is_file())[0]
+    np.testing.assert_array_equal(Preprocessor(art).display_image(image), Preprocessor(run_art).display_image(image))

@@ -9,5 +9,10 @@ class UserError(Exception):
     """
 
 
+class UnreadableImage(UserError):
+    """An image file that cannot be decoded (empty, truncated, not an image): the one kind of bad input a
+    folder-reading command may skip and list instead of stopping, as build-lmdb does."""
+
+
 CAFFE_ENGINE_MISSING = ("--engine caffe: the pycaffe engine is not available (Caffe is not built here); "
                         "run `make caffe` to build it from source, or use --engine torch")

@@ -53,7 +53,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     prepared = _prepare(args, args.data, out_dir)
     result = evaluate_weights(args.weights, args.split, data=args.data, out_dir=out_dir, batch_size=args.batch_size,
                               errors_shown=args.errors, progress=not args.quiet, prepared=prepared,
-                              engine=args.engine)
+                              engine=args.engine, max_skip=args.max_skip)
     print(format_eval(result))
     return 0
 
@@ -126,6 +126,9 @@ def register_evaluation_verbs(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", help="split of a data directory or folder (default: test, else val)")
     p.add_argument("--out", help="output folder (default RUN/eval/<split>[-engine])")
     p.add_argument("--errors", type=int, default=32, help="wrong predictions shown in errors.png")
+    p.add_argument("--max-skip", type=float, default=0.01,
+                   help="share of an image folder that may be unreadable (skipped, listed in metrics.json) before "
+                        "the command fails (default 0.01, as build-lmdb)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
 

@@ -436,4 +436,5 @@ def open_sqz(path: str) -> tuple[str, Carried]:
     stem = Path(path).name.removesuffix(".sqz")
     weights = write_binary(folder / f"{stem}.caffemodel", decode_model(box))
     h = box.header
-    return str(weights), carried_from(h.get("deploy"), h.get("transform"), h.get("data"), stem, path)
+    return str(weights), carried_from(h.get("deploy"), h.get("transform"), h.get("data"), stem, path,
+                                      h.get("labels"), h.get("stored_size"))

@@ -46,11 +46,16 @@ class Carried:
     deploy: Path | None
     transform: pb.TransformationParameter | None
     data: str | None  # the data directory it was trained on, when that still exists here
+    # class ids and names, and the size training images were stored at: the file stays usable on a machine
+    # (or with a --data folder) that has no such data directory
+    labels: list[ClassLabel] | None = None
+    stored_size: tuple[int, int] | None = None
 
 
 def carried_from(deploy_text: str | None, transform_text: str | None, data: str | None, stem: str,
-                 where: str) -> Carried:
-    """A Carried from a file's stored texts; the deploy net is written into a temporary folder removed at exit."""
+                 where: str, labels: list | None = None, stored_size: list | None = None) -> Carried:
+    """A Carried from a file's stored texts; the deploy net is written into a temporary folder removed at exit.
+    `labels` is a list of [id, name] pairs, `stored_size` [H, W], as the file stores them."""
     import atexit
     import shutil
     import tempfile
@@ -65,7 +70,12 @@ def carried_from(deploy_text: str | None, transform_text: str | None, data: str 
         deploy = atomic_write_text(folder / f"{stem}.deploy.prototxt", deploy_text)
     transform = parse_text(transform_text, pb.TransformationParameter, f"{where} transform") if transform_text \
         is not None else None
-    return Carried(deploy, transform, data if data and Path(data).is_dir() else None)
+    try:
+        classes = [ClassLabel(i, str(cid), str(name)) for i, (cid, name) in enumerate(labels)] if labels else None
+        size = (int(stored_size[0]), int(stored_size[1])) if stored_size else None
+    except (TypeError, ValueError):
+        raise UserError(f"{where}: its class list or stored image size is malformed") from None
+    return Carried(deploy, transform, data if data and Path(data).is_dir() else None, classes, size)
 
 
 def find_run_dir(path: Path) -> Path | None:
@@ -115,9 +125,15 @@ def _test_transform(train_val: Path) -> pb.TransformationParameter | None:
     return None
 
 
-def _labels(data_dir: Path | None, classes: int, where: str) -> list[ClassLabel]:
+def _labels(data_dir: Path | None, classes: int, where: str, carried: list[ClassLabel] | None = None
+            ) -> list[ClassLabel]:
+    """The data directory's labels.txt, else the ones a packed model file carries, else numbers."""
     path = data_dir / "labels.txt" if data_dir else None
     if path is None or not path.is_file():
+        if carried is not None:
+            if len(carried) != classes:
+                raise UserError(f"{where}: carries {len(carried)} class names but outputs {classes} classes")
+            return carried
         return numbered_labels(classes)
     labels = read_labels(path)
     if len(labels) != classes:
@@ -207,10 +223,11 @@ def resolve_artifacts(weights: str, *, net: str | None = None, model: str | None
         transform.mean_file = str(data_dir / Path(transform.mean_file).name)
     # a file is brought to the stored size inside any padding: the TEST centre crop of a padded record is exactly that
     stored = (manifest.height - 2 * manifest.pad, manifest.width - 2 * manifest.pad) \
-        if manifest is not None and manifest.height else None
+        if manifest is not None and manifest.height else carried.stored_size if carried is not None else None
     classes = _output_classes(deploy, where)
+    labels = _labels(data_dir, classes, where, carried.labels if carried is not None else None)
     return Artifacts(deploy=deploy, deploy_path=deploy_path, weights=weights_path, transform=transform,
-                     input_shape=input_shape, stored_size=stored, labels=_labels(data_dir, classes, where),
+                     input_shape=input_shape, stored_size=stored, labels=labels,
                      run_dir=run_dir, data_dir=data_dir, manifest=manifest, notes=notes)
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from squeezecaffe.data_tools.layouts import ClassLabel, discover
 from squeezecaffe.data_tools.lmdb_io import LmdbReader
-from squeezecaffe.errors import UserError
+from squeezecaffe.errors import UnreadableImage, UserError
 from squeezecaffe.evaluation.artifacts import Artifacts
 from squeezecaffe.evaluation.figures import confusion_png, error_grid_png
 from squeezecaffe.evaluation.preprocess import Preprocessor
@@ -124,31 +124,52 @@ class EvalOutput:
     files: list[Path]
 
 
-def run_batches(runtime, source, pre: Preprocessor, batch_size: int, progress: bool = True) -> tuple[np.ndarray,
-                                                                                                      np.ndarray]:
+@dataclass
+class Scored:
+    """The logits of every image that could be read, and which ones could not."""
+
+    logits: np.ndarray
+    labels: np.ndarray
+    kept: np.ndarray  # source index of each row
+    skipped: list[tuple[str, str]]  # (key, reason) of each unreadable image file
+
+
+def run_batches(runtime, source, pre: Preprocessor, batch_size: int, progress: bool = True,
+                max_skip: float = 0.01) -> Scored:
+    """Every record of `source` through the net once. An image file that cannot be decoded is skipped and
+    listed (build-lmdb's rule, the same --max-skip share); a database record never is."""
     from tqdm import tqdm
 
-    logits, labels = [], []
+    logits, labels, kept, skipped = [], [], [], []
     with tqdm(total=len(source), desc=f"eval {source.name}", unit="img", leave=False, disable=not progress) as bar:
         for start in range(0, len(source), batch_size):
             stop = min(start + batch_size, len(source))
-            arrays, batch_labels = [], []
+            arrays = []
             for i in range(start, stop):
-                img, label = source.item(i)
+                try:
+                    img, label = source.item(i)
+                except UnreadableImage as exc:
+                    skipped.append((source.key(i), str(exc)))
+                    continue
                 arrays.append(pre.from_stored(img, f"{source.where} [{source.key(i)}]"))
-                batch_labels.append(label)
-            logits.append(runtime.logits(np.stack(arrays)))
-            labels += batch_labels
+                labels.append(label)
+                kept.append(i)
+            if arrays:
+                logits.append(runtime.logits(np.stack(arrays)))
             bar.update(stop - start)
-    return np.concatenate(logits), np.asarray(labels, np.int64)
+    if len(skipped) > max_skip * len(source) or not kept:
+        raise UserError(f"{source.where}: {len(skipped)} of {len(source)} images could not be read (more than "
+                        f"--max-skip {max_skip:.0%}); first: {skipped[0][1]}")
+    return Scored(np.concatenate(logits), np.asarray(labels, np.int64), np.asarray(kept, np.int64), skipped)
 
 
 def evaluate_model(art: Artifacts, runtime, source, pre: Preprocessor, out_dir: Path, batch_size: int = 100,
-                   errors_shown: int = 32, progress: bool = True) -> EvalOutput:
+                   errors_shown: int = 32, progress: bool = True, max_skip: float = 0.01) -> EvalOutput:
     ensure_writable_dir(out_dir)
     t0 = time.perf_counter()
-    logits, labels = run_batches(runtime, source, pre, batch_size, progress)
+    scored = run_batches(runtime, source, pre, batch_size, progress, max_skip)
     seconds = time.perf_counter() - t0
+    logits, labels, kept = scored.logits, scored.labels, scored.kept
     if labels.max() >= art.classes:
         raise UserError(f"{source.where}: label {labels.max()} is outside the model's {art.classes} classes")
     s = score(logits, labels, art.labels)
@@ -162,14 +183,15 @@ def evaluate_model(art: Artifacts, runtime, source, pre: Preprocessor, out_dir: 
         "seconds": seconds, "images_per_s": s.count / seconds if seconds else 0.0,
         "best_classes": [c["name"] for c in ranked[:5]], "worst_classes": [c["name"] for c in ranked[::-1][:5]],
         "per_class": s.per_class, "confusion": s.confusion.tolist(),
-        "errors": [{"index": int(i), "key": source.key(int(i)), "true": int(labels[i]), "predicted": int(s.predicted[i]),
-                    "probability": float(s.confidence[i]), "true_probability": float(s.true_probability[i])}
-                   for i in wrong],
+        "errors": [{"index": int(kept[i]), "key": source.key(int(kept[i])), "true": int(labels[i]),
+                    "predicted": int(s.predicted[i]), "probability": float(s.confidence[i]),
+                    "true_probability": float(s.true_probability[i])} for i in wrong],
+        "skipped": [{"key": key, "reason": reason} for key, reason in scored.skipped],
     }
     title = f"{Path(art.weights).name} on {source.name} ({s.count} images): top-1 {100 * s.top1:.2f}%"
     files = [atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=1) + "\n"),
              confusion_png(s.confusion, names, out_dir / "confusion.png", title)]
-    examples = [(source.item(int(i))[0], names[labels[i]], names[s.predicted[i]], float(s.confidence[i]))
+    examples = [(source.item(int(kept[i]))[0], names[labels[i]], names[s.predicted[i]], float(s.confidence[i]))
                 for i in wrong[:errors_shown]]
     files.append(error_grid_png(examples, out_dir / "errors.png", f"most confident mistakes: {title}"))
     return EvalOutput(s, source.name, seconds, metrics, files)
@@ -182,6 +204,9 @@ def format_eval(out: EvalOutput) -> str:
              f"({m['engine']}, {m['images_per_s']:.0f} images/s)",
              "best classes:  " + ", ".join(f"{c['name']} {100 * c['top1']:.1f}%" for c in ranked[:5]),
              "worst classes: " + ", ".join(f"{c['name']} {100 * c['top1']:.1f}%" for c in ranked[::-1][:5])]
+    if m["skipped"]:
+        lines.append(f"skipped {len(m['skipped'])} unreadable image(s), listed in metrics.json; first: "
+                     f"{m['skipped'][0]['reason']}")
     lines.append("wrote " + ", ".join(str(f) for f in out.files))
     return "\n".join(lines)
 
@@ -201,12 +226,15 @@ def prepare(weights: str | Path, *, net: str | None = None, model: str | None = 
 def evaluate_weights(weights: str | Path, split: str | None = None, *, data: str | None = None,
                      out_dir: Path | None = None, batch_size: int = 100, errors_shown: int = 32,
                      progress: bool = False, prepared: tuple | None = None, engine: str = "torch",
-                     device: str = "cpu") -> EvalOutput:
+                     device: str = "cpu", max_skip: float = 0.01) -> EvalOutput:
     """`squeezecaffe eval` as a call: a run directory (or weights with `prepared`) scored on a split of its data
     directory (or `data`); the figures go to RUN/eval/<split>[-engine] unless `out_dir` says otherwise."""
     art, pre, runtime = prepared or prepare(weights, data=data, engine=engine, device=device)
     source = open_source(art, data, split, pre)
     if out_dir is None:
         base = art.run_dir / "eval" if art.run_dir else Path(f"eval-{art.weights.stem}")
-        out_dir = base / (source.name if engine == "torch" else f"{source.name}-{engine}")
-    return evaluate_model(art, runtime, source, pre, out_dir, batch_size, errors_shown, progress)
+        # Another data set's split must not land where the run's own split of that name does.
+        own = data is None or (art.data_dir is not None and Path(data).resolve() == Path(art.data_dir).resolve())
+        name = source.name if own else f"{Path(data).resolve().name}-{source.name}"
+        out_dir = base / (name if engine == "torch" else f"{name}-{engine}")
+    return evaluate_model(art, runtime, source, pre, out_dir, batch_size, errors_shown, progress, max_skip)

@@ -13,7 +13,7 @@ import numpy as np
 
 from squeezecaffe.data_tools.decode import read_image
 from squeezecaffe.data_tools.transform import DataTransformer
-from squeezecaffe.errors import UserError
+from squeezecaffe.errors import UnreadableImage, UserError
 from squeezecaffe.evaluation.artifacts import Artifacts
 from squeezecaffe.proto import pb
 
@@ -31,7 +31,7 @@ class Preprocessor:
         """The uint8 CHW image a file becomes before the transform (what an error grid shows)."""
         img, _, reason = read_image(Path(path), self.channels == 1, self.file_size)
         if img is None:
-            raise UserError(f"{path}: {reason}")
+            raise UnreadableImage(f"{path}: {reason}")
         return img[None] if img.ndim == 2 else img.transpose(2, 0, 1)
 
     def from_stored(self, chw: np.ndarray, where: str = "record") -> np.ndarray:

@@ -207,5 +207,10 @@ def read_onnx_metadata(path: str) -> dict[str, str]:
 def open_onnx(path: str) -> Carried:
     """What an exported file carries, for `eval`/`classify` on it: deploy net, transform still to apply, data."""
     meta = read_onnx_metadata(path)
+    try:
+        labels = json.loads(meta.get("squeezecaffe.classes") or "null")
+        stored_size = json.loads(meta.get("squeezecaffe.stored_size") or "null")
+    except json.JSONDecodeError:
+        raise UserError(f"{path}: its squeezecaffe metadata is not valid JSON") from None
     return carried_from(meta.get("squeezecaffe.evaluation"), meta.get("squeezecaffe.transform"),
-                        meta.get("squeezecaffe.data") or None, Path(path).stem, path)
+                        meta.get("squeezecaffe.data") or None, Path(path).stem, path, labels, stored_size)
