@@ -6,7 +6,7 @@
    and retraining, then the dense and final test top-1 and the file sizes, from the verb's report.json.
 
     python bench/compression.py [--run out/demo/runs/fullbypass8-short ...] [--run "RUN --bits 5" ...]
-                                [--retrain-epochs 1] [--density auto] [--bits 6] [--out out/bench_compression]
+                                [--retrain-epochs N] [--density auto] [--bits 6] [--out out/bench_compression]
                                 [--json out.json]
 
 A --run value may carry compress options after the run directory; they come after (and so override) the
@@ -54,7 +54,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", action="append", default=[],
                    help="a trained run directory to compress, optionally followed by compress options (repeatable)")
-    p.add_argument("--retrain-epochs", default="1")
+    p.add_argument("--retrain-epochs", help="epochs per retraining stage (default: the verb's: one, raised to reach "
+                                            "500 iterations)")
     p.add_argument("--density", default="auto")
     p.add_argument("--bits", default="6")
     p.add_argument("--device", default="cpu")
@@ -84,8 +85,9 @@ def main() -> int:
             continue
         folder = out / f"{run_dir.name}-compressed"
         t0 = time.perf_counter()
-        step("compress", str(run_dir), "--retrain-epochs", args.retrain_epochs, "--density", args.density,
-             "--bits", args.bits, "--device", args.device, "--out", str(folder), "--force", "--quiet", *extra)
+        retrain = ["--retrain-epochs", args.retrain_epochs] if args.retrain_epochs else []
+        step("compress", str(run_dir), *retrain, "--density", args.density, "--bits", args.bits,
+             "--device", args.device, "--out", str(folder), "--force", "--quiet", *extra)
         report = json.loads((folder / "final" / "report.json").read_text())
         stages = {s["name"]: s for s in report["stages"]}
         dense, final = stages["dense"]["top1"], report["stages"][-1]["top1"]
@@ -104,7 +106,8 @@ def main() -> int:
               f"{f['fixed_mib']:.3f} | {f['paper_mib']} | {f['mib'] / f['paper_mib']:.2f} | "
               f"{f['fixed_mib'] / f['paper_mib']:.2f} |")
     if figures["runs"]:
-        print(f"\nTrained runs, --density {args.density} --bits {args.bits} --retrain-epochs {args.retrain_epochs}:\n")
+        print(f"\nTrained runs, --density {args.density} --bits {args.bits} --retrain-epochs "
+              f"{args.retrain_epochs or 'default'}:\n")
         print("| run | options | caffemodel bytes | .sqz bytes | ratio | test top-1 dense | test top-1 final | "
               "loss (points) | time |")
         print("|---|---|---:|---:|---:|---:|---:|---:|---:|")

@@ -452,3 +452,23 @@ def test_without_retraining_batchnorm_statistics_are_re_estimated_at_the_compres
     assert all(np.array_equal(stats[n][0], dense[n][0]) for n in norms)
     assert main(["compress", str(finished_run), "--out", str(tmp_path / "x"), "--bn-images", "-2"]) == 2
     assert "--bn-images -2" in capsys.readouterr().err
+
+
+def test_the_default_retraining_runs_one_epoch_raised_to_a_floor_of_iterations(finished_run, data):
+    """A small set's epoch is a handful of updates: by default each stage runs one epoch, or as many as reach
+    RETRAIN_MIN_ITERATIONS; an explicit --retrain-epochs is kept as given."""
+    import math
+    from dataclasses import replace
+
+    from squeezecaffe.compress.options import CompressOptions
+    from squeezecaffe.compress.pipeline import RETRAIN_MIN_ITERATIONS, _retrain_context, retraining_epochs
+    from squeezecaffe.evaluation.artifacts import resolve_artifacts
+
+    ctx = _retrain_context(resolve_artifacts(str(finished_run)), None, CompressOptions())
+    assert ctx is not None and ctx.batch_size == 16
+    epochs, epoch = retraining_epochs(ctx, CompressOptions())
+    assert epoch == math.ceil(120 / 16)  # 120 training records in batches of 16
+    assert epochs == math.ceil(RETRAIN_MIN_ITERATIONS / epoch) and (epochs - 1) * epoch < RETRAIN_MIN_ITERATIONS
+    assert retraining_epochs(ctx, CompressOptions(retrain_epochs=2)) == (2, epoch)
+    one_by_one = replace(ctx, batch_size=1)  # 120 iterations an epoch: 5 epochs
+    assert retraining_epochs(one_by_one, CompressOptions()) == (math.ceil(RETRAIN_MIN_ITERATIONS / 120), 120)

@@ -271,3 +271,11 @@ def test_a_run_without_best_takes_its_newest_complete_snapshot(finished_run: Pat
     assert run_weights(copy).name == newest.name
     (copy / "snapshots" / "cifar_resnet_1111_iter_24.json").unlink()  # no marker: not a complete snapshot
     assert run_weights(copy).name == "cifar_resnet_1111_iter_16.caffemodel"
+
+
+def test_a_prediction_shows_a_class_id_only_where_it_differs_from_the_name() -> None:
+    from squeezecaffe.data_tools.layouts import ClassLabel
+    from squeezecaffe.evaluation.classify import Prediction, format_prediction
+
+    pred = Prediction(Path("a.png"), [(ClassLabel(0, "n01443537", "goldfish"), 0.75), (ClassLabel(1, "cat", "cat"), 0.25)])
+    assert format_prediction(pred) == "a.png: 1. goldfish (n01443537) 75.0%  2. cat 25.0%"

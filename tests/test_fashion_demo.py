@@ -144,3 +144,9 @@ def test_default_data_builds_once_shuffled_with_a_validation_split(tmp_path: Pat
     assert {s: v["count"] for s, v in manifest["splits"].items()} == {"train": 190, "val": 10, "test": 30}
     assert main(["default-data", str(out), "--src", str(src), "--quiet"]) == 0
     assert "already built" in capsys.readouterr().out
+
+
+def test_a_bad_demo_device_is_refused_before_any_data_step(tmp_path: Path, capsys):
+    code, out, err = run(capsys, "demo", "--out", str(tmp_path / "demo"), "--device", "cuda:x")
+    assert code == 2 and "--device cuda:x: not a device" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "demo").exists() and out == ""

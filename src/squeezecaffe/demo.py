@@ -111,11 +111,13 @@ def run_demo(out: Path, schedule: DemoSchedule, *, src: str, model: str = "fullb
              device: DeviceOptions = DEMO_DEVICE, quiet: bool = False) -> Path:
     """Every step of the demo on `device` (training and test evaluation); returns the run directory (its eval/ and
     the report beside it)."""
+    from squeezecaffe.engines.torchcaffe.options import EngineOptions
     from squeezecaffe.evaluation.evaluate import evaluate_weights, format_eval
     from squeezecaffe.fileio import atomic_write_text
     from squeezecaffe.train.plots import plot_runs
     from squeezecaffe.train.report import markdown_table, run_row
 
+    EngineOptions(**vars(device)).torch_device()  # a device this machine lacks: one line before any data step
     out = Path(out)
     run = out / "runs" / f"{model}-{schedule.name}"
     print(schedule.describe(model) + (" (make demo FULL=1 for the full schedule)" if schedule is SHORT else ""))

@@ -18,8 +18,9 @@ class CompressOptions:
                                   "number, PATTERN=D,... or a file of 'PATTERN D' lines")
     bits: str = option("6", "cluster-index bits: one number, or by kind/pattern, e.g. conv=8,fc=5")
     index_bits: str = option("conv=8,fc=5", "bound of the relative position of the next kept weight (the paper's)")
-    retrain_epochs: int = option(1, "epochs of retraining after pruning and of fine-tuning after quantization "
-                                    "(0: none)")
+    retrain_epochs: int | None = option(None, "epochs of retraining after pruning and of fine-tuning after "
+                                              "quantization (0: none; default: one, raised on a small data set "
+                                              "until each stage runs 500 iterations)")
     retrain_lr: float | None = option(None, "base_lr of both retraining runs (default: 0.1 x the run's)")
     centroid_gradient: str = option("mean", "a shared value's gradient: the mean or the sum of its weights' "
                                             "gradients", choices=["mean", "sum"])

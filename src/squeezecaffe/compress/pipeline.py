@@ -41,6 +41,10 @@ if TYPE_CHECKING:
     from squeezecaffe.train.config import TrainConfig
 
 RETRAIN_LR_FACTOR = 0.1  # fine-tuning rate, as a fraction of the source run's base_lr
+# The default retraining length per stage: one epoch, and at least this many iterations. One epoch of a small set
+# is a handful of updates: fullbypass8 on 1,769 colour crops (14 iterations an epoch, 96.8% dense) pruned to 33% and
+# quantized ended at 87.8% top-1 with one epoch a stage, 93.9% with 10, 97.1% with 36 (docs/compression.md).
+RETRAIN_MIN_ITERATIONS = 500
 
 
 @dataclass
@@ -170,6 +174,23 @@ def _retrain_context(art: Artifacts, model: str | None, options: CompressOptions
                     channels_last=bool(source and source.device_options.channels_last))
 
 
+def retraining_epochs(ctx: _Retrain, options: CompressOptions) -> tuple[int, int]:
+    """(epochs, iterations per epoch) of each retraining stage: --retrain-epochs as given, else one epoch raised
+    until the stage runs RETRAIN_MIN_ITERATIONS iterations."""
+    import math
+
+    from squeezecaffe.netgen.config import iterations_per_epoch
+    from squeezecaffe.netgen.recipes import resolve_recipe
+    from squeezecaffe.netgen.variants import model_spec
+
+    resolved = resolve_recipe(model_spec(ctx.model), ctx.extra.get("recipe", "default"), batch_size=ctx.batch_size,
+                              data_dir=ctx.data)
+    epoch = iterations_per_epoch(resolved.sched.train_size, resolved.cfg.batch_size, resolved.sched.iter_size)
+    if options.retrain_epochs is not None:
+        return options.retrain_epochs, epoch
+    return max(1, math.ceil(RETRAIN_MIN_ITERATIONS / epoch)), epoch
+
+
 def _stage_config(ctx: _Retrain, options: CompressOptions, **fields) -> TrainConfig:
     """The settings of a stage's run (retraining, or BatchNorm re-estimation): the source run's model, data, batch
     and kept settings, this verb's device and seed; `fields` add the stage's own."""
@@ -181,12 +202,13 @@ def _stage_config(ctx: _Retrain, options: CompressOptions, **fields) -> TrainCon
                        seed=options.seed, **ctx.extra, **fields)
 
 
-def _retrain(stage_dir: Path, weights: Path, constraints: Path, ctx: _Retrain, options: CompressOptions) -> Path:
+def _retrain(stage_dir: Path, weights: Path, constraints: Path, ctx: _Retrain, options: CompressOptions,
+             epochs: int) -> Path:
     from squeezecaffe.train.rundir import RunLock
     from squeezecaffe.train.runner import Trainer, prepare_run
 
     rate = options.retrain_lr if options.retrain_lr is not None else RETRAIN_LR_FACTOR * ctx.base_lr
-    cfg = _stage_config(ctx, options, epochs=options.retrain_epochs, solver_set={"base_lr": f"{rate:.6g}"}, keep=1,
+    cfg = _stage_config(ctx, options, epochs=epochs, solver_set={"base_lr": f"{rate:.6g}"}, keep=1,
                         weights=str(weights.resolve()), constraints=str(constraints.resolve()),
                         centroid_gradient=options.centroid_gradient)
     run_dir = stage_dir / "retrain"
@@ -255,7 +277,7 @@ def compress(source: str, out: str | Path, options: CompressOptions, *, model: s
     """Run every stage; see the module docstring for what lands where."""
     from squeezecaffe.engines.torchcaffe.constraints import CENTROID_GRADIENTS
 
-    if options.retrain_epochs < 0:
+    if options.retrain_epochs is not None and options.retrain_epochs < 0:
         raise UserError(f"--retrain-epochs {options.retrain_epochs}: must be 0 or more")
     if options.bn_images < 0:
         raise UserError(f"--bn-images {options.bn_images}: give a number of images >= 0 (0: keep the dense "
@@ -274,14 +296,21 @@ def compress(source: str, out: str | Path, options: CompressOptions, *, model: s
     _check_out(out, options.force)
     # retraining, or else (--retrain-epochs 0) BatchNorm's statistics re-estimated at the changed weights
     has_batchnorm = any(lp.type == "BatchNorm" for lp in dense.layer)
-    wants_statistics = not options.retrain_epochs and options.bn_images > 0 and has_batchnorm
-    ctx = _retrain_context(art, model, options) if options.retrain_epochs or wants_statistics else None
-    if ctx is None and (options.retrain_epochs or wants_statistics):
-        what = "no retraining" if options.retrain_epochs else "BatchNorm statistics kept from the dense model"
+    retraining = options.retrain_epochs != 0
+    wants_statistics = not retraining and options.bn_images > 0 and has_batchnorm
+    ctx = _retrain_context(art, model, options) if retraining or wants_statistics else None
+    if ctx is None and (retraining or wants_statistics):
+        what = "no retraining" if retraining else "BatchNorm statistics kept from the dense model"
         notes.append(f"{what}: it needs a registry model (--model or a run's) and a build-lmdb data directory "
                      "(--data or a run's)")
-    retrain = ctx if options.retrain_epochs else None
+    retrain = ctx if retraining else None
     recalibrate = ctx if wants_statistics else None
+    epochs = 0
+    if retrain is not None:
+        epochs, epoch = retraining_epochs(retrain, options)
+        notes.append(f"each retraining stage: {epochs} epoch(s) of {epoch} iterations" +
+                     ("" if options.retrain_epochs is not None else
+                      f" (one epoch, raised to reach {RETRAIN_MIN_ITERATIONS} iterations; --retrain-epochs sets it)"))
 
     def recalibrated(folder: Path, model_now: pb.NetParameter) -> tuple[Path, pb.NetParameter]:
         fresh, images = _recalibrate(folder, model_now, recalibrate, options)
@@ -309,7 +338,7 @@ def compress(source: str, out: str | Path, options: CompressOptions, *, model: s
     weights = folder / "pruned.caffemodel"
     if retrain is not None:
         stage("pruned", weights, folder)
-        weights = _retrain(folder, weights, masks_path, retrain, options)
+        weights = _retrain(folder, weights, masks_path, retrain, options, epochs)
         pruned = read_caffemodel(weights)
     elif recalibrate is not None:
         stage("pruned", weights, folder)
@@ -327,7 +356,7 @@ def compress(source: str, out: str | Path, options: CompressOptions, *, model: s
     weights = folder / "quantized.caffemodel"
     if retrain is not None:
         stage("quantized", weights, folder)
-        weights = _retrain(folder, weights, clusters_path, retrain, options)
+        weights = _retrain(folder, weights, clusters_path, retrain, options, epochs)
         quantized = read_caffemodel(weights)
         coded = read_shared_values(quantized, coded, str(weights))
     elif recalibrate is not None:  # the shared values stay as k-means left them; only the statistics change

@@ -23,21 +23,20 @@ class DeviceOptions:
     data_in_memory: bool = option(False, "decode each database once into one uint8 tensor on the device (GPU memory "
                                          "with --device cuda) and batch from there; implies --gpu-transform")
 
+    def _changed(self) -> list[tuple[str, object]]:
+        """(option, value) of each setting that differs from the default, in declaration order."""
+        default = DeviceOptions()
+        return [(f"--{f.name.replace('_', '-')}", getattr(self, f.name)) for f in fields(self)
+                if getattr(self, f.name) != getattr(default, f.name)]
+
     @property
     def flags(self) -> list[str]:
         """The command-line options that give these settings (the defaults left out), as a printed command shows
         them."""
-        default, flags = DeviceOptions(), []
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if value != getattr(default, f.name):
-                flag = f"--{f.name.replace('_', '-')}"
-                flags += [flag] if value is True else [flag, str(value)]
-        return flags
+        return [part for flag, value in self._changed() for part in ([flag] if value is True else [flag, str(value)])]
 
     @property
     def torch_only(self) -> list[str]:
-        """The options set here that only the torch engine has (Caffe trains in fp32 NCHW from its own loader)."""
-        flags = {"--amp": self.amp, "--channels-last": self.channels_last, "--gpu-transform": self.gpu_transform,
-                 "--data-in-memory": self.data_in_memory}
-        return [flag for flag, value in flags.items() if value]
+        """The options set here that only the torch engine has (Caffe trains in fp32 NCHW from its own loader):
+        every setting but the device."""
+        return [flag for flag, _ in self._changed() if flag != "--device"]

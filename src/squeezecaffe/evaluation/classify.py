@@ -58,7 +58,8 @@ def classify_files(runtime, pre: Preprocessor, labels: list[ClassLabel], files: 
 
 
 def format_prediction(pred: Prediction) -> str:
-    cells = "  ".join(f"{i + 1}. {label.name} ({label.id}) {100 * prob:.1f}%" for i, (label, prob) in enumerate(pred.top))
+    cells = "  ".join(f"{i + 1}. {label.name}{f' ({label.id})' if label.id != label.name else ''} {100 * prob:.1f}%"
+                      for i, (label, prob) in enumerate(pred.top))
     return f"{pred.path}: {cells}"
 
 
