@@ -151,3 +151,13 @@ def test_device_options_come_from_one_dataclass_for_every_engine_verb() -> None:
         assert picked.device == "cuda" and not hasattr(picked, "amp"), argv[0]
     with pytest.raises(UserError, match="invalid choice: 'fp8'"):
         parser.parse_args(["train", "fullbypass8", "--amp", "fp8"])
+
+
+def test_an_engines_own_settings_are_not_device_flags() -> None:
+    """EngineOptions adds workers/prefetch/dtype to the device options: `flags` and `torch_only` name only the
+    latter (the Caffe engine refuses what torch_only lists)."""
+    from squeezecaffe.engines.torchcaffe.options import EngineOptions
+
+    options = EngineOptions(workers=2, prefetch=8, dtype="float64")
+    assert options.flags == [] and options.torch_only == []
+    assert EngineOptions(amp="bf16", workers=2).torch_only == ["--amp"]

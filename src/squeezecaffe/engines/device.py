@@ -24,9 +24,10 @@ class DeviceOptions:
                                          "with --device cuda) and batch from there; implies --gpu-transform")
 
     def _changed(self) -> list[tuple[str, object]]:
-        """(option, value) of each setting that differs from the default, in declaration order."""
+        """(option, value) of each device setting that differs from the default, in declaration order (a subclass's
+        own fields, such as the engine's worker count, are not device options)."""
         default = DeviceOptions()
-        return [(f"--{f.name.replace('_', '-')}", getattr(self, f.name)) for f in fields(self)
+        return [(f"--{f.name.replace('_', '-')}", getattr(self, f.name)) for f in fields(DeviceOptions)
                 if getattr(self, f.name) != getattr(default, f.name)]
 
     @property
