@@ -558,6 +558,7 @@ def test_train_with_the_caffe_engine_then_resume_and_eval(data: Path, tmp_path: 
 
     norms = [lp for lp in read_caffemodel(run_dir / "best.caffemodel").layer if lp.type == "BatchNorm"]
     assert norms and "re-estimated over the latest 128 training images" in (run_dir / "train.log").read_text()
+    assert "--engine auto chose" not in (run_dir / "train.log").read_text()  # asked for by name: no advice
     for lp in norms:
         fraction = lp.batch_norm_param.moving_average_fraction
         assert blob_values(lp.blobs[2])[0] == pytest.approx(sum(fraction**k for k in range(8)), rel=1e-6)
@@ -596,3 +597,15 @@ def test_the_guard_recovers_a_caffe_engine_run(data: Path, tmp_path: Path, monke
     events = [r for r in rows if r["Phase"] == "event"]
     assert len(events) == 1 and "restored the best snapshot (iteration 8)" in events[0]["event"]
     assert [r["Epoch"] for r in rows if r["Phase"] == "val" and r["event"] != "collapse"] == ["1", "2", "3"]
+
+
+@pytest.mark.caffe
+def test_engine_auto_takes_real_caffe_where_built_and_says_the_torch_engine_is_faster(data: Path, tmp_path: Path,
+                                                                                   capsys) -> None:
+    import json
+
+    run_dir = tmp_path / "auto_run"
+    assert main(["train", "cifar_resnet_1111", "--data", str(data), "--batch-size", "16", "--epochs", "1", "--quiet",
+                 "--run-dir", str(run_dir)]) == 0
+    assert json.loads((run_dir / "run.json").read_text())["engine"] == "caffe"
+    assert "--engine auto chose real Caffe" in capsys.readouterr().out
