@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import cv2
 import numpy as np
+from _verbs import run_verb
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina", "logo")
 
@@ -69,15 +68,6 @@ def write_crops(root: Path, per_class: int, seed: int) -> int:
     return written
 
 
-def step(*argv: str) -> tuple[str, float]:
-    """One `squeezecaffe` command; its stdout and wall seconds. Stops the benchmark on a failure."""
-    t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "squeezecaffe", *argv], capture_output=True, text=True)
-    if done.returncode:
-        sys.exit(f"squeezecaffe {' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()[-400:]}")
-    return done.stdout, time.perf_counter() - t0
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="out/bench_photo_crops")
@@ -93,20 +83,21 @@ def main() -> int:
         sys.exit(f"{out}: exists; give a new --out")
     figures: dict = {"crops": write_crops(out / "photos", args.per_class, seed=7),
                      "test_crops": write_crops(out / "test_photos", args.test_per_class, seed=99), "compress": []}
-    step("build-lmdb", str(out / "photos"), str(out / "data"), "--val-fraction", "0.15", "--resize", "32x32",
-         "--max-skip", "0.05")
+    run_verb(["build-lmdb", str(out / "photos"), str(out / "data"), "--val-fraction", "0.15", "--resize", "32x32",
+              "--max-skip", "0.05"])
     run = out / "run"
-    _, figures["train_seconds"] = step("train", "fullbypass8", "--data", str(out / "data"), "--epochs",
-                                       str(args.epochs), "--engine", args.engine, "--run-dir", str(run), "--quiet")
-    said, _ = step("eval", str(run), "--split", "val", "--quiet")
+    _, figures["train_seconds"] = run_verb(["train", "fullbypass8", "--data", str(out / "data"), "--epochs",
+                                            str(args.epochs), "--engine", args.engine, "--run-dir", str(run),
+                                            "--quiet"])
+    run_verb(["eval", str(run), "--split", "val", "--quiet"])
     figures["val_top1"] = json.loads((run / "eval" / "val" / "metrics.json").read_text())["top1"]
-    said, _ = step("eval", str(run), "--data", str(out / "test_photos"), "--max-skip", "0.2", "--quiet")
+    run_verb(["eval", str(run), "--data", str(out / "test_photos"), "--max-skip", "0.2", "--quiet"])
     test = json.loads((run / "eval" / "test_photos-train" / "metrics.json").read_text())
     figures.update(test_top1=test["top1"], test_count=test["count"], test_skipped=len(test["skipped"]))
     for setting in args.retrain.split(","):
         folder = out / f"compressed-{setting}"
         extra = [] if setting == "default" else ["--retrain-epochs", setting]
-        said, seconds = step("compress", str(run), *extra, "--out", str(folder), "--quiet")
+        said, seconds = run_verb(["compress", str(run), *extra, "--out", str(folder), "--quiet"])
         report = json.loads((folder / "final" / "report.json").read_text())
         length = next((line.split("stage: ", 1)[1].split(" (")[0] for line in said.splitlines()
                        if "each retraining stage" in line), "none")

@@ -23,14 +23,13 @@ import csv
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import cv2
 import numpy as np
+from _verbs import run_verb
 
 SEED_EPOCHS = 30  # the seed study trained its nets for ~30 epochs on Tiny ImageNet
 SEED_HOURS = "24-36"
@@ -57,17 +56,6 @@ def synthetic_jpegs(root: Path, split: str, images: int, classes: int, size: int
             for label in range(classes)]
     with ProcessPoolExecutor(jobs) as pool:
         return sum(pool.map(_write_class, work))
-
-
-def _timed(argv: list[str], log: Path) -> float:
-    """Run `python -m squeezecaffe ARGV`, its output into `log`; seconds of wall time (exits on failure)."""
-    started = time.perf_counter()
-    with log.open("w") as out:
-        code = subprocess.run([sys.executable, "-m", "squeezecaffe", *argv], stdout=out, stderr=subprocess.STDOUT,
-                              check=False).returncode
-    if code != 0:
-        sys.exit(f"squeezecaffe {' '.join(argv)} failed (exit {code}); see {log}")
-    return time.perf_counter() - started
 
 
 def main() -> int:
@@ -98,12 +86,12 @@ def main() -> int:
     jpeg_s = time.perf_counter() - started
     print(f"wrote {written['train']:,} + {written['val']:,} JPEGs in {jpeg_s:.1f} s", flush=True)
 
-    lmdb_s = _timed(["build-lmdb", str(root), str(data), "--quiet"], out / "build-lmdb.log")
+    _, lmdb_s = run_verb(["build-lmdb", str(root), str(data), "--quiet"], out / "build-lmdb.log")
     print(f"build-lmdb: {lmdb_s:.1f} s", flush=True)
 
     train_argv = ["train", args.model, "--data", str(data), "--epochs", "1", "--batch-size", str(args.batch_size),
                   "--device", args.device, "--engine", "torch", "--run-dir", str(run), "--quiet", *extra]
-    train_s = _timed(train_argv, out / "train.log")
+    _, train_s = run_verb(train_argv, out / "train.log")
     with (run / "log.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
     val = next(r for r in rows if r["Phase"] == "val")
