@@ -232,6 +232,7 @@ def test_report_is_a_table_3_row_from_the_run_files(finished_run: Path, evals, t
     (["eval", "{run}/best.caffemodel", "--model", "original8", "--data", "{data}"], "the net expects"),
     (["eval", "{tmp}"], "not a run directory"),
     (["classify", "{run}", "{tmp}/empty"], "no images found"),
+    (["eval", "{run}", "--max-skip", "1.5"], "--max-skip 1.5: give a share"),
 ])
 def test_bad_eval_and_classify_calls_are_one_line(argv, message, finished_run, data, tmp_path, capsys, no_caffe):
     (tmp_path / "empty").mkdir()

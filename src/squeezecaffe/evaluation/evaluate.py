@@ -229,6 +229,8 @@ def evaluate_weights(weights: str | Path, split: str | None = None, *, data: str
                      device: str = "cpu", max_skip: float = 0.01) -> EvalOutput:
     """`squeezecaffe eval` as a call: a run directory (or weights with `prepared`) scored on a split of its data
     directory (or `data`); the figures go to RUN/eval/<split>[-engine] unless `out_dir` says otherwise."""
+    if not 0 <= max_skip <= 1:
+        raise UserError(f"--max-skip {max_skip:g}: give a share of the images between 0 and 1")
     art, pre, runtime = prepared or prepare(weights, data=data, engine=engine, device=device)
     source = open_source(art, data, split, pre)
     if out_dir is None:
