@@ -51,8 +51,10 @@ netgen-demo: setup
 
 # Real Caffe from source (brocolli-caffe 9.0.2 sources, our CMake) into ~/.cache/squeezecaffe/caffe-<recipe hash>/,
 # reused when present; installs its Debian build dependencies when root. About 10 minutes the first time.
+# CUDA=1: the CUDA build (caffe-cuda-<hash>/, toolkit from PyPI wheels, no GPU needed to build); BUNDLE=DIR also
+# writes the portable copy for a GPU machine (docs/caffe.md).
 caffe: setup
-	$(BIN)/squeezecaffe build-caffe
+	$(BIN)/squeezecaffe build-caffe $(if $(CUDA),--cuda) $(if $(BUNDLE),--cuda --bundle $(BUNDLE))
 
 # The test suite. It builds (or reuses) Caffe first so the parity tests run; where Caffe cannot be built
 # (not root, not Debian) they are skipped, except in CI (CI=true), where that is a failure. NO_CAFFE=1 skips it.

@@ -1,11 +1,15 @@
-"""Training speed of real Caffe (pycaffe, our `make caffe` build) and the torch engine, side by side on the CPU.
+"""Training speed of real Caffe (our `make caffe` build, or the CUDA build/bundle with --device cuda) and the torch
+engine, side by side on one device.
 
 Both run the same generated net (the model's deploy net at 64x64x3 made trainable from Input blobs by
 `netgen.inputnet.input_training_net`, Dropout kept) under the same Nesterov + poly solver (each from its
 own filler draws) on one fixed random batch fed through Input layers, so the figures compare the engines'
 compute (forward, backward, update) and nothing else. Warm-up iterations are not timed.
 
-    python bench/caffe_vs_torch.py [--models fullbypass8] [--batch 32] [--iters 10] [--json out.json]
+    python bench/caffe_vs_torch.py [--models fullbypass8] [--batch 32] [--iters 10] [--device cuda] [--json out.json]
+
+With --device cuda, real Caffe runs in GPU mode on the CUDA build (SQUEEZECAFFE_CAFFE_HOME=bundle on a GPU machine
+without Caffe's dependencies) and the torch engine on the same GPU.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from squeezecaffe.engines.pycaffe.runtime import GlogTap, import_caffe
+from squeezecaffe.engines.pycaffe.runtime import GlogTap, import_caffe, select_device
 from squeezecaffe.engines.torchcaffe.options import EngineOptions
 from squeezecaffe.engines.torchcaffe.solver import Solver
 from squeezecaffe.netgen.config import resolve
@@ -43,9 +47,10 @@ def training_net(model: str, batch: int, classes: int, folder: Path) -> Path:
     return folder / "bench_solver.prototxt"
 
 
-def time_caffe(solver_path: Path, x: np.ndarray, y: np.ndarray, warmup: int, iters: int, folder: Path) -> float:
-    caffe = import_caffe()
-    caffe.set_mode_cpu()
+def time_caffe(solver_path: Path, x: np.ndarray, y: np.ndarray, warmup: int, iters: int, folder: Path,
+               device: str = "cpu") -> float:
+    caffe = import_caffe(cuda=device.startswith("cuda"))
+    select_device(caffe, device)
     with GlogTap(folder / "caffe.log"):
         solver = caffe.get_solver(str(solver_path))
         solver.net.blobs["data"].data[...] = x
@@ -59,12 +64,17 @@ def time_caffe(solver_path: Path, x: np.ndarray, y: np.ndarray, warmup: int, ite
     return iters * len(x) / seconds
 
 
-def time_torch(solver_path: Path, x: np.ndarray, y: np.ndarray, warmup: int, iters: int) -> float:
-    inputs = {"data": torch.from_numpy(x), "label": torch.from_numpy(y)}
-    solver = Solver.from_file(solver_path, options=EngineOptions(), feed=lambda phase, it, k: inputs, seed=1)
+def time_torch(solver_path: Path, x: np.ndarray, y: np.ndarray, warmup: int, iters: int, device: str = "cpu") -> float:
+    inputs = {"data": torch.from_numpy(x).to(device), "label": torch.from_numpy(y).to(device)}
+    solver = Solver.from_file(solver_path, options=EngineOptions(device=device), feed=lambda phase, it, k: inputs,
+                              seed=1)
     solver.step(warmup)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
     t0 = time.perf_counter()
     solver.step(iters)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
     return iters * len(x) / (time.perf_counter() - t0)
 
 
@@ -84,6 +94,7 @@ def main() -> int:
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.add_argument("--keep", help="work in this folder (nets, caffe.log) instead of a temporary one")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (both engines)")
     args = p.parse_args()
     rng = np.random.default_rng(0)
     x = rng.normal(scale=50.0, size=(args.batch, 3, 64, 64)).astype(np.float32)
@@ -94,15 +105,18 @@ def main() -> int:
             folder = Path(tmp) / model
             folder.mkdir()
             solver_path = training_net(model, args.batch, args.classes, folder)
-            caffe_rate = time_caffe(solver_path, x, y, args.warmup, args.iters, folder)
-            torch_rate = time_torch(solver_path, x, y, args.warmup, args.iters)
-            rows.append({"model": model, "batch": args.batch, "pycaffe_images_per_s": round(caffe_rate, 1),
+            caffe_rate = time_caffe(solver_path, x, y, args.warmup, args.iters, folder, args.device)
+            torch_rate = time_torch(solver_path, x, y, args.warmup, args.iters, args.device)
+            rows.append({"model": model, "batch": args.batch, "device": args.device,
+                         "pycaffe_images_per_s": round(caffe_rate, 1),
                          "torch_images_per_s": round(torch_rate, 1), "torch_over_caffe": round(torch_rate / caffe_rate, 2)})
     from squeezecaffe.train.rundir import cpu_name
 
     machine = f"{cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__} " \
               f"({torch.get_num_threads()} threads)"
-    print(f"\nCPU training speed, 64x64x3, {args.classes} classes, batch {args.batch}, {args.iters} timed iterations "
+    if args.device.startswith("cuda"):
+        machine += f", {torch.cuda.get_device_name(torch.device(args.device))} (CUDA {torch.version.cuda})"
+    print(f"\n{args.device} training speed, 64x64x3, {args.classes} classes, batch {args.batch}, {args.iters} timed iterations "
           f"({machine})\n")
     print("| model | pycaffe images/s | torch engine images/s | torch / pycaffe |")
     print("|---|---:|---:|---:|")

@@ -2,15 +2,20 @@
 # The GPU measurements, prepared so that a short lease of one GPU machine brings them back in one or two commands.
 # Run from the repository root on the GPU machine (PyTorch with CUDA there; nothing else needed from the network):
 #
-#   bash bench/gpu_session.sh OUTDIR STEP...      STEP: tests | speed | scale | demo (in the order given)
+#   bash bench/gpu_session.sh OUTDIR STEP...      STEP: caffe | tests | speed | scale | demo (in the order given)
 #
-#   tests  the `gpu` test lane (tests/test_gpu.py): CUDA against the CPU engine, device batches, 2 ranks = 1 rank
+#   caffe  real Caffe with CUDA from the bundle in .caffe-bundle/ (squeezecaffe build-caffe --cuda --bundle
+#          .caffe-bundle, made on the CPU machine and carried): doctor, the GPU test of Caffe (tests/
+#          test_gpu_caffe.py: CPU mode = GPU mode), and bench/caffe_vs_torch.py --device cuda (images/s of real
+#          Caffe and of the torch engine on the same GPU, fullbypass8/12 at batch 256)
+#   tests  the `gpu` test lane (tests/test_gpu.py, tests/test_gpu_caffe.py): CUDA against the CPU engine, device
+#          batches, 2 ranks = 1 rank, Caffe on the GPU
 #   speed  bench/train_speed.py on CUDA: fullbypass8/12, batch 64/256/1024, engine vs hand-written, LMDB loader,
 #          in-memory data, peak memory
 #   scale  bench/tiny_scale.py: 100,000 synthetic 64x64 JPEGs -> build-lmdb -> one epoch of fullbypass12 on CUDA
 #   demo   `squeezecaffe demo --full --device cuda`: the full demo's curve, test top-1 and wall time
 #
-# Each step runs under its own time limit (seconds: TESTS_S, SPEED_S, SCALE_S, DEMO_S) and writes STEP.log (and
+# Each step runs under its own time limit (seconds: CAFFE_S, TESTS_S, SPEED_S, SCALE_S, DEMO_S) and writes STEP.log (and
 # STEP.json) into OUTDIR; OUTDIR/summary.txt gets the machine and one line per step (exit code, seconds).
 # Wheels in .whl/ (lmdb, which the GPU image lacks) are installed into /tmp/site first. The demo reads
 # Fashion-MNIST's IDX files from $FASHION (default .fmnist/: copy /usr/share/datasets/fashion-mnist/*.gz there).
@@ -39,9 +44,23 @@ step() {  # step NAME LIMIT_S COMMAND...
   echo "$name: exit $rc, $(($(date +%s) - started)) s (limit $limit s)" | tee -a "$out/summary.txt"
 }
 
+bundle=${CAFFE_BUNDLE:-$PWD/.caffe-bundle}
+caffe_step() {
+  [ -f "$bundle/build.json" ] || { echo "no Caffe bundle at $bundle (build-caffe --cuda --bundle .caffe-bundle)"; return 2; }
+  export SQUEEZECAFFE_CAFFE_HOME=$bundle
+  python3 -m squeezecaffe doctor || return 1
+  python3 -m pytest -q -m gpu tests/test_gpu_caffe.py -p no:cacheprovider || return 1
+  python3 bench/caffe_vs_torch.py --device cuda --models fullbypass8,fullbypass12 --batch 256 --iters 20 \
+    --json "$out/caffe.json"
+}
+export -f caffe_step
+export bundle out
+
 for s in "$@"; do
   case $s in
-    tests) step tests "${TESTS_S:-150}" python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider ;;
+    caffe) step caffe "${CAFFE_S:-240}" bash -c caffe_step ;;
+    tests) step tests "${TESTS_S:-150}" env SQUEEZECAFFE_CAFFE_HOME="$bundle" \
+             python3 -m pytest -q -m gpu tests/test_gpu.py tests/test_gpu_caffe.py -p no:cacheprovider ;;
     speed) step speed "${SPEED_S:-300}" python3 bench/train_speed.py --devices cuda --models fullbypass8,fullbypass12 \
              --batches 256,1024 --amps fp32,bf16 --layouts nchw,nhwc --iters 10 --repeats 2 --workers 8 \
              --json "$out/speed.json" ;;
@@ -50,6 +69,6 @@ for s in "$@"; do
     demo) step demo "${DEMO_S:-300}" python3 -m squeezecaffe demo --full --device cuda --src "${FASHION:-.fmnist}" \
             --out /tmp/demo --quiet
           cp /tmp/demo/runs/fullbypass8-full/log.csv "$out/demo_log.csv" 2>/dev/null ;;  # time to 93.5%: its rows
-    *) echo "unknown step '$s' (tests, speed, scale, demo)" | tee -a "$out/summary.txt" ;;
+    *) echo "unknown step '$s' (caffe, tests, speed, scale, demo)" | tee -a "$out/summary.txt" ;;
   esac
 done

@@ -3,12 +3,15 @@
 # leaving the build or the runs. Steps:
 #   1. a Docker engine: `docker info`, else start dockerd when root (Debian's docker.io package)
 #   2. the base image squeezecaffe-base:bookworm, made with mmdebstrap when missing (Debian packages only)
-#   3. a wheelhouse (docker/wheels): our dependencies as wheels, downloaded by the host's pip (which trusts this
+#   3. the CUDA Caffe bundle (docker/prebuilt/caffe) from the host's cached CUDA build (build-caffe --cuda, which
+#      compiles it first where it is not cached: about 20 minutes on 2 cores); a wheelhouse (docker/wheels): our
+#      dependencies and the CUDA runtime wheels as wheels, downloaded by the host's pip (which trusts this
 #      network's TLS proxy), torch as the CPU wheel the host's .venv has
 #   4. docker build (classic builder, host network) with BASE, TORCH and PIP_NO_INDEX/PIP_FIND_LINKS set
-#   5. in the image, as the calling user, with --network none: list; build-lmdb of a tiny image tree mounted
-#      read-only at /data into /runs; a one-epoch CPU train fullbypass8; eval; then a missing /data and a
-#      read-only /runs must each end with one line from our CLI
+#   5. in the image, as the calling user, with --network none: list; doctor (real Caffe with CUDA found);
+#      build-lmdb of a tiny image tree mounted read-only at /data into /runs; a one-epoch CPU train fullbypass8
+#      with the torch engine and with real Caffe (CPU mode of the CUDA build); eval of both; then a missing /data,
+#      a read-only /runs and `--engine caffe --device cuda` without a GPU must each end with one line from our CLI
 #   docker/test.sh [PYTHON]   (PYTHON: the host interpreter with our package, default .venv/bin/python)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,12 +42,16 @@ if ! docker image inspect "$base" >/dev/null 2>&1; then
   rm -f "$tar"
 fi
 
-# 3. the wheelhouse
-torch=$("$py" -c 'import torch; print(torch.__version__)')
-say "wheelhouse: torch==$torch and the package's dependencies"
+# 3. the Caffe bundle and the wheelhouse
 log=$(mktemp --suffix=.log)
+say "CUDA Caffe bundle: docker/prebuilt/caffe"
+"$py" -m squeezecaffe build-caffe --cuda --bundle docker/prebuilt/caffe >"$log" 2>&1 \
+  || { tail -5 "$log" >&2; fail "build-caffe --cuda --bundle (log: $log)"; }
+torch=$("$py" -c 'import torch; print(torch.__version__)')
+say "wheelhouse: torch==$torch, the package's dependencies and the CUDA runtime wheels"
 { "$py" -m pip wheel --quiet --no-deps -w docker/wheels . &&
-  "$py" -m pip download --quiet -d docker/wheels "torch==$torch" docker/wheels/squeezecaffe-*.whl setuptools wheel
+  whl=$(ls docker/wheels/squeezecaffe-*.whl) &&
+  "$py" -m pip download --quiet -d docker/wheels "torch==$torch" "$whl[caffe-cuda]" setuptools wheel
 } >"$log" 2>&1 || { tail -20 "$log" >&2; fail "pip could not fill the wheelhouse (log: $log)"; }
 rm -f docker/wheels/squeezecaffe-*.whl  # the image builds the package from the source tree, as a user's build does
 
@@ -77,10 +84,20 @@ PY
 run() { docker run --rm --network none --user "$(id -u):$(id -g)" -v "$work/images:/data:ro" -v "$work/runs:/runs" \
           "$image" "$@"; }
 run list | grep -q fullbypass12 || fail "list"
+run doctor | tee "$work/doctor.txt" | grep -q "engine caffe .*available: Caffe through our C interface" \
+  || { cat "$work/doctor.txt" >&2; fail "doctor: no Caffe in the image"; }
+grep -q "bundle, CUDA" "$work/doctor.txt" || fail "doctor: the image's Caffe is not the CUDA bundle"
 run build-lmdb /data /runs/db --val-fraction 0.25 --quiet
 run train fullbypass8 --engine torch --data /runs/db --epochs 1 --batch-size 8 --workers 0 --run-dir /runs/fb8 --quiet
 run eval /runs/fb8 --quiet | tee "$work/eval.txt"
 grep -q "top-1" "$work/eval.txt" || fail "eval printed no top-1"
+run train fullbypass8 --engine caffe --data /runs/db --epochs 1 --batch-size 8 --run-dir /runs/fb8c --quiet
+run eval /runs/fb8c --engine caffe --quiet | tee "$work/eval_caffe.txt"
+grep -q "top-1" "$work/eval_caffe.txt" || fail "eval --engine caffe printed no top-1"
+out=$(run train fullbypass8 --engine caffe --device cuda --data /runs/db --epochs 1 --run-dir /runs/gpu 2>&1) && \
+  fail "--engine caffe --device cuda without a GPU succeeded"
+[ "$(printf '%s\n' "$out" | wc -l)" = 1 ] && [[ "$out" == "squeezecaffe: error: --device cuda: no CUDA device"* ]] \
+  || fail "no GPU: got: $out"
 owner=$(stat -c %u "$work/runs/fb8/best.caffemodel")
 [ "$owner" = "$(id -u)" ] || fail "files written in /runs belong to uid $owner, not the caller $(id -u)"
 

@@ -109,7 +109,7 @@ def no_caffe(monkeypatch):
     from squeezecaffe.engines.pycaffe import runtime
     from squeezecaffe.errors import CAFFE_ENGINE_MISSING, UserError
 
-    def missing():
+    def missing(cuda: bool = False):
         raise UserError(CAFFE_ENGINE_MISSING)
 
     monkeypatch.setattr(runtime, "import_caffe", missing)

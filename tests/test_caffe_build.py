@@ -16,13 +16,18 @@ from squeezecaffe.train.engine import pick_engine
 ROOT = recipe.SDIST_FILE.removesuffix(".tar.gz")
 
 
-def _fake_sdist(tmp_path: Path, net_cpp: str) -> Path:
-    """A tarball with the layout of the real sdist, holding only the files the recipe touches."""
+def _fake_sdist(tmp_path: Path, net_cpp: str | None = None) -> Path:
+    """A tarball with the layout of the real sdist, holding only the files the recipe touches: each fixed file is
+    the fixes' old texts in order (net.cpp: `net_cpp` where given)."""
     src = tmp_path / "sdist" / ROOT
     (src / "src/caffe/proto").mkdir(parents=True)
     (src / "include/caffe/proto").mkdir(parents=True)
     (src / "python/caffe/proto").mkdir(parents=True)
-    (src / "src/caffe/net.cpp").write_text(net_cpp)
+    for path, text in _fixed_files("old").items():
+        (src / path).parent.mkdir(parents=True, exist_ok=True)
+        (src / path).write_text(text)
+    if net_cpp is not None:
+        (src / "src/caffe/net.cpp").write_text(net_cpp)
     for rel in recipe.REMOVED_FILES:
         (src / rel).write_text("// stale generated code\n")
     (src / "CMakeLists.txt").write_text("# the fork's own, replaced\n")
@@ -32,15 +37,23 @@ def _fake_sdist(tmp_path: Path, net_cpp: str) -> Path:
     return tarball
 
 
+def _fixed_files(side: str) -> dict[str, str]:
+    files: dict[str, str] = {}
+    for fix in recipe.SOURCE_FIXES:
+        files[fix.path] = files.get(fix.path, "// head\n") + getattr(fix, side) + "// between\n"
+    return files
+
+
 def test_sources_get_our_fixes_and_build_files(tmp_path: Path) -> None:
-    fix = recipe.SOURCE_FIXES[0]
-    tarball = _fake_sdist(tmp_path, f"#include <map>\n{fix.old}namespace caffe {{}}\n")
-    src = build.prepare_sources(tarball, tmp_path / "work")
-    assert (src / "src/caffe/net.cpp").read_text() == "#include <map>\nnamespace caffe {}\n"
+    src = build.prepare_sources(_fake_sdist(tmp_path), tmp_path / "work")
+    for path, text in _fixed_files("new").items():
+        assert (src / path).read_text() == text, path
     assert not any((src / rel).exists() for rel in recipe.REMOVED_FILES)
-    for name in recipe.BUILD_FILES:
-        assert (src / name).read_text() == recipe.build_file_text(name)
+    for name, dest in recipe.BUILD_FILES:
+        assert (src / dest).read_text() == recipe.build_file_text(name)
     assert "add_library(caffe SHARED" in (src / "CMakeLists.txt").read_text()
+    assert {fix.path for fix in recipe.SOURCE_FIXES} >= {"src/caffe/internal_thread.cpp",
+                                                         "src/caffe/layers/cudnn_conv_layer.cpp"}
 
 
 def test_unknown_sources_stop_the_build_with_one_line(tmp_path: Path) -> None:
@@ -88,7 +101,7 @@ def test_a_cached_build_is_reused_not_rebuilt(monkeypatch, tmp_path: Path) -> No
 
 
 def test_missing_debian_packages_without_root_print_the_apt_command(monkeypatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(build, "missing_apt_packages", lambda: ["libgoogle-glog-dev", "liblmdb-dev"])
+    monkeypatch.setattr(build, "missing_apt_packages", lambda cuda=False: ["libgoogle-glog-dev", "liblmdb-dev"])
     monkeypatch.setattr(build.os, "geteuid", lambda: 1000)
     monkeypatch.setattr(build.shutil, "which", lambda name: None)  # no sudo
     with pytest.raises(UserError, match="sudo apt-get install libgoogle-glog-dev liblmdb-dev"):

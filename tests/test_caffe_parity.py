@@ -491,6 +491,15 @@ def _records(db: Path) -> list[tuple[bytes, bytes]]:
     return out
 
 
+def _without_opencv() -> bool:
+    from squeezecaffe.caffe_build.locate import find_build
+
+    build = find_build()
+    return build is not None and build.info.get("opencv") is False
+
+
+@pytest.mark.skipif(_without_opencv(), reason="this Caffe build has no OpenCV (the CUDA build): convert_imageset "
+                                              "reads no images")
 @pytest.mark.parametrize("flags, caffe_flags", [
     ([], []),
     (["--resize", "12x10"], ["--resize_height=12", "--resize_width=10"]),

@@ -9,7 +9,7 @@ import pytest
 from squeezecaffe.compress import huffman
 from squeezecaffe.compress.codec import CodedBlob, decode_model, encode_model
 from squeezecaffe.compress.container import Container
-from squeezecaffe.compress.kmeans import kmeans_1d
+from squeezecaffe.compress.kmeans import KMeansNotConverged, kmeans_1d
 from squeezecaffe.compress.pipeline import prune, quantize
 from squeezecaffe.compress.plan import PAPER_KEPT, make_plan
 from squeezecaffe.compress.prune import magnitude_mask
@@ -89,10 +89,56 @@ def test_kmeans_starts_linear_and_converges_to_cluster_means():
     for k in np.unique(labels):
         assert np.isclose(values[labels == k].mean(), centroids[k])
     assert len(np.unique(centroids[labels])) == 3  # three distinct values, three clusters used
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=5000)
-    c, lab = kmeans_1d(x, 64)
-    assert np.abs(x - c[lab]).max() < (x.max() - x.min()) / 32  # every value near its centroid
+
+
+def _assert_fixed_point(values: np.ndarray, centroids: np.ndarray, labels: np.ndarray) -> None:
+    """A converged codebook: every value on its nearest centroid, every used centroid its members' mean."""
+    v = values.astype(np.float64)
+    c = centroids.astype(np.float64)
+    scale = float(np.abs(v).max())
+    nearest = np.abs(v[:, None] - c[None, :]).min(axis=1)
+    off = np.abs(v - c[labels]) - nearest
+    assert (off <= 1e-6 * scale).all(), f"{int((off > 1e-6 * scale).sum())} values not on their nearest centroid"
+    for k in np.unique(labels):
+        assert c[k] == pytest.approx(v[labels == k].mean(), rel=1e-6, abs=1e-7 * scale), f"centroid {k}"
+
+
+def _heavy_tailed() -> np.ndarray:
+    return np.random.default_rng(0).standard_t(3, 20_000)
+
+
+def _pruned_normal() -> np.ndarray:
+    w = np.random.default_rng(1).normal(size=50_000)
+    return w[np.abs(w) > 0.5]  # what survives magnitude pruning: two tails, nothing near zero
+
+
+@pytest.mark.parametrize("make", [_heavy_tailed, _pruned_normal])
+def test_kmeans_runs_to_a_fixed_point(make) -> None:
+    values = make()
+    centroids, labels = kmeans_1d(values, 64)
+    _assert_fixed_point(values, centroids, labels)
+    # the check has teeth: stopped after 100 iterations (the old fixed count), these sets are not converged
+    with pytest.warns(KMeansNotConverged, match="stopped at its cap of 100 iterations"):
+        early_c, early_l = kmeans_1d(values, 64, iterations=100)
+    with pytest.raises(AssertionError):
+        _assert_fixed_point(values, early_c, early_l)
+
+
+def test_kmeans_equals_plain_lloyd_iterations() -> None:
+    """The sorted, prefix-sum iteration is Lloyd's algorithm: the same codebook as the textbook loop."""
+    rng = np.random.default_rng(2)
+    values = np.concatenate([rng.laplace(size=3000), [0.0] * 50])
+    c = np.linspace(values.min(), values.max(), 16)
+    labels = None
+    while True:
+        new = np.argmin(np.abs(values[:, None] - c[None, :]), axis=1)
+        if labels is not None and np.array_equal(new, labels):
+            break
+        labels = new
+        c = np.array([values[labels == k].mean() if (labels == k).any() else c[k] for k in range(16)])
+    ours, our_labels = kmeans_1d(values, 16)
+    np.testing.assert_allclose(ours, c.astype(np.float32), rtol=1e-6, atol=1e-7)
+    assert np.array_equal(our_labels, labels)
 
 
 # ------------------------------------------------------------------ the plan and the paper's Table 1

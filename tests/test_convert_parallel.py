@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from squeezecaffe.data_tools.mean import EXACT_FLOAT32_TOTAL, compute_mean, mean
 from squeezecaffe.errors import UserError
 from squeezecaffe.proto import pb
 from tests.datasets import pattern_image, write_class_folders
+from tests.processes import kill, stop_when
 from tests.test_data_tools import records
 
 
@@ -179,15 +179,16 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "squeezecaffe", "build-lmdb", str(src), str(out), "--quiet", "--jobs", "2"]
     proc = subprocess.Popen(cmd)
     workers: list[int] = []
-    deadline = time.time() + 60
-    while time.time() < deadline and proc.poll() is None and len(workers) < 2:
-        workers = _children(proc.pid)
-        time.sleep(0.005)
-    assert len(workers) == 2, "the converter finished before its workers could be seen"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    deadline = time.time() + 10
-    while time.time() < deadline and any(Path(f"/proc/{w}").exists() and _state(w) != "Z" for w in workers):
+
+    def both_workers_started() -> bool:
+        workers[:] = _children(proc.pid)
+        return len(workers) == 2
+
+    assert stop_when(proc, both_workers_started), "the converter finished before its workers could be seen"
+    kill(proc)
+    # the workers notice their parent's death and exit: wait for that event (bounded), then require it
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and any(Path(f"/proc/{w}").exists() and _state(w) != "Z" for w in workers):
         time.sleep(0.05)
     assert all(not Path(f"/proc/{w}").exists() or _state(w) == "Z" for w in workers), "orphaned workers kept writing"
     assert not (out / "train_lmdb").exists()

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -26,6 +23,7 @@ from squeezecaffe.errors import UserError
 from squeezecaffe.proto import pb
 from tests.conftest import FIXTURES
 from tests.datasets import pattern_image, write_class_folders, write_tiny_imagenet
+from tests.processes import kill, stop_when
 
 CAFFE_LMDB = FIXTURES / "lmdb"
 
@@ -180,17 +178,13 @@ def test_empty_class_folder_and_existing_output(tmp_path: Path, capsys) -> None:
 
 
 def _kill_when_writing(cmd: list[str], out: Path) -> bool:
-    """Start the converter, SIGKILL it once its temporary database exists; True if it died mid-write."""
+    """Start the converter, SIGKILL it while its temporary database exists (seen with the converter stopped, so it
+    is still there when the signal lands); True if it died mid-write."""
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline and proc.poll() is None:
-        if any(".train_lmdb.tmp-" in p.name for p in out.glob(".*")):
-            time.sleep(0.05)
-            break
-        time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    return any(".tmp-" in p.name for p in out.glob(".*"))
+    caught = stop_when(proc, lambda: any(".train_lmdb.tmp-" in p.name for p in out.glob(".*")))
+    if proc.returncode is None:
+        kill(proc)
+    return caught and any(".tmp-" in p.name for p in out.glob(".*"))
 
 
 @pytest.mark.slow

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -46,12 +45,6 @@ def test_sampler_interleaves_records_like_caffe() -> None:
     assert ranks[0].stride == 6
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ddp_data(tmp_path_factory) -> Path:
     return small_data_dir(tmp_path_factory.mktemp("ddp"), per_class=16, size=(14, 14))
@@ -78,7 +71,7 @@ def test_two_processes_equal_one_with_double_batch(ddp_data: Path, tmp_path: Pat
     solver2 = _solver(double, ddp_data, 4)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                             "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "squeezecaffe",
+                             "--standalone", "-m", "squeezecaffe",
                              "train", "--solver", str(solver2), "--run-dir", str(double / "run"), *common],
                             capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -103,7 +96,7 @@ def test_a_generated_model_under_torchrun_runs_the_epochs_asked_for(ddp_data: Pa
     """`train MODEL --epochs 2` on 2 ranks: 2 epochs of the global batch, not 2 x 2 (the solver counts both ranks)."""
     run_dir = tmp_path / "run"
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                             "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "squeezecaffe",
+                             "--standalone", "-m", "squeezecaffe",
                              "train", "cifar_resnet_1111", "--data", str(ddp_data), "--engine", "torch",
                              "--batch-size", "4", "--epochs", "2", "--workers", "0", "--quiet",
                              "--run-dir", str(run_dir)],

@@ -26,7 +26,7 @@ from squeezecaffe.proto import pb
 from squeezecaffe.train.logs import read_log
 from tests.datasets import small_data_dir
 from tests.test_device_transform import _layer
-from tests.test_distributed import _free_port, _solver
+from tests.test_distributed import _solver
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on a GPU machine)")]
@@ -91,7 +91,7 @@ def test_two_ranks_on_one_gpu_equal_one_rank_with_double_batch(gpu_data: Path, t
     double = tmp_path / "double"
     solver2 = _solver(double, gpu_data, 4)
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                             "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "squeezecaffe",
+                             "--standalone", "-m", "squeezecaffe",
                              "train", "--solver", str(solver2), "--run-dir", str(double / "run"), *common],
                             capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

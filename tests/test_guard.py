@@ -38,6 +38,24 @@ def test_the_guard_reads_nan_spikes_and_collapses() -> None:
     assert not guard.exhausted and DivergenceGuard(2, GuardOptions(retries=0)).exhausted
 
 
+def test_on_unbalanced_data_a_collapse_to_the_majority_class_is_caught() -> None:
+    """A 70/30 validation set: predicting the majority class everywhere scores 70%, which is chance here, not
+    learning. With chance at 1/2 the fall from 95% to 70% would pass as a worse epoch."""
+    from squeezecaffe.scoring import evaluate_batches
+
+    labels = np.array([0] * 70 + [1] * 30)
+    collapsed_logits = np.tile([[3.0, -3.0]], (100, 1))  # class 0 everywhere
+    batches = iter([(collapsed_logits[:50], labels[:50]), (collapsed_logits[50:], labels[50:])])
+    result = evaluate_batches(lambda: next(batches), 100, 50)
+    assert result.top1 == pytest.approx(0.7) and result.majority == pytest.approx(0.7)
+    guard = DivergenceGuard(classes=2)
+    assert guard.collapsed(result.top1, 0.95) is None  # the old rule (chance 1/classes) misses it
+    reason = guard.collapsed(result.top1, 0.95, result.majority)
+    assert reason is not None and "(chance 70.00%)" in reason
+    assert guard.collapsed(0.9, 0.95, result.majority) is None  # a slightly worse epoch is not a collapse
+    assert guard.collapsed(0.75, 0.78, result.majority) is None  # never clearly above the majority share
+
+
 def _weights(path: Path) -> dict[str, np.ndarray]:
     return {f"{lp.name}/{i}": blob_values(b) for lp in read_caffemodel(path).layer for i, b in enumerate(lp.blobs)}
 
@@ -130,7 +148,7 @@ def test_after_its_retries_the_guard_stops_with_one_line(data: Path, tmp_path: P
 def test_a_healthy_run_is_untouched(data: Path, finished_run: Path, tmp_path: Path, monkeypatch, no_caffe) -> None:
     """The same run with the guard's checks switched off gives the same files, byte for byte."""
     monkeypatch.setattr(DivergenceGuard, "check_loss", lambda self, window, iteration: None)
-    monkeypatch.setattr(DivergenceGuard, "collapsed", lambda self, top1, best: None)
+    monkeypatch.setattr(DivergenceGuard, "collapsed", lambda self, top1, best, majority=0.0: None)
     run_dir = tmp_path / "unguarded"
     assert main([*TRAIN, "--data", str(data), "--run-dir", str(run_dir)]) == 0
     name = "cifar_resnet_1111_iter_24"

@@ -1,4 +1,9 @@
-"""Atomic file writes: a reader never sees a half-written artifact at its final path."""
+"""Atomic file writes: a reader never sees a half-written artifact at its final path.
+
+The one home of writing a final artifact: every file the CLI leaves for a user (models, snapshots, tables, JSON,
+pictures) goes through `atomic_write_bytes`/`_text`, `atomic_copy` or `atomic_savefig`; tests/test_atomic_writes.py
+scans the package for any other write. Logs that grow line by line (log.csv, train.log) and work files inside a
+staging folder that is renamed into place as a whole are the exceptions that test lists."""
 
 from __future__ import annotations
 
@@ -61,6 +66,20 @@ def ensure_writable_dir(path: str | os.PathLike, what: str = "cannot write there
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_copy(source: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """A copy of `source` at `path`, complete or absent (read whole: our artifacts are at most a few hundred MB)."""
+    return atomic_write_bytes(path, Path(source).read_bytes())
+
+
+def atomic_savefig(fig, path: str | os.PathLike, **kwargs) -> Path:
+    """A matplotlib figure saved to `path` atomically (rendered into memory first, in the format of the suffix)."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format=kwargs.pop("format", Path(path).suffix.lstrip(".") or "png"), **kwargs)
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 def fsync_dir(directory: str | os.PathLike) -> None:

@@ -91,6 +91,7 @@ class EvalResult:
     top5: float
     count: int
     seconds: float = 0.0
+    majority: float = 0.0  # the share of the most frequent label: the top-1 of predicting that class everywhere
 
 
 def logits_blob(layers: Iterable[pb.LayerParameter], where: str) -> tuple[str, str]:
@@ -120,4 +121,5 @@ def evaluate_batches(next_batch: Callable[[], tuple[np.ndarray, np.ndarray]], to
         labels.append(np.asarray(batch_labels).reshape(-1)[:take].astype(np.int64))
         seen += take
     s = score_logits(np.concatenate(logits), np.concatenate(labels))
-    return EvalResult(s.loss, s.top1, s.top5, s.count, time.perf_counter() - t0)
+    majority = float(s.confusion.sum(axis=1).max() / s.count)
+    return EvalResult(s.loss, s.top1, s.top5, s.count, time.perf_counter() - t0, majority)

@@ -1,8 +1,11 @@
 """Where a finished Caffe build lives, and whether this process can use it.
 
-A build is `<cache>/caffe-<recipe hash>/` holding `lib/libcaffe.so`, `bin/<tools>`, `python/caffe/` and a
-`build.json` written last (a directory without it is an interrupted build and is never used).
-`SQUEEZECAFFE_CAFFE_HOME` points at another build (a BVLC Caffe install with the same layout, for example).
+A build is `<cache>/caffe-<recipe hash>/` (CPU) or `<cache>/caffe-cuda-<recipe hash>/` holding `lib/libcaffe.so`,
+`lib/libsqueezecaffe_capi.so`, `bin/<tools>`, `python/caffe/` and a `build.json` written last (a directory without
+it is an interrupted build and is never used). A bundle (`build-caffe --cuda --bundle DIR`) has `lib/` and
+`build.json` only. `SQUEEZECAFFE_CAFFE_HOME` points at another build or a bundle (or a BVLC Caffe install with the
+same layout); `SQUEEZECAFFE_CAFFE_BUILD=cuda|cpu` picks between the two cached builds where both exist (default:
+the CPU one, which the parity suite is pinned to).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from squeezecaffe.caffe_build.recipe import TOOLS, recipe_hash
+from squeezecaffe.errors import UserError
 
 MARKER = "build.json"
 
@@ -25,9 +29,9 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "squeezecaffe"
 
 
-def build_dir() -> Path:
+def build_dir(cuda: bool = False) -> Path:
     """The directory this recipe builds into (it may not exist yet)."""
-    return cache_root() / f"caffe-{recipe_hash()}"
+    return cache_root() / (f"caffe-cuda-{recipe_hash(True)}" if cuda else f"caffe-{recipe_hash()}")
 
 
 @dataclass
@@ -39,21 +43,57 @@ class CaffeBuild:
     def python_dir(self) -> Path:
         return self.home / "python"
 
+    @property
+    def cuda(self) -> bool:
+        """Built with CUDA (an explicit home without build.json is taken as CPU-only unless it says otherwise)."""
+        return not self.info.get("cpu_only", True)
+
+    @property
+    def capi_library(self) -> Path:
+        return self.home / "lib" / "libsqueezecaffe_capi.so"
+
+    @property
+    def is_bundle(self) -> bool:
+        """A carried bundle: our C interface only, no pycaffe extension module (tied to the Python it was built for)."""
+        return bool(self.info.get("bundle"))
+
     def tool(self, name: str) -> Path | None:
         path = self.home / "bin" / name
         return path if path.is_file() and os.access(path, os.X_OK) else None
 
 
-def find_build() -> CaffeBuild | None:
-    """The finished build to use, or None. An explicit SQUEEZECAFFE_CAFFE_HOME wins over the cache."""
-    explicit = os.environ.get("SQUEEZECAFFE_CAFFE_HOME")
-    home = Path(explicit) if explicit else build_dir()
+BUILD_CHOICE = "SQUEEZECAFFE_CAFFE_BUILD"
+
+
+def finished_build(home: Path) -> CaffeBuild | None:
     marker = home / MARKER
-    if explicit and (home / "python" / "caffe").is_dir() and not marker.is_file():
-        return CaffeBuild(home, {"source": "SQUEEZECAFFE_CAFFE_HOME"})
     if not marker.is_file():
         return None
-    return CaffeBuild(home, json.loads(marker.read_text()))
+    try:
+        info = json.loads(marker.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None  # a damaged marker is an unfinished build: never used
+    return CaffeBuild(home, info) if isinstance(info, dict) else None
+
+
+def find_build(cuda: bool | None = None) -> CaffeBuild | None:
+    """The finished build to use, or None. An explicit SQUEEZECAFFE_CAFFE_HOME wins over the cache; `cuda=True`
+    asks for the CUDA build; otherwise SQUEEZECAFFE_CAFFE_BUILD, else the CPU build, else the CUDA one."""
+    explicit = os.environ.get("SQUEEZECAFFE_CAFFE_HOME")
+    if explicit:
+        home = Path(explicit)
+        found = finished_build(home)
+        if found is None and (home / "python" / "caffe").is_dir():
+            return CaffeBuild(home, {"source": "SQUEEZECAFFE_CAFFE_HOME"})
+        return found
+    choice = os.environ.get(BUILD_CHOICE, "").strip().lower()
+    if choice not in ("", "cpu", "cuda"):
+        raise UserError(f"{BUILD_CHOICE}={choice!r}: expected cpu or cuda")
+    if cuda or choice == "cuda":
+        return finished_build(build_dir(cuda=True))
+    if choice == "cpu":
+        return finished_build(build_dir())
+    return finished_build(build_dir()) or finished_build(build_dir(cuda=True))
 
 
 def find_tool(name: str) -> Path | None:

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import argparse
 import platform
+from pathlib import Path
 
 
 def cmd_build_caffe(args: argparse.Namespace) -> int:
     from squeezecaffe.caffe_build.build import build_caffe
+    from squeezecaffe.errors import UserError
 
-    build_caffe(jobs=args.jobs, force=args.force)
+    if args.bundle is not None and not args.cuda:
+        raise UserError("--bundle DIR carries the CUDA build: add --cuda")
+    build = build_caffe(jobs=args.jobs, force=args.force, cuda=args.cuda)
+    if args.bundle is not None:
+        from squeezecaffe.caffe_build.bundle import write_bundle
+        from squeezecaffe.caffe_build.toolkit import CudaToolkit, toolkit_dir
+
+        write_bundle(build, args.bundle, CudaToolkit(toolkit_dir()).library_dirs, print)
     return 0
 
 
@@ -37,12 +46,18 @@ def doctor_rows() -> list[tuple[str, str]]:
         rows.append(("caffe build", f"not built (recipe {recipe_hash()} -> {build_dir()}); run: make caffe"))
     else:
         info = build.info
-        rows.append(("caffe build", f"{build.home} ({info.get('sdist', '?')}, "
-                     f"{'CPU only' if info.get('cpu_only') else 'CUDA'}, built {info.get('built', '?')})"))
+        kind = "bundle, CUDA" if build.is_bundle else ("CUDA" if build.cuda else "CPU only")
+        rows.append(("caffe build", f"{build.home} ({info.get('sdist', '?')}, {kind}, built {info.get('built', '?')})"))
+    cuda_build = find_build(cuda=True)
+    if cuda_build is not None and cuda_build != build:
+        rows.append(("caffe build (cuda)", f"{cuda_build.home} (--engine caffe --device cuda uses it)"))
     try:
         caffe = import_caffe()
-        rows.append(("engine caffe", f"available: pycaffe {getattr(caffe, '__version__', '?')} from "
-                     f"{caffe.__file__.rsplit('/caffe/', 1)[0]}"))
+        if hasattr(caffe, "cuda_device_count"):  # our C interface (a bundle, or SQUEEZECAFFE_CAFFE_BINDING=capi)
+            rows.append(("engine caffe", f"available: Caffe through our C interface, {caffe.__file__}"))
+        else:
+            rows.append(("engine caffe", f"available: pycaffe {getattr(caffe, '__version__', '?')} from "
+                         f"{caffe.__file__.rsplit('/caffe/', 1)[0]}"))
     except UserError as exc:
         rows.append(("engine caffe", f"unavailable: {exc}"))
     rows.append(("engine opencv (eval)", f"available: OpenCV {cv2.__version__} dnn"))
@@ -64,6 +79,10 @@ def register_caffe_verbs(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("build-caffe", help="build real Caffe from source into the cache (what `make caffe` runs)")
     p.add_argument("--jobs", type=int, default=None, help="compile jobs (default: all cores)")
     p.add_argument("--force", action="store_true", help="rebuild even when a finished build is cached")
+    p.add_argument("--cuda", action="store_true",
+                   help="the CUDA build (CUDA 13 + cuDNN 9 from PyPI wheels, sm_75..sm_90; about 20 minutes on 2 cores)")
+    p.add_argument("--bundle", type=Path, default=None, metavar="DIR",
+                   help="with --cuda: also write a portable copy for a GPU machine without Caffe's dependencies")
     p.set_defaults(func=cmd_build_caffe)
     p = sub.add_parser("doctor", help="which engines, devices, Caffe build and tools this machine has")
     p.set_defaults(func=cmd_doctor)

@@ -237,6 +237,7 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     import tempfile
 
     from squeezecaffe.engines.device import DeviceOptions
+    from squeezecaffe.fileio import atomic_write_text
     from squeezecaffe.train.config import TrainConfig
     from squeezecaffe.train.lr_find import find_lr, plot_sweep
     from squeezecaffe.train.runner import generate_run_files
@@ -250,8 +251,8 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
                         device=args.device, workers=args.workers)
     out = Path(args.output or f"lr_find_{args.model}.png")
     plot_sweep(sweep, out, f"{args.model} on {Path(args.data).name}: LR range test")
-    out.with_suffix(".json").write_text(json.dumps({"rates": sweep.rates, "losses": sweep.losses,
-                                                     "smoothed": sweep.smoothed, "suggestion": sweep.suggestion}))
+    atomic_write_text(out.with_suffix(".json"), json.dumps({"rates": sweep.rates, "losses": sweep.losses,
+                                                            "smoothed": sweep.smoothed, "suggestion": sweep.suggestion}))
     print(f"swept {len(sweep.rates)} iterations from {sweep.rates[0]:.3g} to {sweep.rates[-1]:.3g}; smoothed loss "
           f"lowest ({sweep.smoothed[sweep.best]:.4f}) at {sweep.rates[sweep.best]:.3g}")
     print(f"suggested base_lr: {sweep.suggestion:.3g}   (plot: {out}; use it with --base-lr, or --base-lr auto)")

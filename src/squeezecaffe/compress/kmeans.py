@@ -2,29 +2,49 @@
 
 Han et al. compare random, density-based and linear initialisation and find linear best: it keeps centroids
 out in the tails, where the few large weights that matter most live. In one dimension the clusters are
-intervals between the midpoints of sorted centroids, so each iteration is a searchsorted and two bincounts.
+intervals between the midpoints of sorted centroids, so on sorted values an iteration is k binary searches and a
+prefix sum: Lloyd's iterations run until no value changes cluster (then every weight sits on its nearest centroid
+and every centroid is its members' mean), which heavy-tailed and pruned layers need hundreds to thousands of.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
+MAX_ITERATIONS = 100_000  # a stated cap; convergence came within 2,200 on every case measured (tests/test_compress.py)
 
-def kmeans_1d(values: np.ndarray, k: int, iterations: int = 100) -> tuple[np.ndarray, np.ndarray]:
-    """(float32 centroids [k], int32 cluster of each value). Centroids that lose every member keep their
-    position (unused codes cost nothing after Huffman coding)."""
+
+class KMeansNotConverged(UserWarning):
+    """The cap was reached with clusters still changing: the codebook is usable but not a k-means fixed point."""
+
+
+def kmeans_1d(values: np.ndarray, k: int, iterations: int = MAX_ITERATIONS) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 centroids [k], int32 cluster of each value), iterated to convergence (or `iterations`, with a
+    KMeansNotConverged warning). A value on a midpoint goes to the lower cluster. Centroids that lose every
+    member keep their position (unused codes cost nothing after Huffman coding)."""
     v = np.asarray(values, np.float64).reshape(-1)
     if v.size == 0:
         return np.zeros(k, np.float32), np.zeros(0, np.int32)
-    lo, hi = float(v.min()), float(v.max())
-    centroids = np.linspace(lo, hi, k) if k > 1 else np.array([v.mean()])
-    labels = np.full(v.size, -1, np.int64)
+    if k == 1:
+        return np.array([v.mean()], np.float32), np.zeros(v.size, np.int32)
+    order = np.sort(v)
+    prefix = np.concatenate([[0.0], np.cumsum(order)])
+    centroids = np.linspace(float(order[0]), float(order[-1]), k)
+    ends = None
     for _ in range(iterations):
-        new = np.searchsorted((centroids[1:] + centroids[:-1]) / 2, v) if k > 1 else np.zeros(v.size, np.int64)
-        if np.array_equal(new, labels):
+        # cluster j holds the sorted values in [ends[j-1], ends[j]): those <= the j-th midpoint and above the last
+        new_ends = np.append(np.searchsorted(order, (centroids[1:] + centroids[:-1]) / 2, side="right"), v.size)
+        if ends is not None and np.array_equal(new_ends, ends):
             break
-        labels = new
-        counts = np.bincount(labels, minlength=k)
-        sums = np.bincount(labels, weights=v, minlength=k)
+        ends = new_ends
+        starts = np.concatenate([[0], ends[:-1]])
+        counts = ends - starts
+        sums = prefix[ends] - prefix[starts]
         centroids = np.where(counts > 0, sums / np.maximum(counts, 1), centroids)
+    else:
+        warnings.warn(f"k-means of {v.size:,} values into {k} clusters stopped at its cap of {iterations:,} "
+                      "iterations with clusters still changing", KMeansNotConverged, stacklevel=2)
+    labels = np.searchsorted((centroids[1:] + centroids[:-1]) / 2, v, side="left")
     return centroids.astype(np.float32), labels.astype(np.int32)

@@ -34,7 +34,7 @@ from squeezecaffe.engines.torchcaffe.constraints import BlobConstraint, save_con
 from squeezecaffe.engines.torchcaffe.weights import blob_shape, blob_values, read_caffemodel
 from squeezecaffe.errors import UserError
 from squeezecaffe.evaluation.artifacts import Artifacts, Carried, carried_from, resolve_artifacts
-from squeezecaffe.fileio import atomic_write_bytes, atomic_write_text, ensure_writable_dir
+from squeezecaffe.fileio import atomic_copy, atomic_write_bytes, atomic_write_text, ensure_writable_dir
 from squeezecaffe.proto import pb, read_text, set_float_data, to_text, write_binary
 
 if TYPE_CHECKING:
@@ -343,7 +343,7 @@ def compress(source: str, out: str | Path, options: CompressOptions, *, model: s
     elif recalibrate is not None:
         stage("pruned", weights, folder)
         weights, pruned = recalibrated(folder, pruned)
-    shutil.copyfile(weights, folder / "model.caffemodel")
+    atomic_copy(weights, folder / "model.caffemodel")
     done = " + retrained" if retrain else " + BatchNorm re-estimated" if recalibrate else ""
     stage(f"pruned{done}", folder / "model.caffemodel", folder)
 
@@ -362,7 +362,7 @@ def compress(source: str, out: str | Path, options: CompressOptions, *, model: s
     elif recalibrate is not None:  # the shared values stay as k-means left them; only the statistics change
         stage("quantized", weights, folder)
         weights, quantized = recalibrated(folder, quantized)
-    shutil.copyfile(weights, folder / "model.caffemodel")
+    atomic_copy(weights, folder / "model.caffemodel")
 
     # 3. Huffman-code into the container; decode it again and prove it gives the same weights
     folder = out / "final"

@@ -10,6 +10,7 @@ import numpy as np
 from squeezecaffe.data_tools.layouts import read_labels
 from squeezecaffe.data_tools.lmdb_io import LmdbReader, datum_to_array
 from squeezecaffe.errors import UserError
+from squeezecaffe.fileio import atomic_savefig
 
 
 def load_label_names(db: Path) -> dict[int, str]:
@@ -73,8 +74,7 @@ def save_grid(db: str | Path, out: str | Path, count: int = 64, seed: int = 0) -
         ax.imshow(shown, cmap="gray" if img.shape[0] == 1 else None, vmin=0, vmax=255)
         ax.set_title(f"{label}: {names.get(label, '')}"[:18], fontsize=6)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    atomic_savefig(fig, out, dpi=100)
     plt.close(fig)
     return out

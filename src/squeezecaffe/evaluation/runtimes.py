@@ -90,12 +90,10 @@ class CaffeRuntime:
         import tempfile
         import weakref
 
-        from squeezecaffe.engines.pycaffe.runtime import GlogTap, import_caffe, last_error
+        from squeezecaffe.engines.pycaffe.runtime import GlogTap, import_caffe, last_error, select_device
 
-        caffe = import_caffe()
-        if device != "cpu":
-            raise UserError(f"--engine caffe: our Caffe build runs on the CPU only (got --device {device})")
-        caffe.set_mode_cpu()
+        caffe = import_caffe(cuda=device.startswith("cuda"))
+        select_device(caffe, device)
         fd, name = tempfile.mkstemp(prefix="squeezecaffe-caffe-", suffix=".log")  # Caffe's chatter, then removed
         os.close(fd)
         self._log = Path(name)

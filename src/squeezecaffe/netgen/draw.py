@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from squeezecaffe.fileio import atomic_savefig
 from squeezecaffe.netgen.shapes import infer_net
 from squeezecaffe.proto import pb
 
@@ -78,7 +79,6 @@ def draw_net(net: pb.NetParameter, out_path: str | Path, phase: str = "TEST", da
         ax.text(x + box_w / 2, y + box_h * 0.28, f"{kind}{'+' + extra if extra else ''}  {size}",
                 ha="center", va="center", fontsize=6)
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=90, bbox_inches="tight")
+    atomic_savefig(fig, out_path, dpi=90, bbox_inches="tight")
     plt.close(fig)
     return out_path

@@ -12,6 +12,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from squeezecaffe.fileio import atomic_write_text
 from squeezecaffe.netgen.emit import generate, write_generated
 from squeezecaffe.netgen.recipes import resolve_recipe
 from squeezecaffe.netgen.summary import summarize
@@ -78,5 +79,5 @@ def format_table(points: list[SweepPoint]) -> str:
 
 def write_table(points: list[SweepPoint], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "table.md").write_text(format_table(points), encoding="utf-8")
-    (out / "table.json").write_text(json.dumps([asdict(p) for p in points], indent=1) + "\n", encoding="utf-8")
+    atomic_write_text(out / "table.md", format_table(points))
+    atomic_write_text(out / "table.json", json.dumps([asdict(p) for p in points], indent=1) + "\n")

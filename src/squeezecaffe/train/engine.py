@@ -22,8 +22,8 @@ ENGINES = ("auto", "torch", "caffe")
 
 
 def pick_engine(name: str, device: str = "cpu") -> str:
-    """`auto` drives real Caffe when it is built (CPU runs; the recipe builds CPU-only), else the torch engine;
-    a data-parallel run (torchrun) always takes the torch engine."""
+    """`auto` drives real Caffe on CPU runs when it is built, else the torch engine (GPU runs take the torch engine
+    unless --engine caffe is asked for); a data-parallel run (torchrun) always takes the torch engine."""
     if name not in ENGINES:
         raise UserError(f"--engine {name}: choose {', '.join(ENGINES)}")
     if name == "torch":
@@ -31,7 +31,7 @@ def pick_engine(name: str, device: str = "cpu") -> str:
     from squeezecaffe.engines.pycaffe.runtime import caffe_available, import_caffe
 
     if name == "caffe":
-        import_caffe()  # the one-line error when it is not built
+        import_caffe(cuda=device.startswith("cuda"))  # the one-line error when it is not built (with CUDA)
         return "caffe"
     from squeezecaffe.engines.torchcaffe.distributed import from_env
 

@@ -4,8 +4,9 @@ A run goes wrong in three ways that the figures it already reads can tell:
 - the training loss is not finite (NaN/inf: the weights are gone);
 - a loss spike: a display window's mean loss climbs back above the chance level ln(classes) after having been
   below a fraction of it (the net has unlearned everything, the usual start of a divergence);
-- a collapse: validation top-1 falls back to chance after having been clearly better (e.g. BatchNorm
-  statistics blown up by one bad batch, or every image predicted as one class).
+- a collapse: validation top-1 falls back to chance (1/classes, or the largest class's share of the validation
+  labels where that is more) after having been clearly better (e.g. BatchNorm statistics blown up by one bad
+  batch, or every image predicted as one class).
 The Trainer answers each by restoring its best snapshot and dividing the LR by the controller's next factor, up
 to `retries` times; then it stops with one line. The guard reads only values the Trainer reads anyway (display
 windows, validation), so it changes nothing in a healthy run.
@@ -70,12 +71,15 @@ class DivergenceGuard:
                            f"reaching {self.lowest_loss:.3f}", iteration)
         self.lowest_loss = min(self.lowest_loss, mean)
 
-    def collapsed(self, top1: float, best_top1: float) -> str | None:
-        """Why this validation top-1 counts as a collapse, or None."""
-        gain = best_top1 - self.chance_top1
-        if gain < self.options.min_gain or top1 - self.chance_top1 >= self.options.collapse_share * gain:
+    def collapsed(self, top1: float, best_top1: float, majority: float = 0.0) -> str | None:
+        """Why this validation top-1 counts as a collapse, or None. Chance is the better of 1/classes and
+        `majority`, the validation set's largest class share: on unbalanced data a net that predicts the majority
+        class everywhere scores exactly that share, and has learned nothing."""
+        chance = max(self.chance_top1, majority)
+        gain = best_top1 - chance
+        if gain < self.options.min_gain or top1 - chance >= self.options.collapse_share * gain:
             return None
-        return (f"validation top-1 fell to {100 * top1:.2f}% (chance {100 * self.chance_top1:.2f}%) after "
+        return (f"validation top-1 fell to {100 * top1:.2f}% (chance {100 * chance:.2f}%) after "
                 f"reaching {100 * best_top1:.2f}%")
 
     def recovered(self) -> None:

@@ -298,7 +298,7 @@ class Trainer:
                 self.log.line(f"BatchNorm statistics re-estimated over the latest {used:,} training images at the "
                               "current weights before each validation (--bn-images)")
             result = solver.validate()
-            collapse = self.guard.collapsed(result.top1, self.best_top1)
+            collapse = self.guard.collapsed(result.top1, self.best_top1, result.majority)
             if collapse is not None:
                 self.log.row(Phase="val", Epoch=epoch + 1, NumIters=solver.iter, Seconds=time.time() - self.t0,
                              LearningRate=solver.learning_rate(), LRScale=self.controller.scale, val_loss=result.loss,

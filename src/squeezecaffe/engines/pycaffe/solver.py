@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from squeezecaffe.engines.pycaffe.runtime import GlogTap, import_caffe, last_error, parse_iterations
+from squeezecaffe.engines.pycaffe.runtime import GlogTap, import_caffe, last_error, parse_iterations, select_device
 from squeezecaffe.engines.torchcaffe.solver import IterationStats
 from squeezecaffe.errors import UserError
 from squeezecaffe.fileio import resolve_beside
@@ -58,7 +58,7 @@ class PycaffeSolver:
 
     def __init__(self, solver_path: str | Path, *, work_dir: Path, log_path: Path, device: str = "cpu",
                  seed: int = 42, snapshot_prefix: str | None = None) -> None:
-        self.caffe = import_caffe()
+        self.caffe = import_caffe(cuda=device.startswith("cuda"))
         self.solver_path = Path(solver_path).resolve()
         self.sp = read_text(self.solver_path, pb.SolverParameter)
         self.work_dir = Path(work_dir)
@@ -131,17 +131,8 @@ class PycaffeSolver:
             _ACTIVE.close()
         self.close()  # the fork deadlocks when two solvers read the same Data source
         path = write_text(self.work_dir / "caffe_solver.prototxt", self._caffe_solver_param())
-        if self.device.startswith("cuda"):
-            from squeezecaffe.caffe_build.locate import find_build
-
-            build = find_build()
-            if build is not None and build.info.get("cpu_only"):
-                raise UserError(f"--device {self.device}: the Caffe build in {build.home} is CPU-only")
-            caffe.set_device(int(self.device.split(":")[1]) if ":" in self.device else 0)
-            caffe.set_mode_gpu()
-        else:
-            caffe.set_mode_cpu()
-        caffe.set_random_seed(self.seed)
+        select_device(caffe, self.device)
+        self._call("set_random_seed", caffe.set_random_seed, self.seed)  # a CUDA build logs about cuRAND
         self._solver = self._call("solver", caffe.get_solver, str(path))
         _ACTIVE = self
         if restore is not None:
