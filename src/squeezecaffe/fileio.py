@@ -68,6 +68,34 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def read_json_object(path: str | os.PathLike, what: str = "a JSON file") -> dict:
+    """A JSON object from `path`, or one UserError line naming the file and what is wrong with it (missing,
+    unreadable, not UTF-8, not JSON, not an object): the one way our own JSON files are read back."""
+    import json
+
+    from squeezecaffe.errors import UserError
+
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not {what} (not UTF-8 text)") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not {what} (not valid JSON: {exc})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: not {what} (a JSON {type(raw).__name__}, expected an object)")
+    return raw
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message as one line (its first non-empty one; the type's name where it has none)."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+
+
 def atomic_copy(source: str | os.PathLike, path: str | os.PathLike) -> Path:
     """A copy of `source` at `path`, complete or absent (read whole: our artifacts are at most a few hundred MB)."""
     return atomic_write_bytes(path, Path(source).read_bytes())

@@ -19,6 +19,7 @@ from squeezecaffe.compress import huffman
 from squeezecaffe.compress.container import Container, SectionWriter, pack
 from squeezecaffe.compress.sparse import from_relative, to_relative
 from squeezecaffe.errors import UserError
+from squeezecaffe.fileio import first_line
 from squeezecaffe.proto import pb, set_float_data
 
 
@@ -149,7 +150,18 @@ def encode_model(model: pb.NetParameter, coded: dict[str, CodedBlob], header: di
 
 
 def decode_model(box: Container) -> pb.NetParameter:
-    """A dense NetParameter (a .caffemodel's message) with every layer's blobs, as encoded."""
+    """A dense NetParameter (a .caffemodel's message) with every layer's blobs, as encoded. The header's CRC says it
+    is what was written, not that a writer wrote it well: a layer or blob entry of the wrong shape (a missing key, a
+    string where a number belongs) is one line naming the file, like every other damage."""
+    try:
+        return _decode_model(box)
+    # (sizes from the header drive allocations: an absurd count is a MemoryError or OverflowError, not our bug)
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError, OverflowError, MemoryError) as exc:
+        raise UserError(f"{box.where}: the header's layer entries are malformed ({type(exc).__name__}: "
+                        f"{first_line(exc)[:120]})") from None
+
+
+def _decode_model(box: Container) -> pb.NetParameter:
     out = pb.NetParameter(name=str(box.header.get("net", "")))
     layers = box.header.get("layers")
     if not isinstance(layers, list):

@@ -65,6 +65,8 @@ class Container:
             self.header = json.loads(zlib.decompress(raw))
         except (zlib.error, json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise UserError(f"{where}: the header is not valid JSON ({exc})") from None
+        if not isinstance(self.header, dict):
+            raise UserError(f"{where}: the header is a JSON {type(self.header).__name__}, not an object")
         if self.header.get("format") != FORMAT or self.header.get("version") != VERSION:
             raise UserError(f"{where}: format {self.header.get('format')} version {self.header.get('version')} "
                             f"(this reader takes {FORMAT} version {VERSION})")

@@ -445,6 +445,8 @@ def decompress(sqz: str | Path, output: str | Path, deploy: str | Path | None = 
     deploy_path = None
     if deploy is not None:
         text = box.header.get("deploy")
+        if text is not None and not isinstance(text, str):
+            raise UserError(f"{sqz}: its deploy net is a {type(text).__name__}, not text")
         if not text:
             raise UserError(f"{sqz}: carries no deploy net (compressed without one); give --net when you use it")
         deploy_path = atomic_write_text(deploy, text)

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from squeezecaffe.errors import UserError
-from squeezecaffe.fileio import atomic_write_text
+from squeezecaffe.fileio import atomic_write_text, read_json_object
 
 MANIFEST_NAME = "manifest.json"
 
@@ -41,11 +41,40 @@ def read_manifest(data_dir: str | Path) -> DataManifest:
     if not path.is_file():
         raise UserError(f"{path}: no dataset manifest; build the data directory with "
                         f"'squeezecaffe build-lmdb SRC {data_dir}'")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-        return DataManifest(**raw)
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise UserError(f"{path}: not a valid squeezecaffe manifest ({exc})") from None
+    raw = read_json_object(path, "a squeezecaffe manifest")
+    problem = _manifest_problem(raw)
+    if problem:
+        raise UserError(f"{path}: not a valid squeezecaffe manifest ({problem})")
+    return DataManifest(**raw)
+
+
+# each field's JSON type (a manifest is written by build-lmdb; these catch a damaged or hand-edited one)
+_FIELDS = {"classes": int, "channels": int, "height": int, "width": int, "splits": dict, "mean_values": list,
+           "std_values": list, "pad": int, "encoded": bool, "layout": str, "options": dict}
+_REQUIRED = ("classes", "channels", "height", "width", "splits")
+
+
+def _manifest_problem(raw: dict) -> str | None:
+    """What is wrong with a manifest's JSON object, or None."""
+    for key, value in raw.items():
+        kind = _FIELDS.get(key)
+        if kind is None:
+            return f"unknown key {repr(key)[:40]}"
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            return f"{key} is {repr(value)[:40]}, expected {kind.__name__}"
+    missing = [key for key in _REQUIRED if key not in raw]
+    if missing:
+        return f"no {', '.join(missing)}"
+    if any(raw[key] < 1 for key in ("classes", "channels", "height", "width")) or raw.get("pad", 0) < 0:
+        return "a size or count below 1"
+    for name, split in raw["splits"].items():
+        count = split.get("count") if isinstance(split, dict) else None
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            return f"split {repr(name)[:40]} has no record count"
+    for key in ("mean_values", "std_values"):
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in raw.get(key, [])):
+            return f"{key} holds a value that is not a number"
+    return None
 
 
 def write_manifest(data_dir: str | Path, manifest: DataManifest) -> Path:

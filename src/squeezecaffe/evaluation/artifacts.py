@@ -63,6 +63,9 @@ def carried_from(deploy_text: str | None, transform_text: str | None, data: str 
     from squeezecaffe.fileio import atomic_write_text
     from squeezecaffe.proto import parse_text
 
+    for name, text in (("deploy net", deploy_text), ("transform", transform_text), ("data directory", data)):
+        if text is not None and not isinstance(text, str):
+            raise UserError(f"{where}: its {name} is a {type(text).__name__}, not text")
     deploy = None
     if deploy_text:
         folder = Path(tempfile.mkdtemp(prefix="squeezecaffe-carried-"))
@@ -71,9 +74,11 @@ def carried_from(deploy_text: str | None, transform_text: str | None, data: str 
     transform = parse_text(transform_text, pb.TransformationParameter, f"{where} transform") if transform_text \
         is not None else None
     try:
+        if not isinstance(labels or [], list) or not isinstance(stored_size or [], list):
+            raise TypeError("not a list")
         classes = [ClassLabel(i, str(cid), str(name)) for i, (cid, name) in enumerate(labels)] if labels else None
         size = (int(stored_size[0]), int(stored_size[1])) if stored_size else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError):
         raise UserError(f"{where}: its class list or stored image size is malformed") from None
     return Carried(deploy, transform, data if data and Path(data).is_dir() else None, classes, size)
 

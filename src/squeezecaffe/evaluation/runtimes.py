@@ -13,6 +13,7 @@ import numpy as np
 
 from squeezecaffe.errors import UserError
 from squeezecaffe.evaluation.artifacts import Artifacts
+from squeezecaffe.fileio import first_line
 
 RUNTIMES = ("torch", "opencv", "caffe", "onnxruntime")
 ONNX_LOGITS_KEY = "squeezecaffe.logits"  # metadata of an exported .onnx: the graph output holding the logits
@@ -139,7 +140,7 @@ def onnx_session(model: bytes | str, device: str = "cpu"):
         return ort.InferenceSession(model, options, providers=providers)
     except Exception as exc:  # onnxruntime's own exception types
         where = model if isinstance(model, str) else "the exported graph"
-        raise UserError(f"{where}: onnxruntime cannot load it ({str(exc).strip().splitlines()[0]})") from None
+        raise UserError(f"{where}: onnxruntime cannot load it ({first_line(exc)})") from None
 
 
 class OnnxBatches:

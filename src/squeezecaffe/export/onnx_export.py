@@ -20,6 +20,7 @@ from squeezecaffe import __version__
 from squeezecaffe.errors import UserError
 from squeezecaffe.evaluation.artifacts import Artifacts, Carried, carried_from, resolve_artifacts
 from squeezecaffe.export.onnx_graph import DEFAULT_OPSET, InputTransform, build_onnx, fold_batchnorm
+from squeezecaffe.fileio import first_line
 from squeezecaffe.proto import pb, to_text
 
 TOLERANCE = 1e-4  # max |p_onnxruntime - p_ours| over the check batch
@@ -162,7 +163,7 @@ def export_onnx(weights: str, output: str | Path, options: ExportOptions, *, net
     try:
         onnx.checker.check_model(onnx_model, full_check=True)
     except Exception as exc:  # onnx's ValidationError and shape-inference errors
-        raise UserError(f"{output}: the exported graph fails onnx.checker ({str(exc).splitlines()[0]}); "
+        raise UserError(f"{output}: the exported graph fails onnx.checker ({first_line(exc)}); "
                         "not written") from None
     data_bytes = onnx_model.SerializeToString()
     ours_in, graph_in, checked_on = _check_batch(art, options, baked)
@@ -200,7 +201,7 @@ def read_onnx_metadata(path: str) -> dict[str, str]:
     try:
         model = onnx.load(path, load_external_data=False)
     except Exception as exc:
-        raise UserError(f"{path}: not a readable ONNX file ({str(exc).splitlines()[0]})") from None
+        raise UserError(f"{path}: not a readable ONNX file ({first_line(exc)})") from None
     return {p.key: p.value for p in model.metadata_props}
 
 

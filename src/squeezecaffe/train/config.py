@@ -7,12 +7,12 @@ so the CLI can build its parser without importing an engine.
 
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from squeezecaffe.engines.device import DeviceOptions
 from squeezecaffe.errors import UserError
-from squeezecaffe.options import NOT_AN_OPTION, option
+from squeezecaffe.options import NOT_AN_OPTION, from_json_object, option
 from squeezecaffe.train.guard import GuardOptions
 from squeezecaffe.train.plateau import PlateauOptions
 from squeezecaffe.train.rundir import CONFIG, read_json
@@ -71,39 +71,13 @@ class TrainConfig:
 _FLAT_DEVICE_KEYS = ("device", "amp", "channels_last", "gpu_transform", "data_in_memory")
 
 
-def _checked(cls: type, raw: dict, path: Path, where: str = ""):
-    """`raw` as a `cls`, naming an unknown key or a wrong type in one line; a dict for a dataclass field is read
-    the same way, one level down."""
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: {where.rstrip('.') or 'the file'} is {raw!r}, expected an object")
-    known = {f.name: f for f in fields(cls)}
-    values = {}
-    for key, value in raw.items():
-        name = f"{where}{key}"
-        if key not in known:
-            raise UserError(f"{path}: unknown key {name!r} (known: {', '.join(known)})")
-        f = known[key]
-        default = f.default_factory() if f.default_factory is not MISSING else f.default
-        if is_dataclass(default):
-            value = _checked(type(default), value, path, f"{name}.")
-        elif isinstance(default, tuple) and isinstance(value, list):  # JSON has no tuples
-            value = tuple(value)
-        elif default is not None and value is not None:
-            expected = type(default)
-            number = expected is float and isinstance(value, int) and not isinstance(value, bool)
-            if not number and (not isinstance(value, expected) or (expected is int and isinstance(value, bool))):
-                raise UserError(f"{path}: {name} is {value!r}, expected {expected.__name__}")
-        values[key] = value
-    return cls(**values)
-
-
 def load_config(raw: dict, path: Path) -> TrainConfig:
     """config.json -> TrainConfig, naming an unknown key or a wrong type in one line (a hand-edited file)."""
     raw = dict(raw)
     flat = {key: raw.pop(key) for key in _FLAT_DEVICE_KEYS if key in raw}
     if flat:
         raw["device_options"] = {**flat, **raw.get("device_options", {})}
-    return _checked(TrainConfig, raw, path)
+    return from_json_object(TrainConfig, raw, path)
 
 
 def read_run_config(run_dir: Path) -> tuple[TrainConfig, Path]:

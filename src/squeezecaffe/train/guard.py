@@ -93,7 +93,15 @@ class DivergenceGuard:
     def state_dict(self) -> dict:
         return {"recoveries": self.recoveries, "lowest_loss": None if math.isinf(self.lowest_loss) else self.lowest_loss}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.recoveries = int(state.get("recoveries", 0))
-        lowest = state.get("lowest_loss")
+    def load_state_dict(self, state: dict, where: str = "the guard's state") -> None:
+        recoveries, lowest = state.get("recoveries", 0), state.get("lowest_loss")
+        if not isinstance(recoveries, int) or isinstance(recoveries, bool) or recoveries < 0:
+            from squeezecaffe.errors import UserError
+
+            raise UserError(f"{where}: guard.recoveries is {repr(recoveries)[:40]}, expected a count")
+        if lowest is not None and (not isinstance(lowest, int | float) or isinstance(lowest, bool)):
+            from squeezecaffe.errors import UserError
+
+            raise UserError(f"{where}: guard.lowest_loss is {repr(lowest)[:40]}, expected a number")
+        self.recoveries = recoveries
         self.lowest_loss = math.inf if lowest is None else float(lowest)

@@ -10,9 +10,10 @@ the decisions can be unit-tested and replayed exactly after a resume (state_dict
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 from squeezecaffe.errors import UserError
+from squeezecaffe.options import from_json_object
 
 
 @dataclass(frozen=True)
@@ -139,10 +140,13 @@ class PlateauController:
         ctl.load_state_dict(state)
         return ctl
 
-    def load_state_dict(self, state: dict) -> None:
-        state = dict(state)
-        self.options = PlateauOptions(**state.pop("options"))
-        anchor = state.pop("anchor")
-        self.anchor = -math.inf if anchor is None else float(anchor)
-        for key, value in state.items():
-            setattr(self, key, value)
+    def load_state_dict(self, state: dict, where: str = "the controller's state") -> None:
+        """The state `state_dict` wrote, checked field by field (a damaged snapshot marker is one line naming
+        `where`, never an attribute set from it unchecked)."""
+        loaded = from_json_object(PlateauController, state, where, "controller.")
+        if not all(isinstance(entry, dict) for entry in loaded.history):
+            raise UserError(f"{where}: controller.history holds a non-object entry")
+        for f in fields(PlateauController):
+            setattr(self, f.name, getattr(loaded, f.name))
+        if self.anchor is None:
+            self.anchor = -math.inf

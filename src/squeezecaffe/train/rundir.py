@@ -18,7 +18,7 @@ from pathlib import Path
 
 from squeezecaffe import __version__
 from squeezecaffe.errors import UserError
-from squeezecaffe.fileio import atomic_write_bytes, atomic_write_text, ensure_writable_dir
+from squeezecaffe.fileio import atomic_write_bytes, atomic_write_text, ensure_writable_dir, read_json_object
 from squeezecaffe.train.logs import LOG_CSV, RAW_LOG  # noqa: F401  (the run directory's log names live in logs.py)
 
 CONFIG = "config.json"
@@ -30,12 +30,9 @@ def write_json(path: Path, data: dict) -> Path:
 
 
 def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: not found (is this a run directory?)") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid JSON ({exc})") from None
+    if not Path(path).exists():
+        raise UserError(f"{path}: not found (is this a run directory?)")
+    return read_json_object(path, "a run's JSON file")
 
 
 def make_run_dir(path: Path) -> Path:
@@ -106,14 +103,30 @@ def snapshot_markers(prefix: str) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+# what a snapshot marker must hold, and of which type, to be used (snapshot() writes it)
+_MARKER_FIELDS = {"caffemodel": str, "solverstate": str, "iter": int, "controller": dict, "best_top1": (int, float)}
+
+
+def read_marker(marker: Path) -> dict | None:
+    """A snapshot marker's content with its own path under "marker", or None where it is damaged (unreadable, not
+    a JSON object, a field missing or of the wrong type): a damaged marker marks no complete snapshot."""
+    try:
+        info = read_json_object(marker, "a snapshot marker")
+    except UserError:
+        return None
+    for key, kind in _MARKER_FIELDS.items():
+        if not isinstance(info.get(key), kind) or isinstance(info.get(key), bool):
+            return None
+    if not isinstance(info.get("guard", {}), dict) or not isinstance(info.get("best_iter"), int | None):
+        return None
+    return {**info, "marker": str(marker)}
+
+
 def latest_complete(prefix: str) -> dict | None:
-    """The newest snapshot whose marker and both files exist (the marker is read back to be sure)."""
+    """The newest snapshot whose marker is intact and whose two files exist (the marker is read back to be sure)."""
     for _, marker in reversed(snapshot_markers(prefix)):
-        try:
-            info = json.loads(marker.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            continue
-        if Path(info["caffemodel"]).is_file() and Path(info["solverstate"]).is_file():
+        info = read_marker(marker)
+        if info is not None and Path(info["caffemodel"]).is_file() and Path(info["solverstate"]).is_file():
             return info
     return None
 

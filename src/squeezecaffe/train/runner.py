@@ -199,11 +199,11 @@ class Trainer:
         info = rundir.latest_complete(self.prefix)
         if info is None:
             raise UserError(f"{self.run_dir}: no complete snapshot to resume from")
-        self.controller.load_state_dict(info["controller"])
+        self.controller.load_state_dict(info["controller"], info["marker"])
         self.solver.restore(info["solverstate"], lr_scale=self.controller.scale)
         self.best_top1 = info["best_top1"]
         self.best_iter = info.get("best_iter")
-        self.guard.load_state_dict(info.get("guard", {}))
+        self.guard.load_state_dict(info.get("guard", {}), info["marker"])
         self.log.truncate_after(self.solver.iter)
         self.log.line(f"resumed from {info['solverstate']} (iteration {self.solver.iter}, lr scale "
                       f"{self.controller.scale:g})")
