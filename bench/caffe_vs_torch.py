@@ -18,6 +18,7 @@ import argparse
 import gc
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ import torch
 from squeezecaffe.engines.pycaffe.runtime import GlogTap, import_caffe, select_device
 from squeezecaffe.engines.torchcaffe.options import EngineOptions
 from squeezecaffe.engines.torchcaffe.solver import Solver
+from squeezecaffe.errors import UserError
 from squeezecaffe.netgen.config import resolve
 from squeezecaffe.netgen.emit import generate
 from squeezecaffe.netgen.inputnet import input_training_net
@@ -128,4 +130,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except UserError as exc:  # no Caffe, no CUDA libraries, no GPU: one line, as the CLI says it
+        print(f"caffe_vs_torch: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

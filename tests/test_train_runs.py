@@ -101,7 +101,7 @@ def test_sigint_snapshots_and_prints_the_resume_command(data: Path, tmp_path: Pa
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
+    assert proc.returncode == 130, err  # 128 + SIGINT, as a shell reports Ctrl-C
     assert f"squeezecaffe train --resume {run_dir}" in out
     info = latest_complete(str(run_dir / "snapshots" / "cifar_resnet_1111"))
     assert info is not None and not info["epoch_done"]
@@ -245,3 +245,47 @@ def test_tensorboard_without_the_extra_is_one_line(data: Path, tmp_path: Path, c
     code, _, err = run(capsys, *TRAIN, "--epochs", "1", "--data", str(data), "--run-dir", str(tmp_path / "r"),
                        "--tensorboard")
     assert code == 2 and "pip install 'squeezecaffe[tensorboard]'" in err and len(err.strip().splitlines()) == 1
+
+
+def _weights_of(path: Path) -> dict[str, list]:
+    from squeezecaffe.engines.torchcaffe.weights import blob_values, read_caffemodel
+
+    return {lp.name: [blob_values(b).tolist() for b in lp.blobs] for lp in read_caffemodel(path).layer}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("signum", "group", "code"), [(signal.SIGTERM, True, 143), (signal.SIGINT, True, 130),
+                                                       (signal.SIGHUP, False, 129)])
+def test_a_stop_signal_as_a_job_runner_sends_it_snapshots_and_resumes_to_the_same_weights(
+        data: Path, tmp_path: Path, signum: int, group: bool, code: int) -> None:
+    """SIGTERM/SIGINT to the whole process group (scancel, systemd, Ctrl-C), SIGHUP to the process: with two data
+    workers, the run finishes its iteration, snapshots, prints the resume command and exits 128 + the signal;
+    no traceback. The signal is sent while the trainer is stopped mid-run, so it lands before the run can end.
+    Resumed, the run ends with the weights of a run never stopped."""
+    from tests.processes import stop_when
+
+    argv = [*TRAIN, "--workers", "2", "--data", str(data)]
+    run_dir = tmp_path / "stopped"
+    proc = subprocess.Popen([sys.executable, "-m", "squeezecaffe", *argv, "--run-dir", str(run_dir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    trained = lambda: (run_dir / "log.csv").exists() and any(  # noqa: E731
+        r["Phase"] == "train" for r in read_log(run_dir / "log.csv"))
+    assert stop_when(proc, trained), "the run ended before it could be stopped"
+    if group:
+        os.killpg(proc.pid, signum)  # the workers get it too
+    else:
+        os.kill(proc.pid, signum)
+    os.kill(proc.pid, signal.SIGCONT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == code, err[-3000:]
+    assert "Traceback" not in err and f"squeezecaffe train --resume {run_dir}" in out
+    info = latest_complete(str(run_dir / "snapshots" / "cifar_resnet_1111"))
+    assert info is not None and not info["epoch_done"]
+    if signum != signal.SIGTERM:
+        return
+    assert main(["train", "--resume", str(run_dir), "--quiet"]) == 0
+    unbroken = tmp_path / "unbroken"
+    assert main([*argv, "--run-dir", str(unbroken)]) == 0
+    name = "snapshots/cifar_resnet_1111_iter_24.caffemodel"
+    assert _weights_of(run_dir / name) == _weights_of(unbroken / name)

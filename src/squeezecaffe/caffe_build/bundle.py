@@ -103,7 +103,7 @@ def write_bundle(build: CaffeBuild, dest: Path, cuda_dirs: tuple[Path, ...], ech
             os.chmod(lib / soname, 0o755)
             _set_rpath(lib / soname)
         size = sum(p.stat().st_size for p in lib.iterdir())
-        info = {"bundle": True, "cpu_only": False, "recipe": build.info.get("recipe"),
+        info = {"bundle": True, "cpu_only": False, "recipe": build.info.get("recipe"), "built": build.info.get("built"),
                 "sdist": build.info.get("sdist"), "cuda_architectures": build.info.get("cuda_architectures"),
                 "cuda_wheels": build.info.get("cuda_wheels"), "opencv": build.info.get("opencv"),
                 "needs": list(recipe.CUDA_RUNTIME_SONAMES), "libraries": sorted(carried), "bytes": size,

@@ -215,7 +215,8 @@ def _retrain(stage_dir: Path, weights: Path, constraints: Path, ctx: _Retrain, o
     lock = RunLock(run_dir)
     try:
         prepare_run(cfg, run_dir, lock)
-        Trainer(run_dir, echo=options.progress, progress=options.progress).run()
+        if Trainer(run_dir, echo=options.progress, progress=options.progress).run() != 0:
+            raise UserError(f"{run_dir}: the retraining was stopped by a signal; run compress again")
     finally:
         lock.release()
     best = run_dir / "best.caffemodel"

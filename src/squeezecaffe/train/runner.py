@@ -251,9 +251,15 @@ class Trainer:
 
     def _handle_signal(self, signum, frame) -> None:
         self.interrupted = True
+        self.stop_signal = signum
 
     def run(self) -> int:
-        handlers = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        """0 when the run ends; 128 + the signal's number when SIGINT, SIGTERM or SIGHUP stopped it (after the
+        iteration in flight, a snapshot and the resume command): 130, 143 and 129, what job runners expect."""
+        from squeezecaffe.engines.torchcaffe.loader import STOP_SIGNALS
+
+        self.stop_signal = 0
+        handlers = {s: signal.signal(s, self._handle_signal) for s in STOP_SIGNALS}
         try:
             return self._run()
         finally:
@@ -289,9 +295,10 @@ class Trainer:
             rate = (solver.iter - start_iter) * self.images_per_iter / max(time.time() - started, 1e-9)
             if self.interrupted:
                 self.snapshot(epoch_done=False)
-                self.log.line(f"interrupted at iteration {solver.iter}; snapshot written. Resume with:\n"
+                name = signal.Signals(self.stop_signal).name if self.stop_signal else "a signal"
+                self.log.line(f"stopped by {name} at iteration {solver.iter}; snapshot written. Resume with:\n"
                               f"  squeezecaffe train --resume {self.run_dir}")
-                return 0
+                return 128 + self.stop_signal if self.stop_signal else 130
             used = solver.reestimate_batchnorm(self.bn_batches)  # what validation, the snapshot, best.caffemodel hold
             if used and not self.bn_announced:
                 self.bn_announced = True

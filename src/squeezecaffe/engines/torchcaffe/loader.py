@@ -12,6 +12,7 @@ batches are gathered from it there, each record's draws made exactly as the work
 
 from __future__ import annotations
 
+import signal
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -149,6 +150,18 @@ def _stack(samples: list, hint: str) -> torch.Tensor:
     return torch.from_numpy(np.stack([s[0] for s in samples]))
 
 
+# What a job runner sends to stop a job (scancel, systemd, a terminal's Ctrl-C or hang-up) goes to the whole process
+# group: the training process must decide (finish the iteration, snapshot, exit), not its data workers. PyTorch's
+# workers die on a SIGTERM that is not from their parent, which ends the run in a traceback with no snapshot. They
+# ignore these signals instead; the main process ends them as always (its shutdown message, or their watch on it).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
 def _collate(samples: list[tuple[np.ndarray, int]]) -> tuple[torch.Tensor, torch.Tensor]:
     data = _stack(samples, "set crop_size or rebuild the database with --resize")
     return data, torch.tensor([s[1] for s in samples], dtype=torch.float32)
@@ -209,6 +222,7 @@ class DataLayerLoader:
                 batch_sampler=self.sampler, num_workers=workers,
                 collate_fn=_collate_raw if self.device_transform else _collate, pin_memory=pin_memory,
                 prefetch_factor=prefetch if workers else None, persistent_workers=workers > 0,
+                worker_init_fn=_ignore_stop_signals if workers else None,
             )
         self._it: Iterator | None = None
 
