@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from squeezecaffe.engines.pycaffe.capi import CaffeLibrary
 from tests.test_caffe_capi import NET, _inputs
-caffe = CaffeLibrary(Path(sys.argv[1]) / "lib" / "libsqueezecaffe_capi.so", cuda=True)
+caffe = CaffeLibrary(Path(sys.argv[1]) / "lib" / "libsqueezecaffe_capi_cuda.so", preload_cuda=True)
 (Path(sys.argv[2]) / "net.prototxt").write_text(NET)
 caffe.set_mode_cpu()
 caffe.set_random_seed(4)
@@ -49,7 +49,7 @@ def test_the_bundle_carries_what_it_loads_and_runs_a_forward(cuda_build, tmp_pat
     info = json.loads((out / locate.MARKER).read_text())
     assert info["bundle"] is True and info["needs"] == list(recipe.CUDA_RUNTIME_SONAMES)
     libs = {p.name for p in (out / "lib").iterdir()}
-    assert {"libcaffe.so", "libsqueezecaffe_capi.so", "libprotobuf.so.32", "libglog.so.1"} <= libs
+    assert {"libcaffe_cuda.so", "libsqueezecaffe_capi_cuda.so", "libprotobuf.so.32", "libglog.so.1", "libblas.so.3"} <= libs
     assert not libs & (set(recipe.CUDA_RUNTIME_SONAMES) | bundle.SYSTEM_SONAMES)
     assert info["bytes"] < 60 * 2**20  # small enough to carry to a GPU machine
     for lib in (out / "lib").iterdir():  # every library finds its neighbours wherever the folder goes

@@ -45,7 +45,7 @@ def bindings():
     pycaffe = import_caffe()
     if isinstance(pycaffe, CaffeLibrary):
         pytest.skip("this process already uses the C interface (SQUEEZECAFFE_CAFFE_BINDING=capi)")
-    return pycaffe, CaffeLibrary(build.capi_library, cuda=build.cuda)
+    return pycaffe, CaffeLibrary(build.capi_library)
 
 
 def _inputs(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

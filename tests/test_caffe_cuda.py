@@ -72,6 +72,8 @@ def test_a_bundle_home_is_read_as_a_bundle(cache: Path, monkeypatch, tmp_path: P
     monkeypatch.setenv("SQUEEZECAFFE_CAFFE_HOME", str(home))
     found = locate.find_build()
     assert found.is_bundle and found.cuda and found.capi_library == home / "lib" / "libsqueezecaffe_capi.so"
+    (home / "lib" / "libsqueezecaffe_capi_cuda.so").write_bytes(b"\x7fELF")
+    assert found.capi_library == home / "lib" / "libsqueezecaffe_capi_cuda.so"  # a CUDA build's own name
 
 
 @pytest.mark.parametrize(("device", "index"), [("cuda", 0), ("cuda:0", 0), ("cuda:3", 3)])
@@ -119,6 +121,28 @@ def test_select_device_checks_before_caffe_does(monkeypatch, tmp_path: Path) -> 
     assert fake.calls == ["device 1", "gpu"]
     runtime.select_device(fake, "cpu")
     assert fake.calls[-1] == "cpu"
+
+
+class _PlainPycaffe:
+    """A pycaffe that cannot count devices (a user's own install: no C interface beside it)."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def set_mode_gpu(self) -> None:
+        self.calls.append("gpu")
+
+    def set_device(self, index: int) -> None:
+        self.calls.append(f"device {index}")
+
+
+def test_a_caffe_of_unknown_make_is_left_to_decide(monkeypatch, tmp_path: Path) -> None:
+    """A user's own install (no build.json, or just importable): not refused, not counted; Caffe takes the device."""
+    for build in (None, locate.CaffeBuild(tmp_path, {"source": "SQUEEZECAFFE_CAFFE_HOME"})):
+        monkeypatch.setattr(runtime, "_caffe_build", build)
+        fake = _PlainPycaffe()
+        runtime.select_device(fake, "cuda:1")
+        assert fake.calls == ["device 1", "gpu"]
 
 
 def test_select_device_refuses_cuda_on_a_cpu_only_caffe(monkeypatch, tmp_path: Path) -> None:
@@ -201,6 +225,8 @@ def test_a_bundle_is_made_of_the_cuda_build_into_a_folder_of_its_own(tmp_path: P
     with pytest.raises(UserError, match="exists and is not a Caffe bundle"):
         bundle.write_bundle(cuda, other, (), print)
     assert (other / "notes.txt").read_text() == "keep me"
-    with pytest.raises(UserError, match=r"libcaffe\.so: missing from the build"):
+    with pytest.raises(UserError, match="exists and is not a folder"):
+        bundle.write_bundle(cuda, other / "notes.txt", (), print)
+    with pytest.raises(UserError, match=r"libsqueezecaffe_capi_cuda\.so: missing from the build"):
         bundle.write_bundle(cuda, tmp_path / "new", (), print)
     assert not (tmp_path / "new").exists()  # nothing half-written

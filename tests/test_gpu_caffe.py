@@ -16,7 +16,8 @@ import torch
 
 from squeezecaffe.caffe_build.locate import find_build
 from squeezecaffe.engines.pycaffe.capi import CaffeLibrary
-from squeezecaffe.engines.pycaffe.runtime import GlogTap
+from squeezecaffe.engines.pycaffe.runtime import GlogTap, import_caffe
+from squeezecaffe.errors import UserError
 from tests.test_caffe_capi import NET, SOLVER, _inputs
 
 pytestmark = [pytest.mark.gpu,
@@ -25,10 +26,16 @@ pytestmark = [pytest.mark.gpu,
 
 @pytest.fixture(scope="module")
 def caffe() -> CaffeLibrary:
+    """The CUDA Caffe through the C interface. One Caffe per process (both register caffe.proto with protobuf): where
+    this process already loaded the CPU build, the test is skipped with the way to run it."""
     build = find_build(cuda=True)
     if build is None or not build.cuda:
         pytest.skip("no CUDA Caffe: squeezecaffe build-caffe --cuda, or SQUEEZECAFFE_CAFFE_HOME=<bundle>")
-    library = CaffeLibrary(build.capi_library, cuda=True)
+    try:
+        loaded = import_caffe(cuda=True)
+    except UserError as exc:
+        pytest.skip(f"{exc} (SQUEEZECAFFE_CAFFE_BUILD=cuda pytest -m gpu tests/test_gpu_caffe.py)")
+    library = loaded if isinstance(loaded, CaffeLibrary) else CaffeLibrary(build.capi_library)
     assert library.cuda_device_count() >= 1
     return library
 

@@ -1,9 +1,10 @@
 """Atomic file writes: a reader never sees a half-written artifact at its final path.
 
-The one home of writing a final artifact: every file the CLI leaves for a user (models, snapshots, tables, JSON,
-pictures) goes through `atomic_write_bytes`/`_text`, `atomic_copy` or `atomic_savefig`; tests/test_atomic_writes.py
-scans the package for any other write. Logs that grow line by line (log.csv, train.log) and work files inside a
-staging folder that is renamed into place as a whole are the exceptions that test lists."""
+The one home of writing a final artifact: every file squeezecaffe itself leaves for a user (models, snapshots,
+tables, JSON, pictures; real Caffe's own snapshots are Caffe's) goes through `atomic_write_bytes`/`_text`,
+`atomic_copy` or `atomic_savefig`; tests/test_atomic_writes.py scans the package for any other write. Logs that
+grow line by line (log.csv, train.log) and work files inside a staging folder that is renamed into place as a
+whole are the exceptions that test lists."""
 
 from __future__ import annotations
 

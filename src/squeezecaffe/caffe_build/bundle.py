@@ -1,11 +1,13 @@
 """`build-caffe --cuda --bundle DIR`: the CUDA build made portable, for a GPU machine that has CUDA 13 (through
 PyTorch's wheels), Python and numpy, but none of Caffe's dependencies and no network.
 
-DIR/lib holds libcaffe, our C interface (libsqueezecaffe_capi.so) and every non-CUDA shared library they load
-(protobuf, glog, gflags, Boost, HDF5, LMDB, LevelDB, OpenBLAS and what those load), each under its soname with the
-RPATH `$ORIGIN`, so the folder works wherever it is unpacked. Left out: the C and C++ runtimes every Linux has
-(glibc, libstdc++, libgcc_s) and the CUDA runtime libraries (recipe.CUDA_RUNTIME_SONAMES), which the target's
-PyTorch installed and capi.py loads from there. No pycaffe extension: it would tie the bundle to this Python; the
+DIR/lib holds libcaffe_cuda, our C interface (libsqueezecaffe_capi_cuda.so) and every non-CUDA shared library they
+load (protobuf, glog, gflags, Boost, HDF5, LMDB, LevelDB, the reference BLAS and what those load), each under its
+soname with the RPATH `$ORIGIN`, so the folder works wherever it is unpacked on a Linux at least as new as the one
+that built it. Left out: the C and C++ runtimes every Linux has (glibc, libstdc++, libgcc_s: built on Debian 12,
+the bundle needs glibc >= 2.36 and GLIBCXX_3.4.30, which Ubuntu 24.04 and Debian 12 and later have) and the CUDA
+runtime libraries (recipe.CUDA_RUNTIME_SONAMES), which the target's PyTorch installed and capi.py loads from
+there. No pycaffe extension: it would tie the bundle to this Python; the
 engines reach the bundle through the C interface (`SQUEEZECAFFE_CAFFE_HOME=DIR`). build.json is written last, and
 the folder is renamed into place only when complete and loadable.
 """
@@ -23,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from squeezecaffe.caffe_build import recipe
-from squeezecaffe.caffe_build.locate import MARKER, CaffeBuild
+from squeezecaffe.caffe_build.locate import MARKER, CaffeBuild, finished_build
 from squeezecaffe.errors import UserError
 
 # Provided by every glibc-based system (and required to match it): never carried.
@@ -31,7 +33,7 @@ SYSTEM_SONAMES = frozenset({
     "linux-vdso.so.1", "libc.so.6", "libm.so.6", "libpthread.so.0", "libdl.so.2", "librt.so.1", "libresolv.so.2",
     "ld-linux-x86-64.so.2", "ld-linux-aarch64.so.1", "libstdc++.so.6", "libgcc_s.so.1",
 })
-LIBRARIES = ("libcaffe.so", "libsqueezecaffe_capi.so")
+LIBRARIES = ("libsqueezecaffe_capi_cuda.so",)  # libcaffe_cuda.so and the rest come with it (ldd)
 _LDD_LINE = re.compile(r"^\s*(\S+)\s+=>\s+(not found|.*?\s+\(0x[0-9a-f]+\))\s*$")
 
 
@@ -67,7 +69,7 @@ def check_bundle(home: Path, cuda_dirs: tuple[Path, ...]) -> None:
     """Load the bundle through the C interface in a fresh interpreter, the CUDA libraries coming from `cuda_dirs`
     (as they come from PyTorch's wheels on the target): a bundle that does not load is not written."""
     code = ("import sys; from pathlib import Path; from squeezecaffe.engines.pycaffe.capi import CaffeLibrary; "
-            "c = CaffeLibrary(Path(sys.argv[1]) / 'lib' / 'libsqueezecaffe_capi.so', cuda=True); "
+            "c = CaffeLibrary(Path(sys.argv[1]) / 'lib' / 'libsqueezecaffe_capi_cuda.so', preload_cuda=True); "
             "assert c.cuda_built(); print('ok')")
     env = dict(os.environ, LD_LIBRARY_PATH=os.pathsep.join(str(d) for d in cuda_dirs))
     result = subprocess.run([sys.executable, "-c", code, str(home)], capture_output=True, text=True, env=env)
@@ -81,9 +83,11 @@ def write_bundle(build: CaffeBuild, dest: Path, cuda_dirs: tuple[Path, ...], ech
     if not build.cuda:
         raise UserError(f"{build.home}: a bundle is made of the CUDA build (build-caffe --cuda --bundle DIR)")
     dest = dest.resolve()
+    if dest.exists() and not dest.is_dir():
+        raise UserError(f"{dest}: exists and is not a folder; choose an empty or new folder")
     if dest.exists() and any(dest.iterdir()):
-        old = dest / MARKER
-        if not (old.is_file() and '"bundle": true' in old.read_text(errors="replace")):
+        old = finished_build(dest)
+        if old is None or not old.is_bundle:
             raise UserError(f"{dest}: exists and is not a Caffe bundle; choose an empty or new folder")
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}-") as tmp:

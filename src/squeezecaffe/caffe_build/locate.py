@@ -45,12 +45,20 @@ class CaffeBuild:
 
     @property
     def cuda(self) -> bool:
-        """Built with CUDA (an explicit home without build.json is taken as CPU-only unless it says otherwise)."""
-        return not self.info.get("cpu_only", True)
+        """Known to be built with CUDA (our CUDA build or bundle); an install without build.json is not known."""
+        return self.info.get("cpu_only") is False
+
+    @property
+    def cpu_only(self) -> bool:
+        """Known to be CPU-only (our CPU build); an install without build.json may have CUDA: Caffe decides."""
+        return self.info.get("cpu_only") is True
 
     @property
     def capi_library(self) -> Path:
-        return self.home / "lib" / "libsqueezecaffe_capi.so"
+        """Our C interface: libsqueezecaffe_capi_cuda.so in a CUDA build or bundle (a soname of its own, so a
+        process holding the CPU build can still load it), libsqueezecaffe_capi.so otherwise."""
+        cuda = self.home / "lib" / "libsqueezecaffe_capi_cuda.so"
+        return cuda if cuda.is_file() else self.home / "lib" / "libsqueezecaffe_capi.so"
 
     @property
     def is_bundle(self) -> bool:
@@ -76,7 +84,7 @@ def finished_build(home: Path) -> CaffeBuild | None:
     return CaffeBuild(home, info) if isinstance(info, dict) else None
 
 
-def find_build(cuda: bool | None = None) -> CaffeBuild | None:
+def find_build(cuda: bool = False) -> CaffeBuild | None:
     """The finished build to use, or None. An explicit SQUEEZECAFFE_CAFFE_HOME wins over the cache; `cuda=True`
     asks for the CUDA build; otherwise SQUEEZECAFFE_CAFFE_BUILD, else the CPU build, else the CUDA one."""
     explicit = os.environ.get("SQUEEZECAFFE_CAFFE_HOME")

@@ -165,7 +165,10 @@ def build_file_text(name: str) -> str:
 
 
 def apt_packages(cuda: bool = False) -> tuple[str, ...]:
-    return APT_PACKAGES + (CUDA_APT_PACKAGES if cuda else ())
+    """The CPU recipe's packages; the CUDA recipe's leave OpenCV out (it builds without it) and add its own."""
+    if not cuda:
+        return APT_PACKAGES
+    return tuple(p for p in APT_PACKAGES if p != "libopencv-dev") + CUDA_APT_PACKAGES
 
 
 def recipe_hash(cuda: bool = False) -> str:

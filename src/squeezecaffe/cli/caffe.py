@@ -4,21 +4,14 @@ from __future__ import annotations
 
 import argparse
 import platform
-from pathlib import Path
+
+from squeezecaffe.caffe_build.command import add_build_arguments
 
 
 def cmd_build_caffe(args: argparse.Namespace) -> int:
-    from squeezecaffe.caffe_build.build import build_caffe
-    from squeezecaffe.errors import UserError
+    from squeezecaffe.caffe_build.command import run_build
 
-    if args.bundle is not None and not args.cuda:
-        raise UserError("--bundle DIR carries the CUDA build: add --cuda")
-    build = build_caffe(jobs=args.jobs, force=args.force, cuda=args.cuda)
-    if args.bundle is not None:
-        from squeezecaffe.caffe_build.bundle import write_bundle
-        from squeezecaffe.caffe_build.toolkit import CudaToolkit, toolkit_dir
-
-        write_bundle(build, args.bundle, CudaToolkit(toolkit_dir()).library_dirs, print)
+    run_build(args)
     return 0
 
 
@@ -46,7 +39,8 @@ def doctor_rows() -> list[tuple[str, str]]:
         rows.append(("caffe build", f"not built (recipe {recipe_hash()} -> {build_dir()}); run: make caffe"))
     else:
         info = build.info
-        kind = "bundle, CUDA" if build.is_bundle else ("CUDA" if build.cuda else "CPU only")
+        kind = ("bundle, CUDA" if build.is_bundle else "CUDA" if build.cuda else "CPU only" if build.cpu_only
+                else "not built here: CUDA unknown")
         rows.append(("caffe build", f"{build.home} ({info.get('sdist', '?')}, {kind}, built {info.get('built', '?')})"))
     cuda_build = find_build(cuda=True)
     if cuda_build is not None and cuda_build != build:
@@ -77,12 +71,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def register_caffe_verbs(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("build-caffe", help="build real Caffe from source into the cache (what `make caffe` runs)")
-    p.add_argument("--jobs", type=int, default=None, help="compile jobs (default: all cores)")
-    p.add_argument("--force", action="store_true", help="rebuild even when a finished build is cached")
-    p.add_argument("--cuda", action="store_true",
-                   help="the CUDA build (CUDA 13 + cuDNN 9 from PyPI wheels, sm_75..sm_90; about 20 minutes on 2 cores)")
-    p.add_argument("--bundle", type=Path, default=None, metavar="DIR",
-                   help="with --cuda: also write a portable copy for a GPU machine without Caffe's dependencies")
+    add_build_arguments(p)
     p.set_defaults(func=cmd_build_caffe)
     p = sub.add_parser("doctor", help="which engines, devices, Caffe build and tools this machine has")
     p.set_defaults(func=cmd_doctor)

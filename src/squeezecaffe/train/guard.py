@@ -17,6 +17,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from squeezecaffe.errors import UserError
+
 
 @dataclass(frozen=True)
 class GuardOptions:
@@ -31,8 +33,6 @@ class GuardOptions:
 
     def __post_init__(self) -> None:
         if self.retries < 0:
-            from squeezecaffe.errors import UserError
-
             raise UserError(f"--guard-retries {self.retries}: must be 0 (stop at the first sign) or more")
 
 
@@ -96,12 +96,8 @@ class DivergenceGuard:
     def load_state_dict(self, state: dict, where: str = "the guard's state") -> None:
         recoveries, lowest = state.get("recoveries", 0), state.get("lowest_loss")
         if not isinstance(recoveries, int) or isinstance(recoveries, bool) or recoveries < 0:
-            from squeezecaffe.errors import UserError
-
             raise UserError(f"{where}: guard.recoveries is {repr(recoveries)[:40]}, expected a count")
         if lowest is not None and (not isinstance(lowest, int | float) or isinstance(lowest, bool)):
-            from squeezecaffe.errors import UserError
-
             raise UserError(f"{where}: guard.lowest_loss is {repr(lowest)[:40]}, expected a number")
         self.recoveries = recoveries
         self.lowest_loss = math.inf if lowest is None else float(lowest)

@@ -5,11 +5,14 @@ Caffe build carried to another machine (the GPU machine runs another Python) can
 interface has no such tie. `CaffeLibrary` offers the part of pycaffe's module API that squeezecaffe uses - `Net`
 (blobs, params, inputs/outputs, forward/backward/reshape, copy_from/share_with/save), `get_solver` (net, test_nets,
 iter, step, snapshot, restore), the modes, the device and the seed - so the engines run on either binding
-unchanged. Failures raise RuntimeError (what Boost.Python raises), which the callers turn into one line.
+unchanged. What the C interface reports (an unreadable file, a C++ exception) raises RuntimeError, as Boost.Python
+does, which the callers turn into one line; Caffe's own CHECK failures end the process, as they do under pycaffe.
 
 A CUDA build needs the CUDA runtime libraries (recipe.CUDA_RUNTIME_SONAMES). A cached build finds them through its
-RPATH; a bundle carries none and takes the ones PyTorch's CUDA wheels installed (site-packages/nvidia/*/lib),
-loaded here first so that the dynamic linker matches libcaffe's dependencies by name.
+RPATH (the toolkit it was linked against); a bundle carries none and takes the ones PyTorch's CUDA wheels installed
+(site-packages/nvidia/*/lib), loaded here first (`preload_cuda`) so that the dynamic linker matches libcaffe's
+dependencies by name. Python objects hold Caffe's memory through one owner object per C handle, never through each
+other, so a net is freed as soon as nothing uses it (no reference cycle waits for the garbage collector).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from squeezecaffe.caffe_build.recipe import CUDA_RUNTIME_SONAMES
+from squeezecaffe.fileio import first_line
 
 API_VERSION = 1  # what sqc_api_version() must return (squeezecaffe_capi.cpp)
 
@@ -79,18 +83,25 @@ class CaffeLibrary:
     TRAIN = 0
     TEST = 1
 
-    def __init__(self, path: Path, cuda: bool) -> None:
-        missing = preload_cuda_runtime() if cuda else []
+    def __init__(self, path: Path, preload_cuda: bool = False) -> None:
+        """`preload_cuda`: load the CUDA runtime libraries from NVIDIA's wheels first (a bundle carries none)."""
+        missing: list[str] = []
         try:
+            if preload_cuda:
+                missing = preload_cuda_runtime()
             lib = ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
         except OSError as exc:
             hint = (f"; not found beside PyTorch's CUDA wheels: {', '.join(missing)} (pip install nvidia-cuda-runtime "
                     "nvidia-cublas nvidia-curand nvidia-cudnn-cu13, or a CUDA build of torch)") if missing else ""
-            raise ImportError(f"{path}: cannot be loaded ({exc}){hint}") from None
-        for name, (restype, argtypes) in _SIGNATURES.items():
-            fn = getattr(lib, name)
-            fn.restype = restype
-            fn.argtypes = argtypes
+            raise ImportError(f"{path}: cannot be loaded ({first_line(exc)}){hint}") from None
+        try:
+            for name, (restype, argtypes) in _SIGNATURES.items():
+                fn = getattr(lib, name)
+                fn.restype = restype
+                fn.argtypes = argtypes
+        except AttributeError as exc:
+            raise ImportError(f"{path}: not this squeezecaffe's C interface ({first_line(exc)}); rebuild it with: "
+                              "squeezecaffe build-caffe --force") from None
         version = lib.sqc_api_version()
         if version != API_VERSION:
             raise ImportError(f"{path}: C interface version {version}, this squeezecaffe needs {API_VERSION}; "
@@ -151,13 +162,25 @@ class CaffeLibrary:
         return Solver(self, handle)
 
 
+class _Handle:
+    """One C handle (a net or a solver) and its release: the single owner the Python objects share."""
+
+    def __init__(self, free, handle: int, keep: object = None) -> None:
+        self.free, self.value, self.keep = free, handle, keep  # keep: a solver net's solver handle
+
+    def __del__(self) -> None:
+        value, self.value = getattr(self, "value", None), None
+        if value:
+            self.free(value)
+
+
 class Blob:
     """A net's blob: `.data`/`.diff` are numpy views of Caffe's host memory (synchronised from the GPU on access)."""
 
-    def __init__(self, caffe: CaffeLibrary, handle: int, owner: object) -> None:
+    def __init__(self, caffe: CaffeLibrary, handle: int, owner: _Handle) -> None:
         self._caffe = caffe
         self._handle = handle
-        self._owner = owner  # the Net whose memory this is: kept alive while the Blob (or a view of it) lives
+        self._owner = owner  # the net's handle: kept alive while the Blob (or a view of it) lives
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -194,13 +217,14 @@ class Blob:
 class Net:
     """pycaffe's Net, as much of it as squeezecaffe uses."""
 
-    def __init__(self, caffe: CaffeLibrary, handle: int, keep: object = None) -> None:
+    def __init__(self, caffe: CaffeLibrary, handle: int, keep: _Handle | None = None) -> None:
         self._caffe = caffe
+        self._owned = _Handle(caffe.lib.sqc_net_free, handle, keep)  # a solver's net keeps the solver's handle
         self._handle = handle
-        self._keep = keep  # a solver's net keeps its Solver object alive
         lib = caffe.lib
         names = [lib.sqc_net_blob_name(handle, i).decode() for i in range(lib.sqc_net_blob_count(handle))]
-        self.blobs = OrderedDict((name, Blob(caffe, lib.sqc_net_blob(handle, i), self)) for i, name in enumerate(names))
+        self.blobs = OrderedDict((name, Blob(caffe, lib.sqc_net_blob(handle, i), self._owned))
+                                 for i, name in enumerate(names))
         self.inputs = [names[lib.sqc_net_input_index(handle, i)] for i in range(lib.sqc_net_input_count(handle))]
         self.outputs = [names[lib.sqc_net_output_index(handle, i)] for i in range(lib.sqc_net_output_count(handle))]
         self.params: OrderedDict[str, list[Blob]] = OrderedDict()
@@ -208,12 +232,7 @@ class Net:
             count = lib.sqc_net_layer_param_count(handle, i)
             if count:
                 self.params[lib.sqc_net_layer_name(handle, i).decode()] = [
-                    Blob(caffe, lib.sqc_net_layer_param(handle, i, j), self) for j in range(count)]
-
-    def __del__(self) -> None:
-        handle, self._handle = getattr(self, "_handle", None), None
-        if handle:
-            self._caffe.lib.sqc_net_free(handle)
+                    Blob(caffe, lib.sqc_net_layer_param(handle, i, j), self._owned) for j in range(count)]
 
     def forward(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
         """Copies the given input arrays in, runs the whole net, returns the output blobs (as pycaffe does)."""
@@ -248,16 +267,12 @@ class Solver:
 
     def __init__(self, caffe: CaffeLibrary, handle: int) -> None:
         self._caffe = caffe
+        self._owned = _Handle(caffe.lib.sqc_solver_free, handle)
         self._handle = handle
         lib = caffe.lib
-        self.net = Net(caffe, lib.sqc_solver_net(handle), keep=self)
-        self.test_nets = [Net(caffe, lib.sqc_solver_test_net(handle, i), keep=self)
+        self.net = Net(caffe, lib.sqc_solver_net(handle), keep=self._owned)
+        self.test_nets = [Net(caffe, lib.sqc_solver_test_net(handle, i), keep=self._owned)
                           for i in range(lib.sqc_solver_test_net_count(handle))]
-
-    def __del__(self) -> None:
-        handle, self._handle = getattr(self, "_handle", None), None
-        if handle:
-            self._caffe.lib.sqc_solver_free(handle)
 
     @property
     def iter(self) -> int:

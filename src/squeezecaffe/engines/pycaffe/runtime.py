@@ -7,6 +7,7 @@ does. `GlogTap` points descriptor 2 at a log file around each Caffe call and han
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
@@ -25,19 +26,19 @@ def import_caffe(cuda: bool = False):
     calls. `cuda=True` asks for a build with CUDA (the cached CUDA build where both are cached)."""
     global _caffe, _caffe_build
     if _caffe is not None:
-        if cuda and not (_caffe_build is not None and _caffe_build.cuda):
+        if cuda and _caffe_build is not None and _caffe_build.cpu_only:
             raise UserError("--device cuda: this process already loaded a CPU-only Caffe; run the GPU work in its "
                             "own process")
         return _caffe
     from squeezecaffe.caffe_build.locate import find_build
 
-    build = find_build(cuda=True if cuda else None)
-    if cuda:
-        if build is None:
-            raise UserError("--engine caffe --device cuda: no Caffe build with CUDA here; build one with: squeezecaffe "
-                            "build-caffe --cuda (make caffe CUDA=1), or use --engine torch")
-        if not build.cuda:
-            raise UserError(f"--engine caffe --device cuda: the Caffe build in {build.home} is CPU-only")
+    build = find_build(cuda=cuda)
+    no_cuda_build = ("--engine caffe --device cuda: no Caffe build with CUDA here; build one with: squeezecaffe "
+                     "build-caffe --cuda (make caffe CUDA=1), or use --engine torch")
+    if cuda and build is not None and build.cpu_only:
+        raise UserError(f"--engine caffe --device cuda: the Caffe build in {build.home} is CPU-only")
+    if cuda and build is None and find_build() is not None:  # only our CPU build: say what to build
+        raise UserError(no_cuda_build)
     # INFO must reach us: the per-iteration loss and rate exist only as glog INFO lines (a user's
     # GLOG_minloglevel=2 would leave the caffe engine blind); all of it goes to the run's caffe.log anyway.
     os.environ["GLOG_minloglevel"] = "0"  # noqa: SIM112 - glog reads this exact name
@@ -46,7 +47,6 @@ def import_caffe(cuda: bool = False):
         raise UserError(f"{BINDING}={binding!r}: expected pycaffe or capi")
     if build is not None and (binding == "capi" or build.is_bundle):
         _caffe, _caffe_build = _load_capi(build), build
-        _quiet_start(_caffe, build)
         return _caffe
     if build is not None and str(build.python_dir) not in sys.path:
         sys.path.insert(0, str(build.python_dir))
@@ -54,20 +54,10 @@ def import_caffe(cuda: bool = False):
         import caffe
     except ImportError as exc:
         if build is None:
-            raise UserError(CAFFE_ENGINE_MISSING) from None
+            raise UserError(no_cuda_build if cuda else CAFFE_ENGINE_MISSING) from None
         raise UserError(f"{build.python_dir}: `import caffe` failed ({exc}); rebuild with: make caffe") from None
-    _caffe, _caffe_build = caffe, build
-    _quiet_start(caffe, build)
+    _caffe, _caffe_build = caffe, build  # build None: a caffe already importable (a user's own install)
     return caffe
-
-
-def _quiet_start(caffe, build) -> None:
-    """A CUDA Caffe creates its cuBLAS and cuRAND handles when first used and, on a machine without a GPU, says at
-    ERROR level that it cannot (expected in CPU mode, alarming on a terminal): that first use happens here, with
-    glog's output discarded. CPU mode is Caffe's default anyway."""
-    if build is not None and build.cuda:
-        with GlogTap(os.devnull):
-            caffe.set_mode_cpu()
 
 
 def cuda_device_index(device: str) -> int:
@@ -80,21 +70,27 @@ def cuda_device_index(device: str) -> int:
 
 def select_device(caffe, device: str) -> None:
     """Caffe's mode and device for `device` (cpu, cuda, cuda:N), checked first so that a machine without that GPU
-    gets one line instead of Caffe's fatal CUDA check."""
+    gets one line instead of Caffe's fatal CUDA check (where the C interface can count the devices: our builds)."""
+    build = _caffe_build
     if device == "cpu":
-        caffe.set_mode_cpu()
+        # A CUDA Caffe makes its cuBLAS and cuRAND handles at its first use and, without a GPU, says at ERROR level
+        # that it cannot: expected in CPU mode, alarming on a terminal. That first use is here, muted.
+        with GlogTap(os.devnull) if build is not None and build.cuda else contextlib.nullcontext():
+            caffe.set_mode_cpu()
         return
     index = cuda_device_index(device)
-    if _caffe_build is None or not _caffe_build.cuda:
+    if build is not None and build.cpu_only:
         raise UserError(f"--device {device}: the Caffe in use is CPU-only")
-    counter = caffe if hasattr(caffe, "cuda_device_count") else _load_capi(_caffe_build)
-    try:
-        count = counter.cuda_device_count()
-    except RuntimeError as exc:
-        raise UserError(f"--device {device}: no CUDA device can be used here ({exc})") from None
-    if index >= count:
-        raise UserError(f"--device {device}: this machine has {count} CUDA device(s)"
-                        + (f" (cuda:0..cuda:{count - 1})" if count else ""))
+    counter = caffe if hasattr(caffe, "cuda_device_count") else (
+        _load_capi(build) if build is not None and build.capi_library.is_file() else None)
+    if counter is not None:
+        try:
+            count = counter.cuda_device_count()
+        except RuntimeError as exc:
+            raise UserError(f"--device {device}: no CUDA device can be used here ({exc})") from None
+        if index >= count:
+            raise UserError(f"--device {device}: this machine has {count} CUDA device(s)"
+                            + (f" (cuda:0..cuda:{count - 1})" if count else ""))
     caffe.set_device(index)
     caffe.set_mode_gpu()
 
@@ -106,7 +102,7 @@ def _load_capi(build):
         raise UserError(f"{build.home}: has no {build.capi_library.name} (built before the C interface existed); "
                         "rebuild with: squeezecaffe build-caffe --force")
     try:
-        return CaffeLibrary(build.capi_library, cuda=build.cuda)
+        return CaffeLibrary(build.capi_library, preload_cuda=build.is_bundle)
     except ImportError as exc:
         raise UserError(str(exc)) from None
 
