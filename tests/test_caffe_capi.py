@@ -18,6 +18,7 @@ from squeezecaffe.cli import main
 from squeezecaffe.engines.pycaffe import runtime
 from squeezecaffe.engines.pycaffe.capi import CaffeLibrary
 from squeezecaffe.engines.pycaffe.runtime import GlogTap, import_caffe
+from tests.test_caffe_parity import caffe_eval_equals_torch_eval
 
 pytestmark = pytest.mark.caffe
 
@@ -182,10 +183,4 @@ def test_the_caffe_engine_trains_and_evaluates_through_the_c_interface(data: Pat
     assert main(["train", "cifar_resnet_1111", "--data", str(data), "--engine", "caffe", "--batch-size", "16",
                  "--epochs", "2", "--quiet", "--run-dir", str(run_dir)]) == 0
     assert json.loads((run_dir / "run.json").read_text())["engine"] == "caffe"
-    figures = {}
-    for engine in ("caffe", "torch"):
-        assert main(["eval", str(run_dir), "--split", "val", "--engine", engine, "--out", str(tmp_path / engine),
-                     "--quiet"]) == 0
-        figures[engine] = json.loads((tmp_path / engine / "metrics.json").read_text())
-    assert figures["caffe"]["top1"] == figures["torch"]["top1"]
-    assert figures["caffe"]["loss"] == pytest.approx(figures["torch"]["loss"], rel=1e-4)
+    caffe_eval_equals_torch_eval(run_dir, tmp_path)

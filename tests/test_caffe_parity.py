@@ -537,6 +537,21 @@ def test_raw_lmdb_and_mean_equal_convert_imageset_and_compute_image_mean(flags, 
 
 
 # ---------------------------------------------------------------------------------------------- the caffe engine
+def caffe_eval_equals_torch_eval(run_dir: Path, out: Path) -> dict[str, dict]:
+    """`eval --engine caffe` and `eval --engine torch` of a run's val split: the same top-1 and loss (the same
+    weights through both runtimes); their metrics by engine."""
+    import json
+
+    figures = {}
+    for engine in ("caffe", "torch"):
+        assert main(["eval", str(run_dir), "--split", "val", "--engine", engine, "--out", str(out / engine),
+                     "--quiet"]) == 0
+        figures[engine] = json.loads((out / engine / "metrics.json").read_text())
+    assert figures["caffe"]["top1"] == figures["torch"]["top1"]
+    assert figures["caffe"]["loss"] == pytest.approx(figures["torch"]["loss"], rel=1e-4)
+    return figures
+
+
 @pytest.mark.slow
 def test_train_with_the_caffe_engine_then_resume_and_eval(data: Path, tmp_path: Path, capsys) -> None:
     """`train --engine caffe`: per-epoch validation, a plateau LR drop applied through Caffe, snapshots, resume,
@@ -572,14 +587,7 @@ def test_train_with_the_caffe_engine_then_resume_and_eval(data: Path, tmp_path: 
         fraction = lp.batch_norm_param.moving_average_fraction
         assert blob_values(lp.blobs[2])[0] == pytest.approx(sum(fraction**k for k in range(8)), rel=1e-6)
 
-    # eval with Caffe and with the torch runtime on the same weights: the same figures
-    figures = {}
-    for engine in ("caffe", "torch"):
-        assert main(["eval", str(run_dir), "--split", "val", "--engine", engine, "--out", str(tmp_path / engine),
-                     "--quiet"]) == 0
-        figures[engine] = json.loads((tmp_path / engine / "metrics.json").read_text())
-    assert figures["caffe"]["top1"] == figures["torch"]["top1"]
-    assert figures["caffe"]["loss"] == pytest.approx(figures["torch"]["loss"], rel=1e-4)
+    figures = caffe_eval_equals_torch_eval(run_dir, tmp_path)
     # the trainer's validation (Caffe's test net over the whole database) equals eval's figure for best.caffemodel
     assert figures["caffe"]["top1"] == pytest.approx(max(float(r["val_top1"]) for r in val), abs=1e-9)
 
