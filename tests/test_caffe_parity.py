@@ -385,7 +385,8 @@ def solver_data(tmp_path_factory) -> Path:
             img = rng.integers(0, 256, size=(11, 13, 3), dtype=np.uint8)
             img[..., c % 3] = np.clip(img[..., c % 3].astype(int) + 60 * c, 0, 255)
             cv2.imwrite(str(folder / f"{i:02d}.png"), img)
-    assert main(["build-lmdb", str(root / "images"), str(root / "db"), "--quiet", "--jobs", "1"]) == 0
+    assert main(["build-lmdb", str(root / "images"), str(root / "db"), "--quiet", "--jobs", "1", "--val-fraction",
+                 "0"]) == 0
     return root / "db" / "train_lmdb"
 
 
@@ -521,6 +522,7 @@ def test_raw_lmdb_and_mean_equal_convert_imageset_and_compute_image_mean(flags, 
 
     ours = tmp_path / "ours"
     assert main(["build-lmdb", str(listing), str(ours), "--root", str(images), "--classes", "3", "--quiet", "--keep-order",
+                 "--val-fraction", "0",
                  *flags]) == 0
     theirs = tmp_path / "theirs_lmdb"
     with open(tmp_path / "tool.log", "w") as log:

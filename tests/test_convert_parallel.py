@@ -33,7 +33,7 @@ def quiet(**kw) -> ConvertOptions:
 
 
 def build(src: Path, out: Path, **kw) -> tuple[dict, list[tuple[bytes, bytes]], bytes]:
-    manifest, _ = build_lmdb(src, out, quiet(**kw))
+    manifest, _ = build_lmdb(src, out, quiet(**kw), val_fraction=0)
     mean = out / "mean.binaryproto"  # none for encoded images of several sizes
     return manifest.splits["train"], records(out / "train_lmdb"), mean.read_bytes() if mean.exists() else b""
 
@@ -78,7 +78,7 @@ def test_worker_sums_give_compute_image_means_bytes(tmp_path: Path) -> None:
     src = write_class_folders(tmp_path / "cf", classes=2, per_class=30, size=(12, 10), ext=".png")
     for jobs in (1, 2):
         out = tmp_path / f"j{jobs}"
-        build_lmdb(src, out, quiet(jobs=jobs))
+        build_lmdb(src, out, quiet(jobs=jobs), val_fraction=0)
         blob, per_channel, count = compute_mean(out / "train_lmdb")  # the database read back, as Caffe does
         assert count == 60
         assert (out / "mean.binaryproto").read_bytes() == blob.SerializeToString()
@@ -104,7 +104,7 @@ def test_past_two_to_the_24_the_mean_is_read_back_from_the_database(tmp_path: Pa
     read_back = []
     original = convert.write_mean
     monkeypatch.setattr(convert, "write_mean", lambda *a: read_back.append(a) or original(*a))
-    build_lmdb(src, tmp_path / "out", quiet(jobs=2))
+    build_lmdb(src, tmp_path / "out", quiet(jobs=2), val_fraction=0)
     assert read_back, "the mean must come from the database when the sums are not exact in float32"
     blob, _, _ = compute_mean(tmp_path / "out" / "train_lmdb")
     assert (tmp_path / "out" / "mean.binaryproto").read_bytes() == blob.SerializeToString()
@@ -143,17 +143,17 @@ def test_a_failing_worker_stops_the_command_and_leaves_no_database(tmp_path: Pat
         raise ValueError("decoder exploded")
     monkeypatch.setattr(convert, "make_datum", _fail_on("class_1/img_30.png", boom))
     with pytest.raises(RuntimeError, match=r"converter worker build-lmdb-\d failed: ValueError: decoder exploded"):
-        build_lmdb(src, tmp_path / "out", quiet(jobs=2))
+        build_lmdb(src, tmp_path / "out", quiet(jobs=2), val_fraction=0)
     assert _leftovers(tmp_path / "out") == []
 
     monkeypatch.setattr(convert, "make_datum", _fail_on("class_0/img_5.png", lambda: os._exit(3)))
     with pytest.raises(UserError, match=r"died \(exit code 3\) while writing .*; nothing was kept$"):
-        build_lmdb(src, tmp_path / "out", quiet(jobs=2))
+        build_lmdb(src, tmp_path / "out", quiet(jobs=2), val_fraction=0)
     assert _leftovers(tmp_path / "out") == []
 
     monkeypatch.setattr(convert, "make_datum", _fail_on("class_1/img_7.png", lambda: os.kill(os.getpid(), 9)))
     with pytest.raises(UserError, match=r"died \(killed by signal 9\)"):  # as the out-of-memory killer does
-        build_lmdb(src, tmp_path / "out", quiet(jobs=2))
+        build_lmdb(src, tmp_path / "out", quiet(jobs=2), val_fraction=0)
     assert _leftovers(tmp_path / "out") == []
 
     def disk_full():
@@ -162,7 +162,7 @@ def test_a_failing_worker_stops_the_command_and_leaves_no_database(tmp_path: Pat
         raise lmdb.DiskError("No space left on device")
     monkeypatch.setattr(convert, "make_datum", _fail_on("class_1/img_2.png", disk_full))
     with pytest.raises(UserError, match=r"\.train_lmdb\.tmp-\w+: writing the database failed: No space left"):
-        build_lmdb(src, tmp_path / "out", quiet(jobs=2))
+        build_lmdb(src, tmp_path / "out", quiet(jobs=2), val_fraction=0)
     assert _leftovers(tmp_path / "out") == []
 
 
@@ -176,7 +176,8 @@ def _children(pid: int) -> list[int]:
 def test_workers_exit_when_the_parent_is_killed(tmp_path: Path) -> None:
     src = write_class_folders(tmp_path / "cf", classes=4, per_class=1500, size=(32, 32), ext=".jpg")
     out = tmp_path / "data"
-    cmd = [sys.executable, "-m", "squeezecaffe", "build-lmdb", str(src), str(out), "--quiet", "--jobs", "2"]
+    cmd = [sys.executable, "-m", "squeezecaffe", "build-lmdb", str(src), str(out), "--quiet", "--jobs", "2",
+           "--val-fraction", "0"]
     proc = subprocess.Popen(cmd)
     workers: list[int] = []
 

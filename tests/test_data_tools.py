@@ -45,7 +45,8 @@ def quiet(**kw) -> ConvertOptions:
                                          ("gray", ["--gray"])])
 def test_equals_convert_imageset_record_for_record(mode, flags, tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
-    code = main(["build-lmdb", str(CAFFE_LMDB / "list.txt"), str(out), "--root", str(CAFFE_LMDB / "images"),
+    code = main(["build-lmdb", str(CAFFE_LMDB / "list.txt"), str(out), "--val-fraction", "0", "--root",
+                 str(CAFFE_LMDB / "images"),
                  "--splits", "train", "--quiet", "--keep-order", *flags])
     assert code == 0, capsys.readouterr().err
     assert records(out / "train_lmdb") == records(CAFFE_LMDB / f"{mode}_lmdb")
@@ -65,7 +66,7 @@ def test_mean_equals_compute_image_mean_byte_for_byte(tmp_path: Path, capsys) ->
 def test_tiny_imagenet_layout_pixels_and_labels(tmp_path: Path) -> None:
     src = write_tiny_imagenet(tmp_path / "tiny")
     out = tmp_path / "data"
-    manifest, results = build_lmdb(src, out, quiet(jobs=2, shuffle="none"))  # listing order, to check the keys
+    manifest, results = build_lmdb(src, out, quiet(jobs=2, shuffle="none"), val_fraction=0)  # listing order, to check the keys
     assert manifest.classes == 3 and (manifest.height, manifest.width) == (64, 64)
     assert {r.name: r.count for r in results} == {"train": 12, "val": 6, "test": 2}
     ds = discover(src)
@@ -122,9 +123,9 @@ def test_unusual_images_convert_and_broken_ones_are_skipped(tmp_path: Path) -> N
     cv2.imwrite(str(root / "big.png"), pattern_image(1, 2, (20, 20)))
     out = tmp_path / "data"
     with pytest.raises(UserError, match="4 of 9 images failed"):
-        build_lmdb(tmp_path / "imgs", out, quiet())
+        build_lmdb(tmp_path / "imgs", out, quiet(), val_fraction=0)
     assert not (out / "train_lmdb").exists() and not (out / "manifest.json").exists()
-    _, results = build_lmdb(tmp_path / "imgs", out, quiet(max_skip=0.5))
+    _, results = build_lmdb(tmp_path / "imgs", out, quiet(max_skip=0.5), val_fraction=0)
     assert results[0].count == 5
     skipped = dict(line.split("\t")[1:] for line in (out / "skipped.txt").read_text().splitlines())
     assert skipped["a b ü/zero.jpg"] == "empty file (0 bytes)"
@@ -141,7 +142,7 @@ def test_unusual_images_convert_and_broken_ones_are_skipped(tmp_path: Path) -> N
         expect = cv2.imread(str(tmp_path / "imgs" / rel), cv2.IMREAD_COLOR).transpose(2, 0, 1)
         np.testing.assert_array_equal(np.frombuffer(datum.data, np.uint8).reshape(expect.shape), expect)
     gray_out = tmp_path / "gray"
-    build_lmdb(tmp_path / "imgs", gray_out, quiet(max_skip=0.5, gray=True, resize=(8, 8)))
+    build_lmdb(tmp_path / "imgs", gray_out, quiet(max_skip=0.5, gray=True, resize=(8, 8)), val_fraction=0)
     assert {img.shape for img, _ in LmdbReader(gray_out / "train_lmdb")} == {(1, 8, 8)}
 
 
@@ -150,14 +151,14 @@ def test_list_file_errors_name_the_line(tmp_path: Path) -> None:
     bad_label = tmp_path / "a.txt"
     bad_label.write_text("img.png 0\nimg.png one\n")
     with pytest.raises(UserError, match=r"a.txt:2: label 'one' is not an integer"):
-        build_lmdb(bad_label, tmp_path / "o1", quiet())
+        build_lmdb(bad_label, tmp_path / "o1", quiet(), val_fraction=0)
     out_of_range = tmp_path / "b.txt"
     out_of_range.write_text("img.png 0\nimg.png 5\n")
     with pytest.raises(UserError, match=r"b.txt:2: label 5 is outside the class range 0..2"):
-        build_lmdb(out_of_range, tmp_path / "o2", quiet(), classes=3)
+        build_lmdb(out_of_range, tmp_path / "o2", quiet(), classes=3, val_fraction=0)
     missing = tmp_path / "c.txt"
     missing.write_text("".join("img.png 0\n" for _ in range(20)) + "nope.png 1\n")
-    _, results = build_lmdb(missing, tmp_path / "o3", quiet(max_skip=0.1))
+    _, results = build_lmdb(missing, tmp_path / "o3", quiet(max_skip=0.1), val_fraction=0)
     assert results[0].count == 20 and results[0].skipped == [("nope.png", "file not found")]
 
 
@@ -192,7 +193,8 @@ def test_sigkill_mid_write_leaves_no_partial_database(tmp_path: Path) -> None:
     """Kill the converter while it writes: the final path holds nothing or the previous complete database."""
     src = write_class_folders(tmp_path / "cf", classes=4, per_class=1500, size=(32, 32), ext=".jpg")
     out = tmp_path / "data"
-    cmd = [sys.executable, "-m", "squeezecaffe", "build-lmdb", str(src), str(out), "--quiet", "--jobs", "1"]
+    cmd = [sys.executable, "-m", "squeezecaffe", "build-lmdb", str(src), str(out), "--quiet", "--jobs", "1",
+           "--val-fraction", "0"]
     assert _kill_when_writing(cmd, out), "the converter finished before it could be killed"
     assert not (out / "train_lmdb").exists()
     assert not (out / "manifest.json").exists()
@@ -213,7 +215,7 @@ def test_reader_agrees_with_plain_lmdb_and_survives_workers(tmp_path: Path) -> N
     src = write_class_folders(tmp_path / "cf", classes=2, per_class=6)
     for encoded in (False, True):
         out = tmp_path / f"d{encoded}"
-        build_lmdb(src, out, quiet(encoded=encoded))
+        build_lmdb(src, out, quiet(encoded=encoded), val_fraction=0)
         plain = records(out / "train_lmdb")
         reader = LmdbReader(out / "train_lmdb")
         assert len(reader) == len(plain) == 12
@@ -235,7 +237,7 @@ def test_reader_agrees_with_plain_lmdb_and_survives_workers(tmp_path: Path) -> N
 
 def test_inspect_prints_and_draws(tmp_path: Path, capsys) -> None:
     src = write_tiny_imagenet(tmp_path / "tiny")
-    build_lmdb(src, tmp_path / "d", quiet())
+    build_lmdb(src, tmp_path / "d", quiet(), val_fraction=0)
     capsys.readouterr()
     assert main(["inspect", str(tmp_path / "d" / "train_lmdb"), "--grid", str(tmp_path / "g.png")]) == 0
     out = capsys.readouterr().out
@@ -245,7 +247,7 @@ def test_inspect_prints_and_draws(tmp_path: Path, capsys) -> None:
 
 def test_gen_reads_the_manifest(tmp_path: Path, capsys) -> None:
     src = write_tiny_imagenet(tmp_path / "tiny", size=(32, 32))
-    build_lmdb(src, tmp_path / "d", quiet())
+    build_lmdb(src, tmp_path / "d", quiet(), val_fraction=0)
     assert main(["gen", "fullbypass8", "--out", str(tmp_path / "net"), "--data", str(tmp_path / "d"),
                  "--batch-size", "4", "--test-batch-size", "3", "--epochs", "2"]) == 0
     from squeezecaffe.proto import read_text
@@ -273,7 +275,7 @@ def test_inspect_and_mean_of_an_empty_database_are_one_line(tmp_path: Path, caps
 def test_encoded_images_of_several_sizes_get_channel_means(tmp_path: Path) -> None:
     src = write_class_folders(tmp_path / "cf", classes=2, per_class=2, size=(16, 16))
     cv2.imwrite(str(src / "class_0" / "wide.png"), pattern_image(0, 9, (16, 24)))
-    manifest, _ = build_lmdb(src, tmp_path / "d", quiet(encoded=True))
+    manifest, _ = build_lmdb(src, tmp_path / "d", quiet(encoded=True), val_fraction=0)
     assert not (tmp_path / "d" / "mean.binaryproto").exists()
     assert len(manifest.mean_values) == 3 and all(0 < v < 255 for v in manifest.mean_values)
 
@@ -285,4 +287,28 @@ def test_the_mean_comes_from_train_whatever_the_split_order(tmp_path: Path) -> N
     build_lmdb(src, b, quiet(jobs=1, splits=("val", "train")), val_fraction=0.5)
     assert (a / "mean.binaryproto").read_bytes() == (b / "mean.binaryproto").read_bytes()
     with pytest.raises(UserError, match="unknown split 'tset'"):
-        build_lmdb(src, tmp_path / "c", quiet(jobs=1, splits=("train", "tset")))
+        build_lmdb(src, tmp_path / "c", quiet(jobs=1, splits=("train", "tset")), val_fraction=0)
+
+
+def test_a_source_without_val_gets_a_seeded_stratified_share_held_out(tmp_path: Path, capsys) -> None:
+    """train/ and test/ class folders, no val (a newcomer's folder): build-lmdb holds 10% of train per class out as
+    val by default and says so; the same seed holds out the same images; --val-fraction 0 keeps none; and `train`
+    then starts with no extra flag."""
+    src = tmp_path / "src"
+    for split, per_class in (("train", 20), ("test", 4)):
+        write_class_folders(src / split, classes=3, per_class=per_class, size=(16, 16))
+    assert main(["build-lmdb", str(src), str(tmp_path / "a"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "has no val split: held out 10% of train per class as val" in out and "--val-fraction 0 keeps none" in out
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert {s: manifest["splits"][s]["count"] for s in ("train", "val", "test")} == {"train": 54, "val": 6, "test": 12}
+    assert manifest["options"]["val_fraction"] == 0.1
+    val = records(tmp_path / "a" / "val_lmdb")
+    labels = sorted(pb.Datum.FromString(v).label for _, v in val)
+    assert labels == [0, 0, 1, 1, 2, 2]  # stratified: 2 of each class's 20
+    assert main(["build-lmdb", str(src), str(tmp_path / "b"), "--quiet"]) == 0
+    assert records(tmp_path / "b" / "val_lmdb") == val  # seeded
+    assert main(["build-lmdb", str(src), str(tmp_path / "c"), "--quiet", "--val-fraction", "0"]) == 0
+    assert "val" not in json.loads((tmp_path / "c" / "manifest.json").read_text())["splits"]
+    assert main(["train", "cifar_resnet_1111", "--data", str(tmp_path / "a"), "--engine", "torch", "--epochs", "1",
+                 "--batch-size", "16", "--workers", "0", "--quiet", "--run-dir", str(tmp_path / "run")]) == 0

@@ -112,7 +112,7 @@ def test_eval_torch_and_opencv_agree_and_json_equals_a_direct_recomputation(eval
 
 def test_eval_of_an_image_folder_equals_eval_of_its_lmdb(finished_run: Path, data: Path, tmp_path: Path, capsys):
     src = Path(json.loads((data / "manifest.json").read_text())["options"]["source"])
-    build_lmdb(src, tmp_path / "all", ConvertOptions(jobs=1, progress=False))
+    build_lmdb(src, tmp_path / "all", ConvertOptions(jobs=1, progress=False), val_fraction=0)
     code, _, err = run(capsys, "eval", str(finished_run), "--data", str(tmp_path / "all" / "train_lmdb"),
                        "--out", str(tmp_path / "db"), "--quiet")
     assert code == 0, err

@@ -149,7 +149,7 @@ def test_in_memory_dataset_needs_one_image_size(tmp_path: Path) -> None:
     for c, size in enumerate([(10, 10), (12, 12)]):
         (tmp_path / "src" / f"c{c}").mkdir(parents=True)
         cv2.imwrite(str(tmp_path / "src" / f"c{c}" / "a.png"), np.full((*size, 3), 50 * c, np.uint8))
-    build_lmdb(tmp_path / "src", tmp_path / "data", ConvertOptions(encoded=True, progress=False, jobs=1))
+    build_lmdb(tmp_path / "src", tmp_path / "data", ConvertOptions(encoded=True, progress=False, jobs=1), val_fraction=0)
     lp = _layer(tmp_path / "data", "mirror: false")
     with pytest.raises(UserError, match=r"--data-in-memory needs one image size, but record 1 of .* is 3x12x12"):
         DataLayerLoader(lp, pb.TRAIN, device_transform="cpu", in_memory=True)

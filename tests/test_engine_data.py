@@ -24,8 +24,8 @@ from tests.datasets import write_class_folders
 def data_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("engine_data")
     src = write_class_folders(root / "images", classes=3, per_class=5, size=(10, 12))
-    build_lmdb(src, root / "raw", ConvertOptions(jobs=1, progress=False, shuffle="all"))
-    build_lmdb(src, root / "enc", ConvertOptions(jobs=1, progress=False, encoded=True, shuffle="all"))
+    build_lmdb(src, root / "raw", ConvertOptions(jobs=1, progress=False, shuffle="all"), val_fraction=0)
+    build_lmdb(src, root / "enc", ConvertOptions(jobs=1, progress=False, encoded=True, shuffle="all"), val_fraction=0)
     return root
 
 

@@ -22,6 +22,10 @@ def cmd_build_lmdb(args: argparse.Namespace) -> int:
         splits=tuple(args.splits.split(",")), progress=not args.quiet, pad=args.pad, pad_mode=args.pad_mode)
     manifest, results = build_lmdb(args.src, args.out, options, root=args.root, classes=args.classes,
                                    val_fraction=args.val_fraction, limits=parse_limits(args.limit))
+    held_out = manifest.options.get("val_fraction") or 0.0
+    if held_out and args.val_fraction is None:
+        print(f"{args.src} has no val split: held out {held_out:.0%} of train per class as val (seeded by --seed; "
+              "--val-fraction 0 keeps none)")
     for r in results:
         rate = r.count / r.seconds if r.seconds else 0.0
         print(f"{r.name}: {r.count} images, {len(r.skipped)} skipped, {r.bytes / 1e6:.1f} MB, "
@@ -103,8 +107,9 @@ def register_data_verbs(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--jobs", type=int, help="decoding processes (default: all cores)")
     p.add_argument("--max-skip", type=float, default=0.01, help="fail when more than this fraction is broken")
     p.add_argument("--force", action="store_true", help="replace existing databases in OUT")
-    p.add_argument("--val-fraction", type=float, default=0.0,
-                   help="hold out this fraction of train per class as val (where SRC has no val split)")
+    p.add_argument("--val-fraction", type=float, default=None,
+                   help="hold out this fraction of train per class as val, where SRC has no val split (default: 0.1 "
+                        "there, seeded and stratified; 0 keeps none)")
     p.add_argument("--limit", action="append", default=[], metavar="SPLIT=N",
                    help="keep a stratified, seeded subset of N images of SPLIT, e.g. train=20000 (repeatable)")
     p.add_argument("--root", help="folder the list file's paths are relative to (default: the list's folder)")
@@ -136,7 +141,8 @@ def register_data_verbs(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out", help="output folder of PNG class folders (reused when a finished export is there)")
     p.add_argument("--labels", default="fine", choices=["fine", "coarse"], help="CIFAR-100: 100 fine or 20 coarse")
     p.add_argument("--lmdb", metavar="DATA_DIR", help="also build a data directory from it (as build-lmdb)")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="with --lmdb: share of train held out as val")
+    p.add_argument("--val-fraction", type=float, default=None,
+                   help="with --lmdb: share of train held out as val (default: as build-lmdb, 0.1)")
     p.add_argument("--pad", type=int, default=0, help="with --lmdb: border stored around every image (build-lmdb)")
     p.add_argument("--pad-mode", default="reflect", choices=["reflect", "zero"], help="with --lmdb: how it is filled")
     p.add_argument("--jobs", type=int, help="writer processes (default: all cores)")

@@ -402,8 +402,10 @@ SHUFFLE_MODES = ("train", "all", "none")
 
 
 def build_lmdb(src: str | Path, out: str | Path, options: ConvertOptions, *, root: str | Path | None = None,
-               classes: int | None = None, val_fraction: float = 0.0,
+               classes: int | None = None, val_fraction: float | None = None,
                limits: dict[str, int] | None = None) -> tuple[DataManifest, list[SplitResult]]:
+    """SRC's images -> OUT's databases, mean, labels and manifest. `val_fraction` as `layouts.discover` (None: 10%
+    of train per class held out where SRC has no val split); the share held out is in the manifest's options."""
     if options.shuffle not in SHUFFLE_MODES:
         raise UserError(f"shuffle {options.shuffle!r}: choose one of {', '.join(SHUFFLE_MODES)}")
     if options.pad < 0 or options.pad_mode not in PAD_MODES:
@@ -453,7 +455,7 @@ def build_lmdb(src: str | Path, out: str | Path, options: ConvertOptions, *, roo
         options={"resize": list(options.resize) if options.resize else None, "gray": options.gray,
                  "pad": options.pad, "pad_mode": options.pad_mode,
                  "encoded": options.encoded, "shuffle": options.shuffle, "seed": options.seed,
-                 "val_fraction": val_fraction, "limits": limits or {}, "source": str(Path(src).resolve())})
+                 "val_fraction": dataset.val_held_out, "limits": limits or {}, "source": str(Path(src).resolve())})
     write_manifest(out, manifest)
     return manifest, results
 

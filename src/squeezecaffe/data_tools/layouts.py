@@ -33,6 +33,7 @@ class Dataset:
     splits: dict[str, list[tuple[str, int]]]
     class_words: dict[str, str] = field(default_factory=dict)
     labelled: dict[str, bool] = field(default_factory=dict)  # False for Tiny ImageNet's test split
+    val_held_out: float = 0.0  # the share of train per class held out as val (0: the source's own val, or none)
 
     @property
     def classes(self) -> int:
@@ -270,13 +271,19 @@ def parse_limits(items: list[str]) -> dict[str, int]:
     return limits
 
 
+# The validation share held out of train when the source has none and the user named none: a run needs a split no
+# update has seen to pick its snapshot and drive the LR controller (DIGITS holds one out by default too).
+DEFAULT_VAL_FRACTION = 0.1
+
+
 def discover(src: str | Path, *, root: str | Path | None = None, classes: int | None = None,
-             val_fraction: float = 0.0, seed: int = 0, limits: dict[str, int] | None = None) -> Dataset:
-    """Recognise the layout of SRC and list its splits; hold out val, then cut splits to their limits."""
+             val_fraction: float | None = None, seed: int = 0, limits: dict[str, int] | None = None) -> Dataset:
+    """Recognise the layout of SRC and list its splits; hold out val, then cut splits to their limits.
+    `val_fraction` None: DEFAULT_VAL_FRACTION where SRC has no val split, none where it has; 0: none."""
     src = Path(src)
     if not src.exists():
         raise UserError(f"{src}: no such file or directory")
-    if not 0.0 <= val_fraction < 1.0:
+    if val_fraction is not None and not 0.0 <= val_fraction < 1.0:
         raise UserError(f"--val-fraction {val_fraction}: must be in [0, 1)")
     root_path = Path(root) if root else None
     if src.is_file() or (src / "train.txt").is_file():
@@ -285,12 +292,15 @@ def discover(src: str | Path, *, root: str | Path | None = None, classes: int | 
         dataset = tiny_imagenet(src)
     else:
         dataset = class_folders(src)
+    if val_fraction is None:
+        val_fraction = 0.0 if dataset.splits.get("val") else DEFAULT_VAL_FRACTION
     if val_fraction > 0:
         if dataset.splits.get("val"):
             raise UserError(f"{src}: already has a val split; --val-fraction holds one out of train only "
                             "where there is none")
         dataset.splits.update(stratified_split(dataset.splits.get("train", []), val_fraction, seed))
         dataset.labelled["val"] = True
+        dataset.val_held_out = val_fraction
     for split, count in (limits or {}).items():
         if split in dataset.splits:
             dataset.splits[split] = stratified_subset(dataset.splits[split], count, seed)

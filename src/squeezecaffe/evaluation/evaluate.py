@@ -95,7 +95,7 @@ def open_source(art: Artifacts, data: str | None, split: str | None, pre: Prepro
         available = {s: bool(info.get("labelled", True)) for s, info in manifest.splits.items()}
         name = _pick_split(available, split, data)
         return LmdbSource(path / manifest.splits[name].get("db", f"{name}_lmdb"), name)
-    dataset = discover(path)
+    dataset = discover(path, val_fraction=0)  # a folder to score: every image, none held out
     name = _pick_split(dataset.labelled, split, data)
     items = _map_labels(dataset.splits[name], dataset.class_ids, art.labels, data)
     return FolderSource(items, dataset.root, name, pre)
