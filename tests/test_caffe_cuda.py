@@ -145,6 +145,26 @@ def test_a_caffe_of_unknown_make_is_left_to_decide(monkeypatch, tmp_path: Path) 
         assert fake.calls == ["device 1", "gpu"]
 
 
+def test_pycaffe_of_our_cuda_build_counts_devices_through_the_c_interface(monkeypatch, tmp_path: Path) -> None:
+    """pycaffe cannot count devices; our CUDA build has the C interface beside it, which does (before set_device)."""
+    home = _finished(tmp_path / "cuda", cpu_only=False)
+    (home / "lib" / "libsqueezecaffe_capi_cuda.so").write_bytes(b"\x7fELF")
+    monkeypatch.setattr(runtime, "_caffe_build", locate.finished_build(home))
+    loaded: list[Path] = []
+
+    def fake_load(build):
+        loaded.append(build.capi_library)
+        return _FakeCaffe(count=1)
+
+    monkeypatch.setattr(runtime, "_load_capi", fake_load)
+    fake = _PlainPycaffe()
+    with pytest.raises(UserError, match=r"--device cuda:1: this machine has 1 CUDA device\(s\) \(cuda:0..cuda:0\)"):
+        runtime.select_device(fake, "cuda:1")
+    assert loaded == [home / "lib" / "libsqueezecaffe_capi_cuda.so"] and fake.calls == []
+    runtime.select_device(fake, "cuda:0")
+    assert fake.calls == ["device 0", "gpu"]
+
+
 def test_select_device_refuses_cuda_on_a_cpu_only_caffe(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setattr(runtime, "_caffe_build", locate.CaffeBuild(tmp_path, {"cpu_only": True}))
     with pytest.raises(UserError, match="--device cuda: the Caffe in use is CPU-only"):
