@@ -234,6 +234,14 @@ def test_a_library_that_cannot_load_stops_the_bundle(tmp_path: Path) -> None:
         bundle.shared_dependencies(fake, ())
 
 
+def test_a_bundle_without_patchelf_is_one_line_with_the_command(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(bundle.shutil, "which", lambda name: None)
+    cuda = locate.CaffeBuild(tmp_path / "cuda", {"cpu_only": False})
+    with pytest.raises(UserError, match=r"needs patchelf .*run: sudo apt-get install patchelf"):
+        bundle.write_bundle(cuda, tmp_path / "out", (), print)
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_bundle_is_made_of_the_cuda_build_into_a_folder_of_its_own(tmp_path: Path) -> None:
     cpu = locate.CaffeBuild(tmp_path / "cpu", {"cpu_only": True})
     with pytest.raises(UserError, match="a bundle is made of the CUDA build"):

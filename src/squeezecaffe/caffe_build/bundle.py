@@ -82,6 +82,9 @@ def write_bundle(build: CaffeBuild, dest: Path, cuda_dirs: tuple[Path, ...], ech
     """Write the bundle of a finished CUDA build into `dest` (replacing an earlier bundle there, nothing else)."""
     if not build.cuda:
         raise UserError(f"{build.home}: a bundle is made of the CUDA build (build-caffe --cuda --bundle DIR)")
+    if shutil.which("patchelf") is None:
+        raise UserError("writing a bundle needs patchelf (it sets each library's RPATH); run: sudo apt-get install "
+                        "patchelf")
     dest = dest.resolve()
     if dest.exists() and not dest.is_dir():
         raise UserError(f"{dest}: exists and is not a folder; choose an empty or new folder")

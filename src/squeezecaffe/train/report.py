@@ -7,11 +7,11 @@ metrics.json that `squeezecaffe eval` writes under RUN/eval/<split>/ (train and 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from squeezecaffe.errors import UserError
+from squeezecaffe.fileio import read_json_object
 from squeezecaffe.train import rundir
 from squeezecaffe.train.logs import LOG_CSV, read_log
 from squeezecaffe.train.rundir import read_json
@@ -36,7 +36,7 @@ class RunRow:
 
 def eval_metrics(run_dir: Path, split: str) -> dict | None:
     path = run_dir / "eval" / split / "metrics.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    return read_json_object(path, "an eval's metrics") if path.is_file() else None
 
 
 def wall_seconds(rows: list[dict[str, str]]) -> float:
