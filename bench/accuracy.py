@@ -14,10 +14,11 @@ Published references for Fashion-MNIST: simple CNNs ~91-93% test top-1, ResNet-1
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
+
+from _results import write_results
 
 from squeezecaffe.data_tools.mnist import DEFAULT_SOURCE
 from squeezecaffe.demo import fashion_mnist_data, train_run
@@ -75,7 +76,7 @@ def main() -> int:
     print(f"\nschedule: {schedule}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"schedule": schedule, "runs": figures}, indent=1) + "\n")
+        write_results(args.json, {"schedule": schedule, "runs": figures}, runs=1)
     return 0
 
 

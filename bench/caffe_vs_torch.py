@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _results import write_results
 
 from squeezecaffe.engines.pycaffe.runtime import GlogTap, import_caffe, select_device
 from squeezecaffe.engines.torchcaffe.options import EngineOptions
@@ -80,13 +80,6 @@ def time_torch(solver_path: Path, x: np.ndarray, y: np.ndarray, warmup: int, ite
     return iters * len(x) / (time.perf_counter() - t0)
 
 
-def save_json(path: str | None, machine: str, rows: list[dict]) -> None:
-    """The figures as JSON, when --json was given (shared by the bench scripts)."""
-    if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="fullbypass8")
@@ -125,7 +118,8 @@ def main() -> int:
     for r in rows:
         print(f"| {r['model']} | {r['pycaffe_images_per_s']:.1f} | {r['torch_images_per_s']:.1f} | "
               f"{r['torch_over_caffe']:.2f}x |")
-    save_json(args.json, machine, rows)
+    write_results(args.json, {"rows": rows}, runs=1, device=args.device,
+                  notes=f"{args.iters} timed iterations after {args.warmup} warm-up ones")
     return 0
 
 

@@ -13,7 +13,6 @@ Prints a table and, with --json, writes the figures with the machine and library
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import platform
@@ -28,8 +27,8 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _results import write_results
 
-from squeezecaffe import __version__
 from squeezecaffe.data_tools.convert import ConvertOptions, build_lmdb
 from squeezecaffe.data_tools.lmdb_io import LmdbReader
 
@@ -139,12 +138,11 @@ def main() -> None:
     print(f"parallel speed-up of build-lmdb: {speedup:.2f}x with {cores} jobs")
     print(f"this machine's ceiling in the same run (JPEG decode alone, {cores} independent processes): "
           f"{ceiling:.2f}x; build-lmdb reaches {speedup / ceiling:.0%} of it")
-    if args.json:
-        Path(args.json).write_text(json.dumps({
-            "images": n, "machine": machine, "platform": platform.platform(), "squeezecaffe": __version__,
-            "opencv": cv2.__version__, "rows": [{"what": a, "images_per_s": b} for a, b in rows],
-            "speedup_all_cores": speedup, "decode_only_speedup_all_cores": ceiling}, indent=2) + "\n")
-
+    write_results(args.json, {"images": n, "opencv": cv2.__version__, "rows": [{"what": a, "images_per_s": b}
+                                                                               for a, b in rows],
+                              "speedup_all_cores": speedup, "decode_only_speedup_all_cores": ceiling,
+                              "share_of_ceiling": speedup / ceiling},
+                  runs=args.repeats, notes="each conversion figure is the best of --repeats runs")
 
 if __name__ == "__main__":
     main()

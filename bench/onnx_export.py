@@ -11,10 +11,11 @@ model (and JSON with --json).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
+
+from _results import write_results
 
 
 def filled_caffemodel(name: str, folder: Path) -> tuple[Path, Path]:
@@ -75,7 +76,7 @@ def main() -> int:
         print(f"| {r['model']} | {ops} | {r['plain']['max_difference']:.1e} | {r['plain']['logits_difference']:.1e} | "
               f"{r['folded']['folded']} | {r['folded']['max_difference']:.1e} | {r['folded']['logits_difference']:.1e} |")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+        write_results(args.json, {"rows": rows}, runs=1)
         print(f"\nwrote {args.json}")
     return 0
 

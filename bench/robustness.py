@@ -14,10 +14,11 @@ through the normal verbs, so the figures are what a user gets.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
+
+from _results import write_results
 
 from squeezecaffe.data_tools.mnist import DEFAULT_SOURCE
 from squeezecaffe.demo import fashion_mnist_data, train_run
@@ -81,7 +82,7 @@ def main() -> int:
     flagged = [r for r in rows if r["flags"]]
     print(f"\n{len(rows)} runs, {len(flagged)} flagged")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+        write_results(args.json, {"rows": rows}, runs=1)
     return 1 if flagged else 0
 
 

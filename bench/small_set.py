@@ -29,6 +29,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from _results import write_results
 
 SIDE = 28
 
@@ -98,7 +99,7 @@ def main() -> int:
         print(f"| {r['model']} | {r['batch']} | {r['epochs']} | {r['base_lr']:g} | {100 * r['test_top1']:.2f} | "
               f"{r['test_images']:,} | {r['train_seconds']} |")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+        write_results(args.json, {"rows": rows}, runs=1)
     return 0
 
 

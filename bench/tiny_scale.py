@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import shutil
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from _results import write_results
 from _verbs import run_verb
 
 SEED_EPOCHS = 30  # the seed study trained its nets for ~30 epochs on Tiny ImageNet
@@ -115,7 +115,7 @@ def main() -> int:
     print(f"\ntraining {figures['images_per_s']:,.0f} images/s; {SEED_EPOCHS} such epochs: "
           f"{figures['projected_30_epochs_h']:.2f} h (the seed study: {SEED_HOURS} h)")
     if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+        write_results(args.json, figures, runs=1, device=args.device)
     return 0
 
 

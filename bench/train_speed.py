@@ -39,7 +39,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from caffe_vs_torch import save_json, time_caffe, training_net
+from _results import write_results
+from caffe_vs_torch import time_caffe, training_net
 
 from squeezecaffe.data_tools.decode import raw_datum_bytes
 from squeezecaffe.data_tools.lmdb_io import AtomicLmdbWriter, LmdbAppender, datum_key
@@ -287,7 +288,9 @@ def main() -> int:
               f"({r['loader_over_compute']:.2f}) | {r['engine_in_memory']:.1f} ({r['in_memory_over_compute']:.2f}) | "
               f"{peak} |")
     print(f"\nLMDB loader: {args.workers} worker processes; (/ a) = fed / compute-only: 1 - it is the data wait")
-    save_json(args.json, machine, rows)
+    write_results(args.json, {"rows": rows}, runs=args.repeats, device=",".join(devices),
+                  notes=f"each figure the best of --repeats {args.repeats} timings of {args.iters} iterations, "
+                        "the contenders alternating within each round")
     return 0
 
 

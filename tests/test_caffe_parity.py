@@ -578,16 +578,16 @@ def test_train_with_the_caffe_engine_then_resume_and_eval(data: Path, tmp_path: 
     after_drop = [r for r in train if int(r["NumIters"]) > int(val[1]["NumIters"])]
     assert after_drop and float(after_drop[0]["LearningRate"]) < 0.2 * 0.01 + 1e-9
     assert (run_dir / "best.caffemodel").is_file() and (run_dir / "caffe.log").stat().st_size > 0
-    # BatchNorm's sums were cleared and re-estimated by Caffe's own forward passes before each validation: 8 batches
-    # of 16 (the 120 training records, rounded up to a batch), so each factor is 1 + f + ... + f^7
+    # BatchNorm's sums were cleared and re-estimated by Caffe's own forward passes before each validation: 2 batches
+    # of 16 (a quarter of the 120 training records, BN_EPOCH_SHARE, rounded up to a batch), so each factor is 1 + f
     from squeezecaffe.engines.torchcaffe.weights import blob_values, read_caffemodel
 
     norms = [lp for lp in read_caffemodel(run_dir / "best.caffemodel").layer if lp.type == "BatchNorm"]
-    assert norms and "re-estimated over the latest 128 training images" in (run_dir / "train.log").read_text()
+    assert norms and "re-estimated over the latest 32 training images" in (run_dir / "train.log").read_text()
     assert "--engine auto chose" not in (run_dir / "train.log").read_text()  # asked for by name: no advice
     for lp in norms:
         fraction = lp.batch_norm_param.moving_average_fraction
-        assert blob_values(lp.blobs[2])[0] == pytest.approx(sum(fraction**k for k in range(8)), rel=1e-6)
+        assert blob_values(lp.blobs[2])[0] == pytest.approx(1 + fraction, rel=1e-6)
 
     figures = caffe_eval_equals_torch_eval(run_dir, tmp_path)
     # the trainer's validation (Caffe's test net over the whole database) equals eval's figure for best.caffemodel

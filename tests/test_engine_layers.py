@@ -336,3 +336,47 @@ def test_in_place_batchnorm_scale_pairs_fuse_and_others_do_not() -> None:
     other = CaffeNet(parse_text(text, pb.NetParameter), "TRAIN")
     assert fuse_batchnorm_scale(list(other.filtered.layer), list(other.layers)) == 0
     assert not other.layers[2].fused
+
+
+IN_PLACE_NET = """
+layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 dim: 5 dim: 5 } } }
+layer { name: "c1" type: "Convolution" bottom: "x" top: "a" convolution_param { num_output: 4 kernel_size: 3 pad: 1
+        weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "r1" type: "ReLU" bottom: "a" top: "a" }
+layer { name: "c2" type: "Convolution" bottom: "a" top: "b" convolution_param { num_output: 4 kernel_size: 1
+        weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "c3" type: "Convolution" bottom: "b" top: "d" convolution_param { num_output: 4 kernel_size: 1
+        weight_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "r2" type: "ReLU" bottom: "b" top: "b" }
+layer { name: "sum" type: "Eltwise" bottom: "b" bottom: "d" top: "s" }
+layer { name: "r3" type: "ReLU" bottom: "x" top: "x" }
+"""
+
+
+def test_in_place_relus_overwrite_only_what_no_gradient_needs() -> None:
+    """r1 follows its convolution directly: in place. r2's blob was read by c3 (which keeps it for its gradient)
+    after its producer: a new tensor. r3's blob is the caller's input: never overwritten. The gradients are those of
+    a net where no ReLU runs in place."""
+    from squeezecaffe.engines.torchcaffe.fillers import fill_net
+    from squeezecaffe.engines.torchcaffe.layers import ReLU, allow_in_place_relu
+
+    net = CaffeNet(parse_text(IN_PLACE_NET, pb.NetParameter), "TRAIN")
+    fill_net(net, 3)
+    assert [m.in_place for m in net.layers if isinstance(m, ReLU)] == [True, False, False]
+    x = torch.from_numpy(np.random.default_rng(5).normal(size=(2, 3, 5, 5)).astype(np.float32))
+    kept = x.clone()
+
+    def grads() -> list[torch.Tensor]:
+        for blob in net.parameters():
+            blob.grad = None
+        out = net({"x": x})
+        (out.blobs["s"].square().sum() + out.blobs["x"].sum()).backward()
+        return [blob.grad.clone() for blob in net.parameters()]
+
+    fast = grads()
+    assert torch.equal(x, kept)  # the input blob was not overwritten
+    for m in net.layers:
+        if isinstance(m, ReLU):
+            m.in_place = False
+    assert all(torch.equal(a, b) for a, b in zip(fast, grads(), strict=True))
+    assert allow_in_place_relu(list(net.filtered.layer), list(net.layers)) == 1

@@ -60,7 +60,7 @@ def test_resume_mid_plateau_makes_the_same_decisions():
 def test_min_lr_cooldown_and_stop_after():
     assert scales([0.5] * 7, base_lr=0.1, min_lr=0.01) == [1, 1, 0.2, 0.2, 0.1, 0.1, 0.1]
     assert scales([0.5] * 6, cooldown=1) == [1, 1, 0.2, 0.2, 0.2, 0.1]
-    ctl = PlateauController(PlateauOptions(stop_after=2))
+    ctl = PlateauController(PlateauOptions(stop_after=2, early_stop=False))
     for a in [0.5, 0.5, 0.5, 0.5]:
         ctl.update(a)
         assert not ctl.stop
@@ -75,18 +75,18 @@ FULL_DEMO = [0.9020, 0.9117, 0.9153, 0.9207, 0.9283, 0.9213, 0.9233, 0.9427, 0.9
 
 
 def test_a_run_stops_once_the_scale_falls_below_stop_below():
-    ctl = PlateauController()
+    ctl = PlateauController(PlateauOptions(early_stop=False))
     while not ctl.stop and ctl.epochs < 30:
         ctl.update(0.5)
     # epoch 1 improves on nothing; then a drop every 2 epochs: 0.2, 0.1, 0.02, 0.01, 0.002, 0.001, and the 7th,
     # after epoch 15, takes the scale to 0.0002 < 1e-3
     assert ctl.epochs == 15 and ctl.scale == pytest.approx(2e-4) and ctl.last_event == "lr / 5; stop (scale below 0.001)"
     assert ctl.stop_reason == "the LR scale fell below --stop-below 0.001"
-    never = PlateauController(PlateauOptions(stop_below=0))
+    never = PlateauController(PlateauOptions(stop_below=0, early_stop=False))
     for _ in range(40):
         never.update(0.5)
     assert not never.stop and never.scale < 1e-6
-    demo = PlateauController(PlateauOptions(iterations_per_epoch=891))  # 57,000 images at batch 64
+    demo = PlateauController(PlateauOptions(iterations_per_epoch=891, early_stop=False))  # 57,000 images, batch 64
     for top1 in FULL_DEMO[:-1]:
         demo.update(top1)
         assert not demo.stop  # the full demo runs to its end: the stop comes with its last drop, after epoch 20

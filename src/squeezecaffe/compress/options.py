@@ -7,6 +7,15 @@ from dataclasses import dataclass, field
 from squeezecaffe.engines.device import device_field
 from squeezecaffe.options import NOT_AN_OPTION, option
 
+# The retraining rate, as a fraction of the source run's base_lr. A tenth (Deep Compression's fine-tuning rate for a
+# converged ImageNet model) left a small set's pruned fullbypass8 two points below its dense validation top-1 after
+# 500 iterations, still climbing slowly; half of it was back above the dense figure within a few epochs
+# (docs/compression.md, "Measured"). Most runs this tool trains end a short schedule, not a converged one.
+RETRAIN_LR_FACTOR = 0.5
+# The default retraining length per stage: one epoch, and at least this many iterations. One epoch of a small set
+# is a handful of updates, too few to recover from pruning two thirds of the weights.
+RETRAIN_MIN_ITERATIONS = 500
+
 
 @dataclass
 class CompressOptions:
@@ -20,8 +29,9 @@ class CompressOptions:
     index_bits: str = option("conv=8,fc=5", "bound of the relative position of the next kept weight (the paper's)")
     retrain_epochs: int | None = option(None, "epochs of retraining after pruning and of fine-tuning after "
                                               "quantization (0: none; default: one, raised on a small data set "
-                                              "until each stage runs 500 iterations)")
-    retrain_lr: float | None = option(None, "base_lr of both retraining runs (default: 0.1 x the run's)")
+                                              f"until each stage runs {RETRAIN_MIN_ITERATIONS} iterations)")
+    retrain_lr: float | None = option(None, f"base_lr of both retraining runs (default: {RETRAIN_LR_FACTOR:g} x the "
+                                            "run's)")
     centroid_gradient: str = option("mean", "a shared value's gradient: the mean or the sum of its weights' "
                                             "gradients", choices=["mean", "sum"])
     bn_images: int = option(4096, "with --retrain-epochs 0: re-estimate BatchNorm's statistics of the pruned and "

@@ -26,7 +26,7 @@ import numpy as np
 from squeezecaffe.compress.codec import CodedBlob, decode_model, encode_model
 from squeezecaffe.compress.container import Container
 from squeezecaffe.compress.kmeans import kmeans_1d
-from squeezecaffe.compress.options import CompressOptions
+from squeezecaffe.compress.options import RETRAIN_LR_FACTOR, RETRAIN_MIN_ITERATIONS, CompressOptions
 from squeezecaffe.compress.plan import PAPER_MIB, PAPER_TOTAL_KEPT, BlobPlan, make_plan
 from squeezecaffe.compress.prune import magnitude_mask
 from squeezecaffe.compress.table import Row, build_rows, fixed_width, format_rows, paper_comparison, rows_json
@@ -40,11 +40,6 @@ from squeezecaffe.proto import pb, read_text, set_float_data, to_text, write_bin
 if TYPE_CHECKING:
     from squeezecaffe.train.config import TrainConfig
 
-RETRAIN_LR_FACTOR = 0.1  # fine-tuning rate, as a fraction of the source run's base_lr
-# The default retraining length per stage: one epoch, and at least this many iterations. One epoch of a small set
-# is a handful of updates: fullbypass8 on 1,769 colour crops (14 iterations an epoch, 96.8% dense) pruned to 33% and
-# quantized ended at 87.8% top-1 with one epoch a stage, 93.9% with 10, 97.1% with 36 (docs/compression.md).
-RETRAIN_MIN_ITERATIONS = 500
 
 
 @dataclass

@@ -91,7 +91,7 @@ class CaffeRuntime:
         import tempfile
         import weakref
 
-        from squeezecaffe.engines.pycaffe.runtime import GlogTap, import_caffe, last_error, select_device
+        from squeezecaffe.engines.pycaffe.runtime import CAFFE_ERRORS, GlogTap, import_caffe, last_error, select_device
 
         caffe = import_caffe(cuda=device.startswith("cuda"))
         select_device(caffe, device)
@@ -104,7 +104,7 @@ class CaffeRuntime:
         with self._tap() as tap:
             try:
                 self.net = caffe.Net(str(art.deploy_path), str(art.weights), caffe.TEST)
-            except Exception as exc:  # Boost.Python's RuntimeError and friends
+            except CAFFE_ERRORS as exc:
                 error = exc
         if error is not None:
             raise UserError(f"{art.deploy_path}: Caffe cannot load it with {art.weights} "
@@ -123,6 +123,15 @@ class CaffeRuntime:
         return np.array(self.net.blobs[self.blob].data, np.float32).reshape(len(batch), -1)
 
 
+def onnxruntime_errors() -> tuple[type[Exception], ...]:
+    """onnxruntime's own exception types (Fail, InvalidGraph, InvalidProtobuf, NoSuchFile, ...), which derive from
+    Exception directly; a bad path or file also raises OSError/ValueError/RuntimeError on some versions."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    own = tuple(v for v in vars(state).values() if isinstance(v, type) and issubclass(v, Exception))
+    return (*own, OSError, ValueError, RuntimeError)
+
+
 def onnx_session(model: bytes | str, device: str = "cpu"):
     """An onnxruntime session (CPU; CUDA first when asked and available), its errors as one line."""
     try:
@@ -138,7 +147,7 @@ def onnx_session(model: bytes | str, device: str = "cpu"):
     options.log_severity_level = 3
     try:
         return ort.InferenceSession(model, options, providers=providers)
-    except Exception as exc:  # onnxruntime's own exception types
+    except onnxruntime_errors() as exc:
         where = model if isinstance(model, str) else "the exported graph"
         raise UserError(f"{where}: onnxruntime cannot load it ({first_line(exc)})") from None
 

@@ -162,7 +162,7 @@ def export_onnx(weights: str, output: str | Path, options: ExportOptions, *, net
     onnx_model.metadata_props.add(key="squeezecaffe.ops", value=json.dumps(ops))
     try:
         onnx.checker.check_model(onnx_model, full_check=True)
-    except Exception as exc:  # onnx's ValidationError and shape-inference errors
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise UserError(f"{output}: the exported graph fails onnx.checker ({first_line(exc)}); "
                         "not written") from None
     data_bytes = onnx_model.SerializeToString()
@@ -197,10 +197,11 @@ def run_onnx(model: bytes | str, batch: np.ndarray, output: str) -> np.ndarray:
 
 def read_onnx_metadata(path: str) -> dict[str, str]:
     import onnx
+    from google.protobuf.message import DecodeError
 
     try:
         model = onnx.load(path, load_external_data=False)
-    except Exception as exc:
+    except (DecodeError, OSError, ValueError) as exc:  # damaged bytes, an unreadable path
         raise UserError(f"{path}: not a readable ONNX file ({first_line(exc)})") from None
     return {p.key: p.value for p in model.metadata_props}
 

@@ -34,7 +34,7 @@ def launch(cfg: TrainConfig, run_dir: Path | None = None, *, progress: bool = Tr
             prepare_run(cfg, run_dir, lock)
             if cfg.engine == "auto" and read_run_config(run_dir)[0].engine == "caffe":
                 print("note: --engine auto chose real Caffe because it is built here; the torch engine trains the "
-                      "same nets about 3x faster on CPUs (docs/caffe.md): --engine torch")
+                      "same nets faster on CPUs (make bench-caffe measures both): --engine torch")
         distributed.barrier(ctx)
         return Trainer(run_dir, progress=progress).run()
     finally:

@@ -1,10 +1,17 @@
-"""The plateau LR-drop controller: a pure state machine fed one validation top-1 per epoch.
+"""The plateau LR-drop controller and the early stop: a pure state machine fed one validation top-1 per epoch.
 
 An epoch improves when top1 >= anchor + min_delta; then the anchor moves to top1 and the plateau
 counter resets. Otherwise the counter grows, and when it reaches `patience` the LR scale is divided
 by the next factor of the cycle (5, 2, 5, 2, ...) and the counter resets. The engine multiplies
-base_lr by the scale; the LR policy (poly) keeps decaying on top. No engine, clock or file here, so
-the decisions can be unit-tested and replayed exactly after a resume (state_dict / load_state_dict).
+base_lr by the scale; the LR policy (poly) keeps decaying on top.
+
+The early stop ends a run that validation says is done: once an LR drop made after the best epoch (the one
+best.caffemodel holds, a new best being at least `early_stop_delta` above the last) has had its patience
+(`early_stop_patience` epochs, and at least `early_stop_patience_iterations` iterations) without a new best. The
+controller's drops get their chance first, so a run still gaining from a lower rate goes on.
+
+No engine, clock or file here, so the decisions can be unit-tested, replayed on logged validation sequences and
+replayed exactly after a resume (state_dict / load_state_dict).
 """
 
 from __future__ import annotations
@@ -14,6 +21,12 @@ from dataclasses import asdict, dataclass, field, fields
 
 from squeezecaffe.errors import UserError
 from squeezecaffe.options import from_json_object
+
+# The early stop's defaults, chosen by replaying logged validation sequences (tests/test_early_stop.py holds the
+# replay; docs/training.md the figures): it ends none of them before its best epoch.
+EARLY_STOP_PATIENCE = 3
+EARLY_STOP_PATIENCE_ITERATIONS = 300
+EARLY_STOP_DELTA = 0.001
 
 
 @dataclass(frozen=True)
@@ -37,6 +50,17 @@ class PlateauOptions:
         "help": "stop once a drop takes the LR scale below this: the rate no longer moves the weights "
                 "(best.caffemodel keeps the best epoch); 0: never"})
 
+    early_stop: bool = field(default=True, metadata={
+        "help": "end the run once an LR drop after the best epoch has had its patience without a new best "
+                "(best.caffemodel keeps the best epoch); --no-early-stop leaves the end to the schedule and "
+                "--stop-below"})
+    early_stop_patience: int = field(default=EARLY_STOP_PATIENCE, metadata={
+        "help": "epochs after such a drop without a new best before the run ends"})
+    early_stop_patience_iterations: int = field(default=EARLY_STOP_PATIENCE_ITERATIONS, metadata={
+        "help": "and at least this many iterations (short epochs of a small set)"})
+    early_stop_delta: float = field(default=EARLY_STOP_DELTA, metadata={
+        "help": "top-1 gain (a fraction) over the best epoch that counts as a new best for the early stop"})
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "factors", tuple(float(f) for f in self.factors))  # a JSON list reads back
         if self.patience < 1:
@@ -45,6 +69,11 @@ class PlateauOptions:
             raise UserError(f"factors {','.join(f'{f:g}' for f in self.factors)}: each must be > 1")
         if self.patience_iterations < 0:
             raise UserError(f"patience-iterations {self.patience_iterations}: must be >= 0")
+        if self.early_stop_patience < 1 or self.early_stop_patience_iterations < 0:
+            raise UserError(f"early-stop-patience {self.early_stop_patience} / -iterations "
+                            f"{self.early_stop_patience_iterations}: must be >= 1 / >= 0")
+        if not 0 <= self.early_stop_delta < 1:
+            raise UserError(f"early-stop-delta {self.early_stop_delta:g}: must be a fraction in [0, 1)")
         if not 0 <= self.stop_below < 1:
             raise UserError(f"stop-below {self.stop_below:g}: must be 0 (never) or a scale below 1")
 
@@ -62,6 +91,9 @@ class PlateauController:
     history: list[dict] = field(default_factory=list)  # one entry per update: epoch, top1, event, scale
     stop: bool = False
     stop_reason: str = ""  # why `stop` was set, as the run's last line says it
+    best: float = -math.inf  # the early stop's best top-1 (new bests by early_stop_delta)
+    best_epoch: int = 0
+    drop_epoch: int = 0  # the epoch of the first LR drop after the best epoch (0: none yet)
 
     @property
     def patience(self) -> int:
@@ -72,6 +104,15 @@ class PlateauController:
         if opt.iterations_per_epoch <= 0:
             return opt.patience
         return max(opt.patience, math.ceil(opt.patience_iterations / opt.iterations_per_epoch))
+
+    @property
+    def early_stop_patience(self) -> int:
+        """Epochs a drop after the best epoch gets to produce a new best: `early_stop_patience`, raised until they
+        span `early_stop_patience_iterations` iterations."""
+        opt = self.options
+        if opt.iterations_per_epoch <= 0:
+            return opt.early_stop_patience
+        return max(opt.early_stop_patience, math.ceil(opt.early_stop_patience_iterations / opt.iterations_per_epoch))
 
     def update(self, top1: float) -> float:
         """Feed one epoch's validation top-1 (a fraction); returns the LR scale for the next epoch."""
@@ -110,8 +151,26 @@ class PlateauController:
                     self.stop = True
                     self.stop_reason = f"the LR scale fell below --stop-below {opt.stop_below:g}"
                     event += f"; stop (scale below {opt.stop_below:g})"
+        event = self._early_stop(top1, event)
         self.history.append({"epoch": self.epochs, "top1": top1, "event": event, "scale": self.scale})
         return self.scale
+
+    def _early_stop(self, top1: float, event: str) -> str:
+        """The early stop's bookkeeping after this epoch's controller decision; returns the event, extended when
+        the run ends here."""
+        opt = self.options
+        if top1 >= self.best + opt.early_stop_delta:
+            self.best, self.best_epoch, self.drop_epoch = top1, self.epochs, 0
+        elif event.startswith("lr /") and not self.drop_epoch:
+            self.drop_epoch = self.epochs
+        waited = self.epochs - self.drop_epoch
+        if opt.early_stop and not self.stop and self.drop_epoch and waited >= self.early_stop_patience:
+            self.stop = True
+            self.stop_reason = (f"early stop: no new best since epoch {self.best_epoch} (val top-1 "
+                                f"{100 * self.best:.2f}%), and the LR drop after it (epoch {self.drop_epoch}) "
+                                f"had {waited} epochs to give one (--no-early-stop trains on)")
+            event += "; early stop"
+        return event
 
     def force_drop(self) -> float:
         """Divide the scale by the cycle's next factor now (the divergence guard's recovery); returns the new scale.
@@ -131,7 +190,8 @@ class PlateauController:
     def state_dict(self) -> dict:
         state = asdict(self)
         state["options"]["factors"] = list(self.options.factors)
-        state["anchor"] = None if math.isinf(self.anchor) else self.anchor
+        for name in ("anchor", "best"):  # JSON has no infinity
+            state[name] = None if math.isinf(getattr(self, name)) else getattr(self, name)
         return state
 
     @classmethod
@@ -148,5 +208,6 @@ class PlateauController:
             raise UserError(f"{where}: controller.history holds a non-object entry")
         for f in fields(PlateauController):
             setattr(self, f.name, getattr(loaded, f.name))
-        if self.anchor is None:
-            self.anchor = -math.inf
+        for name in ("anchor", "best"):
+            if getattr(self, name) is None:
+                setattr(self, name, -math.inf)

@@ -23,7 +23,7 @@ from squeezecaffe.engines.torchcaffe.solver import IterationStats, read_scalars
 from squeezecaffe.errors import UserError
 from squeezecaffe.proto import pb, read_text
 from squeezecaffe.train import rundir
-from squeezecaffe.train.config import TrainConfig, read_run_config
+from squeezecaffe.train.config import BN_EPOCH_SHARE, TrainConfig, read_run_config
 from squeezecaffe.train.engine import make_engine, pick_engine
 from squeezecaffe.train.guard import Diverged, DivergenceGuard
 from squeezecaffe.train.logs import RunLog, SilentLog
@@ -136,9 +136,10 @@ class Trainer:
         records, batch_size = self.solver.train_geometry()
         self.images_per_iter = batch_size * sp.iter_size * self.dist.world  # the global batch
         self.iters_per_epoch = max(1, math.ceil(records / self.images_per_iter))
-        # BatchNorm re-estimation: whole batches covering --bn-images training images, at most one pass over them
+        # BatchNorm re-estimation: whole batches covering --bn-images training images, at most BN_EPOCH_SHARE of them
         per_forward = batch_size * self.dist.world
-        self.bn_batches = math.ceil(min(self.cfg.bn_images, records) / per_forward) if records else 0
+        images = min(self.cfg.bn_images, math.ceil(records * BN_EPOCH_SHARE))
+        self.bn_batches = math.ceil(images / per_forward) if records and self.cfg.bn_images else 0
         self.bn_announced = False
         self.controller = PlateauController(replace(self.cfg.plateau, base_lr=sp.base_lr,
                                                     iterations_per_epoch=self.iters_per_epoch))

@@ -17,6 +17,10 @@ from squeezecaffe.errors import CAFFE_ENGINE_MISSING, UserError
 
 _caffe = None
 _caffe_build = None  # the CaffeBuild _caffe came from (None: a `caffe` already importable)
+# What a failed Caffe call raises in Python: Boost.Python translates std::exception to RuntimeError,
+# std::invalid_argument to ValueError, std::out_of_range to IndexError, std::overflow_error to OverflowError and
+# std::bad_alloc to MemoryError; our C interface raises RuntimeError. Anything else is our own bug and stays one.
+CAFFE_ERRORS: tuple[type[Exception], ...] = (RuntimeError, ValueError, IndexError, OverflowError, MemoryError)
 BINDING = "SQUEEZECAFFE_CAFFE_BINDING"  # pycaffe (the default where the build has it) or capi
 
 

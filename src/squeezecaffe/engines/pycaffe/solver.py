@@ -21,7 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from squeezecaffe.engines.pycaffe.runtime import GlogTap, import_caffe, last_error, parse_iterations, select_device
+from squeezecaffe.engines.pycaffe.runtime import (
+    CAFFE_ERRORS,
+    GlogTap,
+    import_caffe,
+    last_error,
+    parse_iterations,
+    select_device,
+)
 from squeezecaffe.engines.torchcaffe.solver import IterationStats
 from squeezecaffe.errors import UserError
 from squeezecaffe.fileio import resolve_beside
@@ -103,7 +110,7 @@ class PycaffeSolver:
         with GlogTap(self.log_path) as tap:
             try:
                 result = fn(*args)
-            except Exception as exc:  # Boost.Python raises RuntimeError and friends
+            except CAFFE_ERRORS as exc:
                 error = exc
         self.last_output = tap.text
         if error is not None:

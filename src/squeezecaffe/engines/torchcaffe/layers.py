@@ -184,6 +184,35 @@ def fuse_batchnorm_scale(layers: list[pb.LayerParameter], modules: list[CaffeLay
     return fused
 
 
+# Layers whose gradient does not need their own output: an in-place ReLU right after one may overwrite it.
+_OUTPUT_NOT_SAVED = {"Convolution", "Deconvolution", "InnerProduct", "BatchNorm", "Scale", "Eltwise", "Concat",
+                     "Pooling"}
+
+
+def allow_in_place_relu(layers: list[pb.LayerParameter], modules: list[CaffeLayer]) -> int:
+    """Let an in-place ReLU (top == bottom) overwrite its blob, as Caffe does, where that is safe for autograd:
+    the blob's producer is a layer whose gradient does not read its output, and no layer between the producer and
+    the ReLU reads the blob (it might have saved it for its gradient). No new tensor per ReLU, and the same values:
+    max(x, 0) either way. Returns how many ReLUs run in place."""
+    producer: dict[str, int] = {}
+    readers: dict[str, list[int]] = {}
+    allowed = 0
+    for i, (lp, module) in enumerate(zip(layers, modules, strict=True)):
+        if isinstance(module, ReLU) and len(lp.bottom) == 1 and list(lp.top) == list(lp.bottom):
+            blob = lp.bottom[0]
+            source = producer.get(blob)
+            if (source is not None and layers[source].type in _OUTPUT_NOT_SAVED
+                    and not any(r > source for r in readers.get(blob, []))):
+                module.in_place = True
+                allowed += 1
+        for name in lp.bottom:
+            readers.setdefault(name, []).append(i)
+        for name in lp.top:
+            producer[name] = i
+            readers[name] = []
+    return allowed
+
+
 def _param_view(blob: Tensor, x: Tensor, axis: int) -> Tensor:
     """A scale/bias blob shaped to broadcast over x starting at `axis`."""
     return blob.view(*([1] * axis), *blob.shape, *([1] * (x.dim() - axis - blob.dim())))
@@ -218,13 +247,18 @@ class Scale(CaffeLayer):
 
 @register("ReLU")
 class ReLU(CaffeLayer):
+    """max(x, 0) (or leaky); in place where the prototxt says so and nothing needs the value it overwrites (see
+    allow_in_place_relu)."""
+
     def __init__(self, lp, info, ctx):
         super().__init__(lp, info, ctx)
         self.slope = lp.relu_param.negative_slope
+        self.in_place = False  # set by allow_in_place_relu where it is safe
 
     def forward(self, bottoms):
         x = bottoms[0]
-        return [F.leaky_relu(x, self.slope) if self.slope else F.relu(x)]
+        in_place = self.in_place and not x.is_leaf  # an input blob handed in by the caller is never overwritten
+        return [F.leaky_relu(x, self.slope, inplace=in_place) if self.slope else F.relu(x, inplace=in_place)]
 
 
 @register("Power")

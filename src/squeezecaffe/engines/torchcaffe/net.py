@@ -17,7 +17,14 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from squeezecaffe.engines.torchcaffe.layers import LAYERS, SUPPORTED_TYPES, DataLayer, LayerContext, fuse_batchnorm_scale
+from squeezecaffe.engines.torchcaffe.layers import (
+    LAYERS,
+    SUPPORTED_TYPES,
+    DataLayer,
+    LayerContext,
+    allow_in_place_relu,
+    fuse_batchnorm_scale,
+)
 from squeezecaffe.engines.torchcaffe.loader import DataLayerLoader
 from squeezecaffe.engines.torchcaffe.options import EngineOptions
 from squeezecaffe.errors import UserError
@@ -98,6 +105,7 @@ class CaffeNet(nn.Module):
             modules.append(module)
         self.layers = nn.ModuleList(modules)
         fuse_batchnorm_scale(list(self.filtered.layer), modules)
+        allow_in_place_relu(list(self.filtered.layer), modules)
         # the shapes shape inference gave the Input tops (and the legacy `input:` fields)
         self.input_shapes = dict(net_input_shapes(filtered))
         for lp, info in zip(self.filtered.layer, infos, strict=True):
