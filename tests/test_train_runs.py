@@ -289,3 +289,17 @@ def test_a_stop_signal_as_a_job_runner_sends_it_snapshots_and_resumes_to_the_sam
     assert main([*argv, "--run-dir", str(unbroken)]) == 0
     name = "snapshots/cifar_resnet_1111_iter_24.caffemodel"
     assert _weights_of(run_dir / name) == _weights_of(unbroken / name)
+
+
+def test_a_run_records_its_data_as_an_absolute_path(data: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """`train --data rel/path` from one directory; `eval RUN`, `compress RUN` and `--resume` read config.json's
+    data from anywhere, so the path is stored resolved."""
+    from squeezecaffe.train.config import TrainConfig
+    from squeezecaffe.train.runner import prepare_run
+
+    monkeypatch.chdir(data.parent)
+    prepare_run(TrainConfig(model="cifar_resnet_1111", data=data.name, engine="torch", epochs=1, batch_size=16),
+                tmp_path / "run")
+    monkeypatch.chdir(tmp_path)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data"] == str(data.resolve())

@@ -91,7 +91,10 @@ def prepare_run(cfg: TrainConfig, run_dir: Path, lock: rundir.RunLock | None = N
     if cfg.weights and not Path(cfg.weights).is_file():
         raise UserError(f"{cfg.weights}: weights file not found")
     engine = pick_engine(cfg.engine, cfg.device_options.device)
-    cfg = replace(cfg, engine=engine)  # config.json names the engine: a resumed run keeps the one it started with
+    # config.json names the engine (a resumed run keeps the one it started with) and holds absolute paths, so
+    # `--resume`, `eval RUN` and `compress RUN` find the data and weights from any working directory
+    cfg = replace(cfg, engine=engine, data=str(Path(cfg.data).resolve()) if cfg.data else None,
+                  weights=str(Path(cfg.weights).resolve()) if cfg.weights else None)
     if lock is not None:
         lock.acquire()
     run_dir = rundir.make_run_dir(run_dir)

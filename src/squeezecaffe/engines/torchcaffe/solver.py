@@ -219,6 +219,9 @@ class Solver:
             factor = (sp.clip_gradients / l2norm).clamp(max=1.0).to(diffs[0].dtype)
             for d in diffs:
                 d.mul_(factor)
+        if self.constraints is None and self.kind in ("SGD", "Nesterov") and sp.regularization_type == "L2":
+            self._grouped_update(diffs, rate)
+            return
         n = len(self.params)
         for i, diff in zip(self.updated, diffs, strict=True):
             _, _, blob, lr_mult, decay_mult = self.params[i]
@@ -237,6 +240,36 @@ class Solver:
             blob.sub_(diff)
             if self.constraints is not None:
                 self.constraints.after_update(i, blob)
+
+    def _grouped_update(self, diffs: list[Tensor], rate: float) -> None:
+        """The SGD / Nesterov update of compute_update, one group of blobs sharing (lr_mult, decay_mult) at a time
+        with torch's multi-tensor ops: the same arithmetic in the same order for every element (each foreach op is
+        the per-tensor op over a list), a few calls per group instead of a dozen per blob."""
+        sp, m = self.sp, self.sp.momentum
+        groups: dict[tuple[float, float], list[int]] = {}
+        for k, i in enumerate(self.updated):
+            groups.setdefault(self.params[i][3:5], []).append(k)
+        for (lr_mult, decay_mult), members in groups.items():
+            ds = [diffs[k] for k in members]
+            blobs = [self.params[self.updated[k]][2] for k in members]
+            hist = [self.history[self.updated[k]] for k in members]
+            if sp.iter_size > 1:
+                torch._foreach_mul_(ds, 1.0 / sp.iter_size)
+            local_decay = sp.weight_decay * decay_mult
+            if local_decay:
+                torch._foreach_add_(ds, blobs, alpha=local_decay)
+            local_rate = rate * lr_mult
+            if self.kind == "SGD":  # h = m h + lr g; w -= h
+                torch._foreach_mul_(hist, m)
+                torch._foreach_add_(hist, ds, alpha=local_rate)
+                torch._foreach_sub_(blobs, hist)
+            else:  # Nesterov: h' = m h + lr g; w -= (1 + m) h' - m h
+                before = torch._foreach_mul(hist, m)
+                torch._foreach_mul_(hist, m)
+                torch._foreach_add_(hist, ds, alpha=local_rate)
+                step = torch._foreach_mul(hist, 1 + m)
+                torch._foreach_sub_(step, before)
+                torch._foreach_sub_(blobs, step)
 
     @torch.no_grad()
     def test(self, index: int = 0) -> dict[str, float]:
