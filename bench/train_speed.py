@@ -248,11 +248,15 @@ def main() -> int:
                     contenders["caffe"] = partial(time_caffe, solver_path, x_np, y_np, args.warmup, args.iters,
                                                   folder)
                 # Best of --repeats, the contenders alternating within each repeat: a shared machine's
-                # speed drifts, and every contender should meet the same machine.
+                # speed drifts, and every contender should meet the same machine. The order rotates from one
+                # repeat to the next, so no contender always follows the same one (Caffe's BLAS threads keep
+                # spinning for a while after its last call, which slows whoever comes next).
                 best: dict[str, float] = {}
                 peak = None
-                for _ in range(args.repeats):
-                    for name, timed in contenders.items():
+                names = list(contenders)
+                for repeat in range(args.repeats):
+                    for name in names[repeat % len(names):] + names[:repeat % len(names)]:
+                        timed = contenders[name]
                         best[name] = max(best.get(name, 0.0), timed())
                         if name == "engine" and on_gpu:
                             peak = torch.cuda.max_memory_allocated() / 2**30
