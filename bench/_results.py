@@ -83,12 +83,13 @@ def describe(info: dict) -> str:
 
 
 def commit() -> str | None:
-    """HEAD, with `-dirty` when the work tree differs from it (the figures then belong to uncommitted code)."""
+    """HEAD, with `-dirty` when src/ or bench/ (results aside) differ from it: the figures then belong to
+    uncommitted code, and tests/test_figures.py refuses them."""
     try:
         head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
                               check=False)
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "src", "bench"],
-                               capture_output=True, text=True, check=False)
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "src", "bench",
+                                ":!bench/results"], capture_output=True, text=True, check=False)
     except OSError:
         return None
     if head.returncode != 0:

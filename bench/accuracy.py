@@ -76,7 +76,7 @@ def main() -> int:
     print(f"\nschedule: {schedule}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        write_results(args.json, {"schedule": schedule, "runs": figures}, runs=1)
+        write_results(args.json, {"schedule": schedule, "runs": figures}, runs=1, device=args.device)
     return 0
 
 

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import write_results
+from _results import spread, write_results
 from caffe_vs_torch import time_caffe, training_net
 
 from squeezecaffe.data_tools.decode import raw_datum_bytes
@@ -252,12 +252,13 @@ def main() -> int:
                 # repeat to the next, so no contender always follows the same one (Caffe's BLAS threads keep
                 # spinning for a while after its last call, which slows whoever comes next).
                 best: dict[str, float] = {}
+                timings: dict[str, list[float]] = {name: [] for name in contenders}
                 peak = None
                 names = list(contenders)
                 for repeat in range(args.repeats):
                     for name in names[repeat % len(names):] + names[:repeat % len(names)]:
-                        timed = contenders[name]
-                        best[name] = max(best.get(name, 0.0), timed())
+                        timings[name].append(contenders[name]())
+                        best[name] = max(timings[name])
                         if name == "engine" and on_gpu:
                             peak = torch.cuda.max_memory_allocated() / 2**30
                             torch.cuda.reset_peak_memory_stats()
@@ -273,7 +274,8 @@ def main() -> int:
                              "reference": round(reference, 1), "engine_over_reference": round(engine / reference, 3),
                              "pycaffe": None if caffe is None else round(caffe, 1),
                              "peak_gib": None if peak is None else round(peak, 2),
-                             "trainable_params": params})
+                             "trainable_params": params,
+                             "timings": {k: [round(v, 1) for v in vs] for k, vs in timings.items()}})
     from squeezecaffe.train.rundir import cpu_name
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
@@ -292,9 +294,11 @@ def main() -> int:
               f"({r['loader_over_compute']:.2f}) | {r['engine_in_memory']:.1f} ({r['in_memory_over_compute']:.2f}) | "
               f"{peak} |")
     print(f"\nLMDB loader: {args.workers} worker processes; (/ a) = fed / compute-only: 1 - it is the data wait")
-    write_results(args.json, {"rows": rows}, runs=args.repeats, device=",".join(devices),
+    spreads = {f"{r['device']}/{r['model']}/{r['batch']}/{r['amp']}/{r['layout']}/{k}": spread(vs)
+               for r in rows for k, vs in r["timings"].items()}
+    write_results(args.json, {"rows": rows}, runs=args.repeats, device=",".join(devices), spreads=spreads,
                   notes=f"each figure the best of --repeats {args.repeats} timings of {args.iters} iterations, "
-                        "the contenders alternating within each round")
+                        "the contenders alternating within each round, their order rotating between rounds")
     return 0
 
 

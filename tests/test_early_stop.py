@@ -32,8 +32,8 @@ def test_a_flat_run_ends_once_the_drop_after_its_best_had_its_patience() -> None
     ctl = replay([0.5] * 30)
     # epoch 1 is the best; patience 2 drops the rate after epoch 3; 3 more epochs without a new best end the run
     assert ctl.stop and ctl.epochs == 6 and ctl.last_event == "plateau 1/2; early stop"
-    assert ctl.stop_reason.startswith("early stop: no new best since epoch 1 (val top-1 50.00%), and the LR drop "
-                                      "after it (epoch 3) had 3 epochs")
+    assert ctl.stop_reason.startswith("early stop: no gain of 0.1 point over epoch 1's val top-1 (50.00%) since, "
+                                      "and the LR drop after it (epoch 3) had 3 epochs")
     assert ctl.scale == pytest.approx(0.1)  # drops after epochs 3 and 5: long before --stop-below
 
 
@@ -70,6 +70,45 @@ def test_the_early_stop_resumes_where_it_was() -> None:
                                                                       straight.history)
 
 
+def test_a_drop_decided_at_the_best_epoch_counts() -> None:
+    """Epoch 3 is a new best by 0.1 point but no plateau progress (1 point): its drop acts after it, so the wait
+    starts there."""
+    ctl = replay([0.5, 0.5, 0.501, 0.5, 0.5, 0.5, 0.5])
+    assert ctl.best_epoch == 3 and ctl.drop_epoch == 3 and ctl.epochs == 6 and ctl.stop
+
+
+def test_the_guards_recovery_restarts_the_wait() -> None:
+    """A divergence restores the best snapshot and divides the rate (force_drop): the restored weights get the
+    early stop's whole patience at the new rate, however long ago the last drop was."""
+    ctl = replay([0.5, 0.5, 0.5, 0.5, 0.5])  # drop after epoch 3; epoch 5 waited 2
+    ctl.force_drop()
+    ctl.update(0.5)
+    ctl.update(0.5)
+    assert not ctl.stop and ctl.drop_epoch == 5
+    ctl.update(0.5)
+    assert ctl.stop and ctl.epochs == 8
+
+
+def test_a_snapshot_from_before_the_early_stop_resumes_with_its_history_replayed() -> None:
+    """A marker written before the early stop existed has no `best`: the bookkeeping is rebuilt from its
+    history, so the resumed run stops where a run with the early stop all along would have."""
+    seq = [0.5, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6]
+    straight = replay(seq)
+    old = replay(seq[:4]).state_dict()
+    for key in ("best", "best_epoch", "drop_epoch"):
+        del old[key]
+    for key in ("early_stop", "early_stop_patience", "early_stop_patience_iterations", "early_stop_delta"):
+        del old["options"][key]
+    resumed = PlateauController()
+    resumed.load_state_dict(json.loads(json.dumps(old)))
+    assert (resumed.best, resumed.best_epoch, resumed.drop_epoch) == (0.6, 2, 4)
+    for top1 in seq[4:]:
+        resumed.update(top1)
+        if resumed.stop:
+            break
+    assert resumed.epochs == straight.epochs and resumed.stop
+
+
 def test_bad_early_stop_options_are_refused() -> None:
     for bad in ({"early_stop_patience": 0}, {"early_stop_patience_iterations": -1}, {"early_stop_delta": 1.0}):
         with pytest.raises(UserError):
@@ -87,5 +126,7 @@ def test_replayed_on_logged_runs_it_never_ends_before_the_best_epoch(name: str) 
     # the early stop changes no LR decision of the run it replays
     plain = replay(top1s[:ctl.epochs], **options, early_stop=False, stop_below=0)
     assert [h["scale"] for h in ctl.history] == [h["scale"] for h in plain.history]
-    if "stops_after" in run:  # what docs/training.md quotes for this run
+    if "stops_after" in run:  # where the early stop ended the real run (or, for the full demo, will)
         assert ctl.epochs == run["stops_after"]
+    if ctl.epochs < len(top1s):  # it saved epochs: the best it kept is the run's best
+        assert max(top1s[:ctl.epochs]) == max(top1s)

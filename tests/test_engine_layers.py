@@ -380,3 +380,26 @@ def test_in_place_relus_overwrite_only_what_no_gradient_needs() -> None:
             m.in_place = False
     assert all(torch.equal(a, b) for a, b in zip(fast, grads(), strict=True))
     assert allow_in_place_relu(list(net.filtered.layer), list(net.layers)) == 1
+
+
+def test_no_in_place_relu_for_a_negative_slope_or_a_pass_through_producer() -> None:
+    """torch has no in-place backward for a negative slope; a one-bottom Eltwise hands its bottom through, so
+    overwriting its top would overwrite the other blob too. Both train, with the other blob intact."""
+    from squeezecaffe.engines.torchcaffe.fillers import fill_net
+    from squeezecaffe.engines.torchcaffe.layers import ReLU
+
+    text = ('layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 dim: 4 dim: 4 } } }\n'
+            'layer { name: "c" type: "Convolution" bottom: "x" top: "a" convolution_param { num_output: 2 '
+            'kernel_size: 1 weight_filler { type: "gaussian" std: 1 } } }\n'
+            'layer { name: "leaky" type: "ReLU" bottom: "a" top: "a" relu_param { negative_slope: -0.5 } }\n'
+            'layer { name: "c2" type: "Convolution" bottom: "a" top: "b" convolution_param { num_output: 2 '
+            'kernel_size: 1 weight_filler { type: "gaussian" std: 1 } } }\n'
+            'layer { name: "one" type: "Eltwise" bottom: "b" top: "e" }\n'
+            'layer { name: "r" type: "ReLU" bottom: "e" top: "e" }\n')
+    net = CaffeNet(parse_text(text, pb.NetParameter), "TRAIN")
+    fill_net(net, 1)
+    assert [m.in_place for m in net.layers if isinstance(m, ReLU)] == [False, False]
+    x = torch.from_numpy(np.random.default_rng(2).normal(size=(2, 3, 4, 4)).astype(np.float32))
+    out = net({"x": x})
+    assert (out.blobs["b"] < 0).any() and torch.equal(out.blobs["e"], out.blobs["b"].clamp(min=0))
+    out.blobs["e"].sum().backward()

@@ -40,19 +40,21 @@ class DemoSchedule:
                 "images")
 
 
-# The short schedule was measured (fullbypass8 on Fashion-MNIST, 40,000 image passes, seed 42, test top-1;
-# docs/training.md): 20,000 images x 2 epochs of batch 64 at 0.08: 88.56%; 40,000 x 1 of batch 64 at 0.08: 89.40%;
-# 40,000 x 1 of batch 32 at 0.056 (0.08 x sqrt(1/2)): 89.84%; at 0.08: 89.86%. More distinct images beat a second
-# pass over fewer, and the smaller batch takes twice the updates for the same arithmetic. A run this short also
-# gains from a higher rate than the recipe's (Tiny-ImageNet's 0.04 for batch 128), so the demo sets it. The
-# training split is not scored in the short demo: 40,000 more forward passes, with the validation top-1 beside.
-# With BatchNorm's statistics re-estimated before validation (train --bn-images, the default) the demo gives 90.48%.
+# The short schedule was measured by hand, before bench/results existed (fullbypass8 on Fashion-MNIST, 40,000 image
+# passes, seed 42, test top-1; no results file stands behind these): 20,000 images x 2 epochs of batch 64 at 0.08:
+# 88.56%; 40,000 x 1 of batch 64 at 0.08: 89.40%; 40,000 x 1 of batch 32 at 0.056 (0.08 x sqrt(1/2)): 89.84%; at
+# 0.08: 89.86%. More distinct images beat a second pass over fewer, and the smaller batch takes twice the updates for
+# the same arithmetic. A run this short also gains from a higher rate than the recipe's (Tiny-ImageNet's 0.04 for
+# batch 128), so the demo sets it. The training split is not scored in the short demo: 40,000 more forward passes,
+# with the validation top-1 beside. Its figure today, with BatchNorm's statistics re-estimated before validation:
+# README (bench/results/demo.json).
 SHORT = DemoSchedule("short", train_images=40_000, val_images=2_000, epochs=1, batch_size=32, base_lr=0.056,
                      eval_train=False)
 FULL = DemoSchedule("full", train_images=None, val_images=3_000, epochs=20, batch_size=64)
 VAL_FRACTION = 0.05  # 3,000 of the 60,000 training images per default
 
-# channels-last: the NHWC convolution kernels train this net ~30% faster on the CPU (measured with `time`)
+# channels-last: the NHWC convolution kernels trained this net faster on this project's CPU (timed by hand; no
+# results file: `bench/train_speed.py --layouts nchw,nhwc` measures it)
 DEMO_DEVICE = DeviceOptions(channels_last=True)
 
 

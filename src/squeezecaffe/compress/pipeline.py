@@ -191,10 +191,12 @@ def _stage_config(ctx: _Retrain, options: CompressOptions, **fields) -> TrainCon
     and kept settings, this verb's device and seed; `fields` add the stage's own."""
     from squeezecaffe.engines.device import DeviceOptions
     from squeezecaffe.train.config import TrainConfig
+    from squeezecaffe.train.plateau import PlateauOptions
 
+    # the stage runs the length the verb chose and printed: the plateau controller acts, the early stop does not
     return TrainConfig(model=ctx.model, data=ctx.data, batch_size=ctx.batch_size, engine="torch",
                        device_options=DeviceOptions(device=options.device, channels_last=ctx.channels_last),
-                       seed=options.seed, **ctx.extra, **fields)
+                       seed=options.seed, plateau=PlateauOptions(early_stop=False), **ctx.extra, **fields)
 
 
 def _retrain(stage_dir: Path, weights: Path, constraints: Path, ctx: _Retrain, options: CompressOptions,

@@ -101,7 +101,7 @@ def scaled_rate(row_lr: float, row_batch: int, batch: int) -> float:
 
     The square root keeps the noise of an SGD step about constant across batch sizes; the linear rule would
     halve the rate with the batch, which measured worse on short runs (fullbypass8, Fashion-MNIST, batch 64,
-    2 epochs: 85.9% test at 0.02 vs 86.9% at 0.04; docs/training.md), and doubles it above, which diverges
+    2 epochs: 85.9% test at 0.02 vs 86.9% at 0.04, measured by hand), and doubles it above, which diverges
     without a warm-up (Caffe's policies have none)."""
     return row_lr * math.sqrt(batch / row_batch)
 

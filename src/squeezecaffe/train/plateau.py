@@ -22,8 +22,9 @@ from dataclasses import asdict, dataclass, field, fields
 from squeezecaffe.errors import UserError
 from squeezecaffe.options import from_json_object
 
-# The early stop's defaults, chosen by replaying logged validation sequences (tests/test_early_stop.py holds the
-# replay; docs/training.md the figures): it ends none of them before its best epoch.
+# The early stop's defaults: tests/test_early_stop.py replays them on the logged validation sequences of
+# tests/fixtures/val_sequences.json (bench/early_stop.py adds a folder's run to it): they end none of them before
+# its best epoch; docs/training.md has what they saved.
 EARLY_STOP_PATIENCE = 3
 EARLY_STOP_PATIENCE_ITERATIONS = 300
 EARLY_STOP_DELTA = 0.001
@@ -157,20 +158,24 @@ class PlateauController:
 
     def _early_stop(self, top1: float, event: str) -> str:
         """The early stop's bookkeeping after this epoch's controller decision; returns the event, extended when
-        the run ends here."""
+        the run ends here. A drop decided at the epoch that set the best counts: it acts after that epoch."""
+        self._track_best(top1, event)
         opt = self.options
-        if top1 >= self.best + opt.early_stop_delta:
-            self.best, self.best_epoch, self.drop_epoch = top1, self.epochs, 0
-        elif event.startswith("lr /") and not self.drop_epoch:
-            self.drop_epoch = self.epochs
         waited = self.epochs - self.drop_epoch
         if opt.early_stop and not self.stop and self.drop_epoch and waited >= self.early_stop_patience:
             self.stop = True
-            self.stop_reason = (f"early stop: no new best since epoch {self.best_epoch} (val top-1 "
-                                f"{100 * self.best:.2f}%), and the LR drop after it (epoch {self.drop_epoch}) "
-                                f"had {waited} epochs to give one (--no-early-stop trains on)")
+            self.stop_reason = (f"early stop: no gain of {100 * opt.early_stop_delta:g} point over epoch "
+                                f"{self.best_epoch}'s val top-1 ({100 * self.best:.2f}%) since, and the LR drop "
+                                f"after it (epoch {self.drop_epoch}) had {waited} epochs to give one; best.caffemodel "
+                                "holds the best epoch (--no-early-stop trains on)")
             event += "; early stop"
         return event
+
+    def _track_best(self, top1: float, event: str) -> None:
+        if top1 >= self.best + self.options.early_stop_delta:
+            self.best, self.best_epoch, self.drop_epoch = top1, self.epochs, 0
+        if event.startswith("lr /") and not self.drop_epoch:
+            self.drop_epoch = self.epochs
 
     def force_drop(self) -> float:
         """Divide the scale by the cycle's next factor now (the divergence guard's recovery); returns the new scale.
@@ -181,6 +186,8 @@ class PlateauController:
         self.scale = max(self.scale / factor, floor)
         self.drops += 1
         self.counter = 0
+        if self.best_epoch:  # the restored best epoch gets the early stop's full patience at the new rate
+            self.drop_epoch = self.epochs
         return self.scale
 
     @property
@@ -211,3 +218,11 @@ class PlateauController:
         for name in ("anchor", "best"):
             if getattr(self, name) is None:
                 setattr(self, name, -math.inf)
+        if "best" not in state:  # a snapshot from before the early stop: its bookkeeping replayed from history
+            epochs = self.epochs
+            for entry in self.history:
+                epoch, top1, event = entry.get("epoch"), entry.get("top1"), entry.get("event")
+                if isinstance(epoch, int) and isinstance(top1, int | float) and isinstance(event, str):
+                    self.epochs = epoch
+                    self._track_best(float(top1), event)
+            self.epochs = epochs

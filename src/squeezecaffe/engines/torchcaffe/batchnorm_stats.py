@@ -4,7 +4,7 @@ Why: Caffe's BatchNorm keeps exponentially weighted running sums of the batch st
 training. While a high rate still moves the weights, those sums describe weights of hundreds of iterations
 ago, and the TEST net (which normalises with them) scores far below what the weights can do: the full demo
 read 37.2% validation top-1 after epoch 2 (real Caffe scores that snapshot the same) while the same weights
-with fresh statistics score 91.2% (docs/training.md).
+with fresh statistics score 91.2% (measured by hand before bench/results existed).
 
 How: a second TRAIN-phase net shares every blob with the training net and has its own Data layer reader.
 The BatchNorm sums are cleared and that net runs forward (no gradient, no update) over the training records

@@ -185,23 +185,27 @@ def fuse_batchnorm_scale(layers: list[pb.LayerParameter], modules: list[CaffeLay
 
 
 # Layers whose gradient does not need their own output: an in-place ReLU right after one may overwrite it.
-_OUTPUT_NOT_SAVED = {"Convolution", "Deconvolution", "InnerProduct", "BatchNorm", "Scale", "Eltwise", "Concat",
-                     "Pooling"}
+_OUTPUT_NOT_SAVED = {"Convolution", "InnerProduct", "BatchNorm", "Scale", "Eltwise", "Concat", "Pooling"}
 
 
 def allow_in_place_relu(layers: list[pb.LayerParameter], modules: list[CaffeLayer]) -> int:
     """Let an in-place ReLU (top == bottom) overwrite its blob, as Caffe does, where that is safe for autograd:
     the blob's producer is a layer whose gradient does not read its output, and no layer between the producer and
-    the ReLU reads the blob (it might have saved it for its gradient). No new tensor per ReLU, and the same values:
-    max(x, 0) either way. Returns how many ReLUs run in place."""
+    the ReLU reads the blob (it might have saved it for its gradient). No new tensor per ReLU in training (under
+    no_grad every tensor is a leaf and the ReLU writes a new one), and the same values either way. Returns how
+    many ReLUs run in place."""
     producer: dict[str, int] = {}
     readers: dict[str, list[int]] = {}
     allowed = 0
     for i, (lp, module) in enumerate(zip(layers, modules, strict=True)):
-        if isinstance(module, ReLU) and len(lp.bottom) == 1 and list(lp.top) == list(lp.bottom):
+        if (isinstance(module, ReLU) and len(lp.bottom) == 1 and list(lp.top) == list(lp.bottom)
+                and module.slope >= 0):  # torch has no in-place backward for a negative slope
             blob = lp.bottom[0]
             source = producer.get(blob)
+            # a one-bottom Eltwise or Concat may hand its bottom through: overwriting it would change that blob too
+            passes_through = len(layers[source].bottom) < 2 if source is not None else True
             if (source is not None and layers[source].type in _OUTPUT_NOT_SAVED
+                    and not (layers[source].type in ("Eltwise", "Concat") and passes_through)
                     and not any(r > source for r in readers.get(blob, []))):
                 module.in_place = True
                 allowed += 1
@@ -247,8 +251,8 @@ class Scale(CaffeLayer):
 
 @register("ReLU")
 class ReLU(CaffeLayer):
-    """max(x, 0) (or leaky); in place where the prototxt says so and nothing needs the value it overwrites (see
-    allow_in_place_relu)."""
+    """max(x, 0) (or leaky); in place in training where the prototxt says so and nothing needs the value it
+    overwrites (see allow_in_place_relu)."""
 
     def __init__(self, lp, info, ctx):
         super().__init__(lp, info, ctx)
