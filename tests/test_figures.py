@@ -32,8 +32,8 @@ RESULTS = ROOT / "bench" / "results"
 _NUMBER = r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?"
 _UNIT = (r"%|×|x(?!\s*\d)|images/s|img/s|it/s|MiB|MB|GiB|GB|KiB|KB|kB|ms|seconds?|s|min|minutes|hours?|h|points?|pp"
          r"|times")
-FIGURE = re.compile(rf"(?<![\w.])({_NUMBER})(?:\s?[-–]\s?({_NUMBER}))?\s?({_UNIT})(?:/[a-z]+)?(?![\w])"
-                    rf"|(?<![\w.])(\d+(?:\.\d+)?e[-+]?\d+)(?![\w])")
+FIGURE = re.compile(rf"(?:(?<![\w.\-])([-+−])|(?<![\w.\-+−/]))({_NUMBER})(?:\s?[-–]\s?({_NUMBER}))?\s?({_UNIT})"
+                    rf"(?:/[a-z]+)?(?![\w])|(?<![\w.])(\d+(?:\.\d+)?e[-+]?\d+)(?![\w])")
 REGION = re.compile(r"<!-- figures: (?P<file>[^ ]+) -->(?P<body>.*?)<!-- /figures -->", re.S)
 # How a value stored in a results file may appear in a document, by the unit printed after it.
 SCALES: dict[str, tuple[float, ...]] = {
@@ -58,13 +58,15 @@ def figures(text: str) -> list[tuple[str, float, int, str]]:
     found = []
     for m in FIGURE.finditer(text):
         printed = m.group(0).strip()
-        if m.group(4):
-            mantissa, _, exponent = m.group(4).partition("e")
-            found.append((printed, float(m.group(4)), len(mantissa.partition(".")[2]) - int(exponent), "e"))
+        if m.group(5):
+            mantissa, _, exponent = m.group(5).partition("e")
+            found.append((printed, float(m.group(5)), len(mantissa.partition(".")[2]) - int(exponent), "e"))
             continue
-        for number in (m.group(1), m.group(2)):
-            if number is not None:
-                found.append((printed, float(number.replace(",", "")), len(number.partition(".")[2]), m.group(3)))
+        sign = -1.0 if m.group(1) in ("-", "−") else 1.0
+        for k, number in enumerate((m.group(2), m.group(3))):
+            if number is not None:  # a sign belongs to the range's first number only
+                value = float(number.replace(",", "")) * (sign if k == 0 else 1.0)
+                found.append((printed, value, len(number.partition(".")[2]), m.group(4)))
     return found
 
 
@@ -172,8 +174,9 @@ def test_a_figure_edited_by_one_digit_fails(tmp_path: Path, monkeypatch: pytest.
 def test_what_counts_as_a_figure() -> None:
     printed = [f[0] for f in figures("91-93% in 12 s/epoch at 40 MB/s; 256 x 10 weights, 3x faster, 1.5e-07; "
                                      "fire2-5, 28x28x1, v1.0, -0.5 points, 20,000 images/s")]
-    assert printed == ["91-93%", "91-93%", "12 s/epoch", "40 MB/s", "3x", "1.5e-07", "0.5 points",
+    assert printed == ["91-93%", "91-93%", "12 s/epoch", "40 MB/s", "3x", "1.5e-07", "-0.5 points",
                        "20,000 images/s"]
+    assert figures("a loss of -0.84 points")[0][1] == -0.84 and figures("fire2-5%") == []
 
 
 def test_a_results_file_carries_its_provenance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
