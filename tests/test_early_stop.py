@@ -32,16 +32,21 @@ def test_a_flat_run_ends_once_the_drop_after_its_best_had_its_patience() -> None
     ctl = replay([0.5] * 30)
     # epoch 1 is the best; patience 2 drops the rate after epoch 3; 3 more epochs without a new best end the run
     assert ctl.stop and ctl.epochs == 6 and ctl.last_event == "plateau 1/2; early stop"
-    assert ctl.stop_reason.startswith("early stop: no gain of 0.1 point over epoch 1's val top-1 (50.00%) since, "
-                                      "and the LR drop after it (epoch 3) had 3 epochs")
+    assert ctl.stop_reason.startswith("early stop: no gain of 0.1 point over epoch 1's val top-1 (50.00%) in the 3 "
+                                      "epochs since the LR drop after it (epoch 3)")
     assert ctl.scale == pytest.approx(0.1)  # drops after epochs 3 and 5: long before --stop-below
 
 
 def test_a_new_best_after_the_drop_restarts_the_wait() -> None:
     ctl = replay([0.5, 0.5, 0.5, 0.5, 0.52, 0.52, 0.52, 0.52, 0.52, 0.52, 0.52])
     # the drop after epoch 3 gave a new best at epoch 5; the next drop (epoch 7, two epochs without the 1-point
-    # gain the plateau counts) has had 3 epochs at epoch 10
+    # gain the plateau counts) is the first after that best and has had 3 epochs at epoch 10
     assert ctl.best_epoch == 5 and ctl.drop_epoch == 7 and ctl.epochs == 10 and ctl.stop
+    # once armed, a new best with no drop after it ends the run its patience later
+    # (a cooldown keeps the controller from dropping again after epoch 3)
+    slow = replay([0.5, 0.5, 0.5, 0.6, 0.6, 0.6, 0.6, 0.6], cooldown=5)
+    assert slow.armed and slow.best_epoch == 4 and slow.drop_epoch == 0 and slow.epochs == 7 and slow.stop
+    assert not replay([0.5, 0.51, 0.52, 0.53, 0.53, 0.53, 0.53], patience=9).stop  # never dropped: not armed
 
 
 def test_gains_below_the_delta_are_not_a_new_best() -> None:
@@ -52,8 +57,8 @@ def test_gains_below_the_delta_are_not_a_new_best() -> None:
 
 def test_no_early_stop_and_a_short_epoch_patience() -> None:
     assert not replay([0.5] * 12, early_stop=False, stop_below=0).stop
-    short = replay([0.5] * 40, iterations_per_epoch=36)  # 36-iteration epochs: patience 14, then 9 (300 / 36)
-    assert short.early_stop_patience == 9 and short.drop_epoch == 15 and short.epochs == 24 and short.stop
+    short = replay([0.5] * 40, iterations_per_epoch=36)  # 36-iteration epochs: patience 14, then 5 (150 / 36)
+    assert short.early_stop_patience == 5 and short.drop_epoch == 15 and short.epochs == 20 and short.stop
 
 
 def test_the_early_stop_resumes_where_it_was() -> None:

@@ -5,10 +5,11 @@ counter resets. Otherwise the counter grows, and when it reaches `patience` the 
 by the next factor of the cycle (5, 2, 5, 2, ...) and the counter resets. The engine multiplies
 base_lr by the scale; the LR policy (poly) keeps decaying on top.
 
-The early stop ends a run that validation says is done: once an LR drop made after the best epoch (the one
-best.caffemodel holds, a new best being at least `early_stop_delta` above the last) has had its patience
-(`early_stop_patience` epochs, and at least `early_stop_patience_iterations` iterations) without a new best. The
-controller's drops get their chance first, so a run still gaining from a lower rate goes on.
+The early stop ends a run that validation says is done. It is armed once the controller has dropped the rate (the
+drops get their chance first); then the run ends after `early_stop_patience` epochs (and at least
+`early_stop_patience_iterations` iterations) without a new best (`early_stop_delta` above the last), counted from
+the best epoch or from the first drop made at or after it, so a drop after the best gets the whole patience. A run
+still gaining goes on.
 
 No engine, clock or file here, so the decisions can be unit-tested, replayed on logged validation sequences and
 replayed exactly after a resume (state_dict / load_state_dict).
@@ -26,7 +27,7 @@ from squeezecaffe.options import from_json_object
 # tests/fixtures/val_sequences.json (bench/early_stop.py adds a folder's run to it): they end none of them before
 # its best epoch; docs/training.md has what they saved.
 EARLY_STOP_PATIENCE = 3
-EARLY_STOP_PATIENCE_ITERATIONS = 300
+EARLY_STOP_PATIENCE_ITERATIONS = 150
 EARLY_STOP_DELTA = 0.001
 
 
@@ -52,11 +53,11 @@ class PlateauOptions:
                 "(best.caffemodel keeps the best epoch); 0: never"})
 
     early_stop: bool = field(default=True, metadata={
-        "help": "end the run once an LR drop after the best epoch has had its patience without a new best "
-                "(best.caffemodel keeps the best epoch); --no-early-stop leaves the end to the schedule and "
-                "--stop-below"})
+        "help": "end the run once validation has stopped improving, after the controller's first LR drop: "
+                "--early-stop-patience epochs without a new best (best.caffemodel keeps the best epoch); "
+                "--no-early-stop leaves the end to the schedule and --stop-below"})
     early_stop_patience: int = field(default=EARLY_STOP_PATIENCE, metadata={
-        "help": "epochs after such a drop without a new best before the run ends"})
+        "help": "epochs without a new best, from the best epoch or a drop after it, before the run ends"})
     early_stop_patience_iterations: int = field(default=EARLY_STOP_PATIENCE_ITERATIONS, metadata={
         "help": "and at least this many iterations (short epochs of a small set)"})
     early_stop_delta: float = field(default=EARLY_STOP_DELTA, metadata={
@@ -94,7 +95,8 @@ class PlateauController:
     stop_reason: str = ""  # why `stop` was set, as the run's last line says it
     best: float = -math.inf  # the early stop's best top-1 (new bests by early_stop_delta)
     best_epoch: int = 0
-    drop_epoch: int = 0  # the epoch of the first LR drop after the best epoch (0: none yet)
+    drop_epoch: int = 0  # the epoch of the first LR drop at or after the best epoch (0: none yet)
+    armed: bool = False  # the controller has dropped the rate at least once: the early stop may end the run
 
     @property
     def patience(self) -> int:
@@ -158,24 +160,29 @@ class PlateauController:
 
     def _early_stop(self, top1: float, event: str) -> str:
         """The early stop's bookkeeping after this epoch's controller decision; returns the event, extended when
-        the run ends here. A drop decided at the epoch that set the best counts: it acts after that epoch."""
+        the run ends here. Armed once the controller has dropped the rate; then the run ends after
+        `early_stop_patience` epochs without a new best, counted from the best epoch, or from the first drop made
+        at or after it (that drop gets the whole patience to give a new best)."""
         self._track_best(top1, event)
         opt = self.options
-        waited = self.epochs - self.drop_epoch
-        if opt.early_stop and not self.stop and self.drop_epoch and waited >= self.early_stop_patience:
+        start = self.drop_epoch or self.best_epoch
+        waited = self.epochs - start
+        if opt.early_stop and not self.stop and self.armed and waited >= self.early_stop_patience:
             self.stop = True
+            since = f"the LR drop after it (epoch {self.drop_epoch})" if self.drop_epoch else "then"
             self.stop_reason = (f"early stop: no gain of {100 * opt.early_stop_delta:g} point over epoch "
-                                f"{self.best_epoch}'s val top-1 ({100 * self.best:.2f}%) since, and the LR drop "
-                                f"after it (epoch {self.drop_epoch}) had {waited} epochs to give one; best.caffemodel "
-                                "holds the best epoch (--no-early-stop trains on)")
+                                f"{self.best_epoch}'s val top-1 ({100 * self.best:.2f}%) in the {waited} epochs since "
+                                f"{since}; best.caffemodel holds the best epoch (--no-early-stop trains on)")
             event += "; early stop"
         return event
 
     def _track_best(self, top1: float, event: str) -> None:
         if top1 >= self.best + self.options.early_stop_delta:
             self.best, self.best_epoch, self.drop_epoch = top1, self.epochs, 0
-        if event.startswith("lr /") and not self.drop_epoch:
-            self.drop_epoch = self.epochs
+        if event.startswith("lr /"):
+            self.armed = True
+            if not self.drop_epoch:
+                self.drop_epoch = self.epochs
 
     def force_drop(self) -> float:
         """Divide the scale by the cycle's next factor now (the divergence guard's recovery); returns the new scale.
@@ -188,6 +195,7 @@ class PlateauController:
         self.counter = 0
         if self.best_epoch:  # the restored best epoch gets the early stop's full patience at the new rate
             self.drop_epoch = self.epochs
+            self.armed = True
         return self.scale
 
     @property
