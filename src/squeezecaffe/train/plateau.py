@@ -26,8 +26,8 @@ from squeezecaffe.options import from_json_object
 # The early stop's defaults: tests/test_early_stop.py replays them on the logged validation sequences of
 # tests/fixtures/val_sequences.json (bench/early_stop.py adds a folder's run to it): they end none of them before
 # its best epoch; docs/training.md has what they saved.
-EARLY_STOP_PATIENCE = 3
-EARLY_STOP_PATIENCE_ITERATIONS = 150
+EARLY_STOP_PATIENCE = 2
+EARLY_STOP_PATIENCE_ITERATIONS = 100
 EARLY_STOP_DELTA = 0.001
 
 
