@@ -46,10 +46,10 @@ def run_figures(run: Path) -> dict:
         shares.append(1 - training / seconds)
         previous = float(r["Seconds"])
     test = json.loads((run / "eval" / "test" / "metrics.json").read_text())
+    top1 = [float(r["val_top1"]) for r in val]
     return {"epochs": len(val), "planned_epochs": recipe["epochs"], "seconds": float(val[-1]["Seconds"]),
             "iterations_per_epoch": per_epoch, "batch": images_per_iter,
-            "val_top1": [float(r["val_top1"]) for r in val], "best_val_top1": max(float(r["val_top1"]) for r in val),
-            "best_epoch": 1 + [float(r["val_top1"]) for r in val].index(max(float(r["val_top1"]) for r in val)),
+            "val_top1": top1, "best_val_top1": max(top1), "best_epoch": 1 + top1.index(max(top1)),
             "overhead_share_median": statistics.median(shares) if shares else None,
             "test_top1": test["top1"], "events": [r["event"] for r in val]}
 

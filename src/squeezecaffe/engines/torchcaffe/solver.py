@@ -89,6 +89,10 @@ class Solver:
         # so apply_update leaves them out (no zero diffs to build, average across ranks, decay or update).
         self.updated = [i for i, (_, _, _, lr_mult, decay_mult) in enumerate(self.params)
                         if lr_mult != 0 or (decay_mult != 0 and sp.weight_decay != 0)]
+        # positions in `updated` by (lr_mult, decay_mult): the groups _grouped_update runs, decided once
+        self.update_groups: dict[tuple[float, float], list[int]] = {}
+        for k, i in enumerate(self.updated):
+            self.update_groups.setdefault(self.params[i][3:5], []).append(k)
         slots = history_slots(self.kind)
         self.history = [torch.zeros_like(p[2]) for _ in range(slots) for p in self.params]
         self.iter = 0
@@ -246,10 +250,7 @@ class Solver:
         with torch's multi-tensor ops: the same arithmetic in the same order for every element (each foreach op is
         the per-tensor op over a list), a few calls per group instead of a dozen per blob."""
         sp, m = self.sp, self.sp.momentum
-        groups: dict[tuple[float, float], list[int]] = {}
-        for k, i in enumerate(self.updated):
-            groups.setdefault(self.params[i][3:5], []).append(k)
-        for (lr_mult, decay_mult), members in groups.items():
+        for (lr_mult, decay_mult), members in self.update_groups.items():
             ds = [diffs[k] for k in members]
             blobs = [self.params[self.updated[k]][2] for k in members]
             hist = [self.history[self.updated[k]] for k in members]
