@@ -19,6 +19,7 @@ from torch import Tensor
 from squeezecaffe.engines.torchcaffe.constraints import Constraints
 from squeezecaffe.engines.torchcaffe.distributed import Dist, average_, mean_tensor
 from squeezecaffe.engines.torchcaffe.fillers import fill_net
+from squeezecaffe.engines.torchcaffe.host_memory import keep_freed_host_memory
 from squeezecaffe.engines.torchcaffe.net import CaffeNet, DataOptions
 from squeezecaffe.engines.torchcaffe.options import EngineOptions
 from squeezecaffe.engines.torchcaffe.updates import compute_update, history_slots, solver_type
@@ -63,6 +64,8 @@ class Solver:
         self.base_dir = base_dir
         self.options = options or EngineOptions()
         self.feed = feed
+        if self.options.torch_device().type == "cpu":
+            keep_freed_host_memory()  # an iteration's activations are reused, not faulted in again
         self.kind = solver_type(sp)
         if sp.iter_size < 1:
             raise UserError(f"{where}: iter_size must be >= 1")
@@ -178,15 +181,7 @@ class Solver:
             loss: Tensor | float = 0.0
             outputs: dict[str, Tensor | float] = {}
             for k in range(sp.iter_size):
-                self.train_net.step_key = self.iter * sp.iter_size + k
-                result = self.train_net(self._inputs("TRAIN", self.iter, k))
-                if result.loss.requires_grad:
-                    result.loss.backward()
-                loss = loss + result.loss.detach().to(torch.float64)
-                for name in self.train_net.output_blobs:
-                    t = result.blobs[name]
-                    if t.numel() == 1:
-                        outputs[name] = outputs.get(name, 0.0) + t.detach().reshape(()).to(torch.float64) / sp.iter_size
+                loss = loss + self._train_pass(k, outputs)
             rate = self.learning_rate()
             self.apply_update(rate)
             self.iter += 1
@@ -197,6 +192,22 @@ class Solver:
                 self.snapshot()
             if should_stop is not None and should_stop():
                 break
+
+    def _train_pass(self, k: int, outputs: dict[str, Tensor | float]) -> Tensor:
+        """One forward/backward pass of the train net: adds its scalar outputs into `outputs`, returns its loss.
+
+        A function of its own so that the pass's blobs (every activation of the net) are released when it
+        returns, not held through the next pass's forward (twice the activation memory at the peak).
+        """
+        self.train_net.step_key = self.iter * self.sp.iter_size + k
+        result = self.train_net(self._inputs("TRAIN", self.iter, k))
+        if result.loss.requires_grad:
+            result.loss.backward()
+        for name in self.train_net.output_blobs:
+            t = result.blobs[name]
+            if t.numel() == 1:
+                outputs[name] = outputs.get(name, 0.0) + t.detach().reshape(()).to(torch.float64) / self.sp.iter_size
+        return result.loss.detach().to(torch.float64)
 
     def solve(self, callback: Callable[[IterationStats], None] | None = None,
               test_callback: Callable[[int, list[dict[str, float]]], None] | None = None) -> None:
