@@ -2,7 +2,7 @@
 engine, side by side on one device.
 
 Both run the same generated net (the model's deploy net at 64x64x3 made trainable from Input blobs by
-`netgen.inputnet.input_training_net`, Dropout kept) under the same Nesterov + poly solver (each from its
+`tests/inputnet.input_training_net`, Dropout kept) under the same Nesterov + poly solver (each from its
 own filler draws) on one fixed random batch fed through Input layers, so the figures compare the engines'
 compute (forward, backward, update) and nothing else. Warm-up iterations are not timed.
 
@@ -24,17 +24,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: tests.inputnet
 from _results import write_results
 
 from squeezecaffe.engines.pycaffe.runtime import GlogTap, import_caffe, select_device
 from squeezecaffe.engines.torchcaffe.options import EngineOptions
 from squeezecaffe.engines.torchcaffe.solver import Solver
 from squeezecaffe.errors import UserError
-from squeezecaffe.netgen.config import resolve
-from squeezecaffe.netgen.emit import generate
-from squeezecaffe.netgen.inputnet import input_training_net
 from squeezecaffe.netgen.registry import get_model
 from squeezecaffe.proto import to_text
+from squeezecaffe.solvers.generate import generate
+from squeezecaffe.solvers.settings import resolve
+from tests.inputnet import input_training_net
 
 SOLVER = 'type: "Nesterov" base_lr: 0.01 lr_policy: "poly" power: 1.0 momentum: 0.9 weight_decay: 0.0002 max_iter: 100000'
 

@@ -50,8 +50,8 @@ def random_squeezenet(path: Path) -> Path:
     from squeezecaffe.engines.torchcaffe.net import CaffeNet
     from squeezecaffe.engines.torchcaffe.weights import save_caffemodel
     from squeezecaffe.netgen.builder import build_deploy
-    from squeezecaffe.netgen.config import resolve
     from squeezecaffe.netgen.registry import get_model
+    from squeezecaffe.solvers.settings import resolve
 
     spec = get_model("squeezenet_v1_0")
     net = CaffeNet(build_deploy(spec, resolve(spec)[0]), "TEST")

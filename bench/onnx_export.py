@@ -25,9 +25,9 @@ def filled_caffemodel(name: str, folder: Path) -> tuple[Path, Path]:
     from squeezecaffe.engines.torchcaffe.net import CaffeNet
     from squeezecaffe.engines.torchcaffe.weights import save_caffemodel
     from squeezecaffe.netgen.builder import build_deploy
-    from squeezecaffe.netgen.config import resolve
     from squeezecaffe.netgen.registry import get_model
     from squeezecaffe.proto import write_text
+    from squeezecaffe.solvers.settings import resolve
 
     spec = get_model(name)
     deploy = build_deploy(spec, resolve(spec)[0])

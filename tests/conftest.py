@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from squeezecaffe.netgen.shapes import infer_net
+from squeezecaffe.caffe_rules.shapes import infer_net
 from squeezecaffe.proto import pb
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+from squeezecaffe.caffe_rules.blobs import blob_values, read_caffemodel
 from squeezecaffe.cli import main
+from squeezecaffe.engines.torchcaffe.adapter import TorchEngine
 from squeezecaffe.engines.torchcaffe.net import CaffeNet, DataOptions
 from squeezecaffe.engines.torchcaffe.options import EngineOptions
-from squeezecaffe.engines.torchcaffe.weights import blob_values, read_caffemodel
 from squeezecaffe.proto import pb, read_text
-from squeezecaffe.train.engine import TorchEngine
 from squeezecaffe.train.logs import read_log
 from tests.conftest import TRAIN
 from tests.datasets import small_data_dir

@@ -19,15 +19,16 @@ import numpy as np
 import pytest
 import torch
 
+from squeezecaffe.caffe_rules.blobs import blob_values, read_caffemodel
 from squeezecaffe.cli import main
 from squeezecaffe.engines.pycaffe.runtime import GlogTap, import_caffe
 from squeezecaffe.engines.torchcaffe.net import CaffeNet
 from squeezecaffe.engines.torchcaffe.options import EngineOptions
 from squeezecaffe.engines.torchcaffe.solver import Solver
-from squeezecaffe.engines.torchcaffe.weights import blob_values, load_caffemodel, read_caffemodel
-from squeezecaffe.netgen.inputnet import input_training_net
+from squeezecaffe.engines.torchcaffe.weights import load_caffemodel
 from squeezecaffe.proto import parse_text, pb, read_text, to_text
 from tests import referee
+from tests.inputnet import input_training_net
 
 pytestmark = pytest.mark.caffe
 ROOT = Path(__file__).resolve().parent.parent
@@ -580,7 +581,7 @@ def test_train_with_the_caffe_engine_then_resume_and_eval(data: Path, tmp_path: 
     assert (run_dir / "best.caffemodel").is_file() and (run_dir / "caffe.log").stat().st_size > 0
     # BatchNorm's sums were cleared and re-estimated by Caffe's own forward passes before each validation: 2 batches
     # of 16 (a quarter of the 120 training records, BN_EPOCH_SHARE, rounded up to a batch), so each factor is 1 + f
-    from squeezecaffe.engines.torchcaffe.weights import blob_values, read_caffemodel
+    from squeezecaffe.caffe_rules.blobs import blob_values, read_caffemodel
 
     norms = [lp for lp in read_caffemodel(run_dir / "best.caffemodel").layer if lp.type == "BatchNorm"]
     assert norms and "re-estimated over the latest 32 training images" in (run_dir / "train.log").read_text()

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from squeezecaffe.data_tools.convert import ConvertOptions, build_lmdb
-from squeezecaffe.netgen.emit import generate, write_generated
 from squeezecaffe.netgen.registry import get_model
 from squeezecaffe.proto import pb, read_binary
+from squeezecaffe.solvers.generate import generate, write_generated
 from tests.conftest import FIXTURES
 from tests.datasets import write_class_folders
 from tests.test_cli import run
@@ -69,7 +69,7 @@ def test_solve_trains_resumes_and_snapshots(capsys, tmp_path: Path) -> None:
     src = write_class_folders(tmp_path / "images", classes=2, per_class=6, size=(16, 16))
     build_lmdb(src, tmp_path / "data", ConvertOptions(jobs=1, progress=False), val_fraction=0.25)
     spec = get_model("cifar_resnet_1111")
-    from squeezecaffe.netgen.config import resolve
+    from squeezecaffe.solvers.settings import resolve
 
     cfg, sched = resolve(spec, data_dir=str(tmp_path / "data"), batch_size=4, test_batch_size=3, epochs=1)
     out = tmp_path / "gen"

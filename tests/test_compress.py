@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from squeezecaffe.caffe_rules.blobs import blob_values
 from squeezecaffe.compress import huffman
 from squeezecaffe.compress.codec import CodedBlob, decode_model, encode_model
 from squeezecaffe.compress.container import Container
@@ -16,7 +17,6 @@ from squeezecaffe.compress.prune import magnitude_mask
 from squeezecaffe.compress.sparse import from_relative, to_relative
 from squeezecaffe.compress.table import build_rows, paper_comparison
 from squeezecaffe.engines.torchcaffe.constraints import BlobConstraint, Constraints, load_constraints, save_constraints
-from squeezecaffe.engines.torchcaffe.weights import blob_values
 from squeezecaffe.errors import UserError
 from squeezecaffe.proto import pb
 
@@ -147,10 +147,10 @@ def test_kmeans_equals_plain_lloyd_iterations() -> None:
 @pytest.fixture(scope="module")
 def squeezenet_shapes() -> pb.NetParameter:
     """SqueezeNet v1.0's weight and bias blobs (zeros: the plan and the accounting only need shapes)."""
+    from squeezecaffe.caffe_rules.shapes import infer_net
     from squeezecaffe.netgen.builder import build_deploy
-    from squeezecaffe.netgen.config import resolve
     from squeezecaffe.netgen.registry import get_model
-    from squeezecaffe.netgen.shapes import infer_net
+    from squeezecaffe.solvers.settings import resolve
 
     spec = get_model("squeezenet_v1_0")
     net = build_deploy(spec, resolve(spec)[0])
@@ -331,7 +331,7 @@ def test_decompress_cli_writes_a_caffemodel_and_refuses_bad_files(tmp_path, caps
     quantized, data = encoded_small()
     (tmp_path / "m.sqz").write_bytes(data)
     assert main(["decompress", str(tmp_path / "m.sqz"), "-o", str(tmp_path / "m.caffemodel")]) == 0
-    from squeezecaffe.engines.torchcaffe.weights import read_caffemodel
+    from squeezecaffe.caffe_rules.blobs import read_caffemodel
 
     a, b = values(quantized), values(read_caffemodel(tmp_path / "m.caffemodel"))
     assert all(np.array_equal(a[k], b[k]) for k in a)
@@ -369,8 +369,8 @@ def compressed(finished_run, tmp_path_factory):
 def test_compress_writes_every_stage_holds_masks_and_decodes_to_the_fine_tuned_weights(compressed):
     import json
 
+    from squeezecaffe.caffe_rules.blobs import read_caffemodel
     from squeezecaffe.engines.torchcaffe.constraints import load_constraints
-    from squeezecaffe.engines.torchcaffe.weights import read_caffemodel
 
     for path in ("pruned/masks.npz", "pruned/retrain/log.csv", "pruned/model.caffemodel", "quantized/clusters.npz",
                  "quantized/retrain/log.csv", "final/model.sqz", "final/model.caffemodel", "final/table.md"):
@@ -422,7 +422,7 @@ def test_eval_takes_a_sqz_and_opencv_gives_the_same_logits_as_for_the_quantized_
     report = json.loads((compressed / "final/report.json").read_text())
     assert json.loads((out / "metrics.json").read_text())["top1"] == report["stages"][-1]["top1"]
     # the class names and stored size travel in the file: used where its data directory is not there
-    from squeezecaffe.compress.pipeline import open_sqz
+    from squeezecaffe.compress.sqz import open_sqz
 
     _, carried = open_sqz(str(compressed / "final/model.sqz"))
     assert [(c.id, c.name) for c in carried.labels] == [(c.id, c.name) for c in art_q.labels]
@@ -462,7 +462,7 @@ def test_real_caffe_loads_the_decompressed_caffemodel(compressed):
 
 
 def _blobs(path) -> dict[str, list[np.ndarray]]:
-    from squeezecaffe.engines.torchcaffe.weights import read_caffemodel
+    from squeezecaffe.caffe_rules.blobs import read_caffemodel
 
     return {lp.name: [blob_values(b) for b in lp.blobs] for lp in read_caffemodel(path).layer if len(lp.blobs)}
 
@@ -519,10 +519,10 @@ def test_the_default_retraining_runs_one_epoch_raised_to_a_floor_of_iterations(f
     from squeezecaffe.evaluation.artifacts import resolve_artifacts
 
     ctx = _retrain_context(resolve_artifacts(str(finished_run)), None, CompressOptions())
-    assert ctx is not None and ctx.batch_size == 16
+    assert ctx is not None and ctx.base.batch_size == 16
     epochs, epoch = retraining_epochs(ctx, CompressOptions())
     assert epoch == math.ceil(120 / 16)  # 120 training records in batches of 16
     assert epochs == math.ceil(RETRAIN_MIN_ITERATIONS / epoch) and (epochs - 1) * epoch < RETRAIN_MIN_ITERATIONS
     assert retraining_epochs(ctx, CompressOptions(retrain_epochs=2)) == (2, epoch)
-    one_by_one = replace(ctx, batch_size=1)  # 120 iterations an epoch: 5 epochs
+    one_by_one = replace(ctx, base=replace(ctx.base, batch_size=1))  # 120 iterations an epoch: 5 epochs
     assert retraining_epochs(one_by_one, CompressOptions()) == (math.ceil(RETRAIN_MIN_ITERATIONS / 120), 120)

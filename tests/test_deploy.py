@@ -12,10 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
+from squeezecaffe.caffe_rules.blobs import read_caffemodel
 from squeezecaffe.data_tools.convert import ConvertOptions, build_lmdb
 from squeezecaffe.data_tools.lmdb_io import LmdbReader
 from squeezecaffe.engines.torchcaffe.net import load_net
-from squeezecaffe.engines.torchcaffe.weights import load_caffemodel, read_caffemodel
+from squeezecaffe.engines.torchcaffe.weights import load_caffemodel
 from squeezecaffe.evaluation.artifacts import resolve_artifacts
 from squeezecaffe.evaluation.preprocess import Preprocessor
 from squeezecaffe.netgen.summary import summarize

@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from squeezecaffe.caffe_rules.blobs import blob_values, read_caffemodel
 from squeezecaffe.cli import main
 from squeezecaffe.engines.torchcaffe.loader import _SequentialBatches
 from squeezecaffe.engines.torchcaffe.options import EngineOptions
 from squeezecaffe.engines.torchcaffe.solver import Solver
-from squeezecaffe.engines.torchcaffe.weights import blob_values, read_caffemodel, save_caffemodel
+from squeezecaffe.engines.torchcaffe.weights import save_caffemodel
 from squeezecaffe.train.logs import read_log
 from tests.datasets import small_data_dir
 

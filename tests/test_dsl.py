@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from squeezecaffe.netgen.checks import check_net
+from squeezecaffe.caffe_rules.checks import NetRuleError, check_net
 from squeezecaffe.netgen.dsl import TYPE_PARAM_FIELD, NetBuilder, NetgenError, make_layer
 from squeezecaffe.proto import pb
 
@@ -62,10 +62,10 @@ def test_phase_checks_find_duplicate_tops_and_missing_blobs() -> None:
     net.layer.add(name="a", type="Input", top=["x"]).input_param.shape.add(dim=[1, 1, 2, 2])
     net.layer.add(name="b", type="ReLU", bottom=["x"], top=["y"])
     net.layer.add(name="c", type="ReLU", bottom=["x"], top=["y"])
-    with pytest.raises(NetgenError, match="layer 'c' \\(ReLU\\): top blob 'y' is already produced"):
+    with pytest.raises(NetRuleError, match="layer 'c' \\(ReLU\\): top blob 'y' is already produced"):
         check_net(net)
     net2 = pb.NetParameter()
     net2.layer.add(name="d", type="Data", top=["x"]).include.add(phase=pb.TRAIN)
     net2.layer.add(name="r", type="ReLU", bottom=["x"], top=["x"])
-    with pytest.raises(NetgenError, match=r"\(TEST\): layer 'r' \(ReLU\): bottom blob 'x'"):
+    with pytest.raises(NetRuleError, match=r"\(TEST\): layer 'r' \(ReLU\): bottom blob 'x'"):
         check_net(net2)

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from squeezecaffe.caffe_rules.blobs import blob_values, read_caffemodel
 from squeezecaffe.engines.torchcaffe.net import load_net
 from squeezecaffe.engines.torchcaffe.solver import Solver
-from squeezecaffe.engines.torchcaffe.weights import blob_values, load_caffemodel, read_caffemodel
+from squeezecaffe.engines.torchcaffe.weights import load_caffemodel
 from squeezecaffe.proto import pb, read_binary
 from tests.conftest import FIXTURES
 

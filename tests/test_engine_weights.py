@@ -16,9 +16,9 @@ from squeezecaffe.engines.torchcaffe.net import CaffeNet
 from squeezecaffe.engines.torchcaffe.weights import load_caffemodel, save_caffemodel
 from squeezecaffe.errors import UserError
 from squeezecaffe.netgen.builder import build_deploy
-from squeezecaffe.netgen.config import resolve
 from squeezecaffe.netgen.registry import MODELS, narrowed
 from squeezecaffe.proto import parse_text, pb
+from squeezecaffe.solvers.settings import resolve
 from tests.conftest import model_params, random_caffemodel
 
 

@@ -28,7 +28,7 @@ def write_model(tmp_path, deploy: pb.NetParameter, seed: int = 0):
 
 def registry_deploy(name: str, narrow: bool = False) -> pb.NetParameter:
     from squeezecaffe.netgen.builder import build_deploy
-    from squeezecaffe.netgen.config import resolve
+    from squeezecaffe.solvers.settings import resolve
 
     spec = narrowed(MODELS[name]) if narrow else MODELS[name]
     return build_deploy(spec, resolve(spec)[0])
@@ -62,8 +62,8 @@ def test_std_normalization_and_variants_export(tmp_path):
     from dataclasses import replace
 
     from squeezecaffe.netgen.builder import build_deploy
-    from squeezecaffe.netgen.config import resolve
     from squeezecaffe.netgen.variants import model_spec
+    from squeezecaffe.solvers.settings import resolve
 
     for i, name in enumerate(["cifar_resnet:blocks=1-1:widths=8-16:bottleneck=0.5",
                               "sq1_final:sr=0.25:pct3x3=0.25"]):

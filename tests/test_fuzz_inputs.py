@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from squeezecaffe.caffe_rules.blobs import read_caffemodel
 from squeezecaffe.cli import main
 from squeezecaffe.compress.container import MAGIC
-from squeezecaffe.compress.pipeline import open_sqz
+from squeezecaffe.compress.sqz import open_sqz
 from squeezecaffe.data_tools.manifest import read_manifest
-from squeezecaffe.engines.torchcaffe.weights import read_caffemodel
 from squeezecaffe.errors import UserError
 from squeezecaffe.proto import pb, read_binary
 from squeezecaffe.train import rundir

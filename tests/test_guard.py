@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from squeezecaffe.caffe_rules.blobs import blob_values, read_caffemodel
 from squeezecaffe.cli import main
-from squeezecaffe.engines.torchcaffe.weights import blob_values, read_caffemodel
+from squeezecaffe.engines.torchcaffe.adapter import TorchEngine
 from squeezecaffe.proto import pb, read_binary
+from squeezecaffe.scoring import EvalResult
 from squeezecaffe.train import runner
-from squeezecaffe.train.engine import TorchEngine
-from squeezecaffe.train.evaluate import EvalResult
 from squeezecaffe.train.guard import Diverged, DivergenceGuard, GuardOptions
 from squeezecaffe.train.logs import read_log
 from tests.conftest import TRAIN

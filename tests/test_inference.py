@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from squeezecaffe.caffe_rules.shapes import infer_net, pool_out
 from squeezecaffe.errors import UserError
 from squeezecaffe.netgen.dsl import NetBuilder
-from squeezecaffe.netgen.shapes import infer_net, pool_out
 from squeezecaffe.netgen.summary import summarize
 from squeezecaffe.proto import pb, read_text
 from tests.conftest import FIXTURES

@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
+from squeezecaffe.caffe_rules.state import filter_net, make_state
 from squeezecaffe.netgen.builder import build_deploy, build_train_val
-from squeezecaffe.netgen.config import iterations_per_epoch, resolve
-from squeezecaffe.netgen.emit import FILES, committed_model
-from squeezecaffe.netgen.registry import MODELS
-from squeezecaffe.netgen.state import filter_net, make_state
+from squeezecaffe.netgen.registry import MODELS, SOURCES
 from squeezecaffe.netgen.summary import summarize
 from squeezecaffe.proto import pb
+from squeezecaffe.solvers.generate import FILES, committed_model
+from squeezecaffe.solvers.schedule import iterations_per_epoch
+from squeezecaffe.solvers.settings import resolve
 from tests.conftest import REPO, model_params, opencv_probabilities
 
 NAMES = list(MODELS)
@@ -32,18 +33,45 @@ def summaries() -> dict:
 def test_published_parameter_count(name: str, summaries: dict) -> None:
     spec = MODELS[name]
     s = summaries[name]
-    ours = s.weights if spec.params_convention == "weights" else s.trainable
-    if spec.published_params is None:  # a row the papers give no count for must say how it was read
+    pub = spec.published
+    if pub is None or pub.params is None:  # a row the papers give no count for must say how it was read
         assert spec.reading, f"{name}: registry row has neither a published parameter count nor a reading"
         return
-    if spec.params_exact:
-        assert ours == spec.published_params
+    ours = s.weights if pub.params_convention == "weights" else s.trainable
+    if pub.params_exact:
+        assert ours == pub.params
     else:
-        assert abs(ours - spec.published_params) / spec.published_params < 0.02
-    if spec.published_params_without_bypass is not None:
-        assert s.weights_without_bypass == spec.published_params_without_bypass
-    if spec.published_depth is not None:
-        assert s.depth == spec.published_depth
+        assert abs(ours - pub.params) / pub.params < 0.02
+    if pub.params_without_bypass is not None:
+        assert s.weights_without_bypass == pub.params_without_bypass
+    if pub.depth is not None:
+        assert s.depth == pub.depth
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_published_figures_are_data_with_a_source(name: str) -> None:
+    pub = MODELS[name].published
+    if pub is None:
+        return
+    assert pub.source in SOURCES, f"{name}: unknown source {pub.source!r}"
+    for what in (pub.top1, pub.top5):
+        assert what is None or 0 < what < 1, f"{name}: accuracy {what} is not a fraction"
+    if pub.top1 is not None and pub.top5 is not None:
+        assert pub.top5 >= pub.top1
+    assert pub.caffemodel_mb is None or pub.caffemodel_mb > 0
+
+
+def test_list_prints_the_published_figures(capsys) -> None:
+    from squeezecaffe.cli import main
+
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "1,163,296 weights, val top-1 54%, top-5 77%, caffemodel 6.4 MB" in out  # fullbypass8, as the paper states it
+    assert "4,771,146 trainable, test top-1 93.11%" in out  # cifar_resnet_543
+    for name, spec in MODELS.items():
+        line = next(ln for ln in out.splitlines() if ln.split()[:1] == [name])
+        if spec.published is not None and spec.published.describe():
+            assert spec.published.describe() in line, f"{name}: {line}"
 
 
 def test_exact_figures_of_design_table(summaries: dict) -> None:
@@ -136,7 +164,7 @@ def test_solver_is_sized_in_epochs() -> None:
     cfg, sched = resolve(spec, train_size=1000, val_size=300, epochs=3, batch_size=64, test_batch_size=100)
     model = committed_model(spec)
     assert model.solver.type == "Nesterov" and model.solver.lr_policy == "poly"
-    from squeezecaffe.netgen.solver import build_solver
+    from squeezecaffe.solvers.prototxt import build_solver
 
     s = build_solver(cfg, sched, "net.prototxt", "snap/x", overrides={"base_lr": "0.01", "type": "Adam"})
     assert iterations_per_epoch(1000, 64) == 16  # ceil(1000/64)
@@ -146,8 +174,8 @@ def test_solver_is_sized_in_epochs() -> None:
 
 
 def test_input_training_net_adds_label_loss_and_frozen_statistics() -> None:
-    from squeezecaffe.netgen.inputnet import input_training_net
     from squeezecaffe.proto import pb, read_text
+    from tests.inputnet import input_training_net
     root = Path(__file__).resolve().parent.parent
     deploy = read_text(root / "prototxt" / "fullbypass12" / "deploy.prototxt", pb.NetParameter)
     net = input_training_net(deploy, 8, dropout=False)

@@ -13,9 +13,9 @@ import pytest
 from squeezecaffe.cli import main
 from squeezecaffe.errors import UserError
 from squeezecaffe.netgen.builder import build_train_val
-from squeezecaffe.netgen.recipes import MIN_ITERATIONS, PAPER, resolve_recipe, scaled_rate
 from squeezecaffe.netgen.registry import MODELS
 from squeezecaffe.proto import pb, read_text, to_text
+from squeezecaffe.solvers.recipes import MIN_ITERATIONS, PAPER, resolve_recipe, scaled_rate
 
 
 def test_the_rate_follows_the_batch() -> None:

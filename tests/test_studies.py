@@ -11,17 +11,18 @@ import numpy as np
 import pytest
 import torch
 
+from squeezecaffe.caffe_rules.blobs import blob_values, read_caffemodel
 from squeezecaffe.cli import main
 from squeezecaffe.engines.torchcaffe.net import CaffeNet
-from squeezecaffe.engines.torchcaffe.weights import blob_values, read_caffemodel
 from squeezecaffe.errors import UserError
 from squeezecaffe.netgen.builder import build_deploy, build_train_val
-from squeezecaffe.netgen.config import resolve
-from squeezecaffe.netgen.emit import generate
-from squeezecaffe.netgen.finetune import fit_weights, freeze
-from squeezecaffe.netgen.recipes import resolve_recipe
+from squeezecaffe.netgen.freeze import freeze
 from squeezecaffe.netgen.variants import model_spec
 from squeezecaffe.proto import pb, read_text
+from squeezecaffe.solvers.generate import generate
+from squeezecaffe.solvers.recipes import resolve_recipe
+from squeezecaffe.solvers.settings import resolve
+from squeezecaffe.train.finetune import fit_weights
 from tests.conftest import random_caffemodel
 from tests.datasets import write_class_folders
 from tests.test_importers import cifar10_binary

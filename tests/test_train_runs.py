@@ -248,7 +248,7 @@ def test_tensorboard_without_the_extra_is_one_line(data: Path, tmp_path: Path, c
 
 
 def _weights_of(path: Path) -> dict[str, list]:
-    from squeezecaffe.engines.torchcaffe.weights import blob_values, read_caffemodel
+    from squeezecaffe.caffe_rules.blobs import blob_values, read_caffemodel
 
     return {lp.name: [blob_values(b).tolist() for b in lp.blobs] for lp in read_caffemodel(path).layer}
 

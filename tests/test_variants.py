@@ -10,11 +10,11 @@ import pytest
 from squeezecaffe.cli import main
 from squeezecaffe.errors import UserError
 from squeezecaffe.netgen.builder import build_deploy
-from squeezecaffe.netgen.config import resolve
 from squeezecaffe.netgen.registry import MODELS, Fire
 from squeezecaffe.netgen.summary import summarize
 from squeezecaffe.netgen.variants import FireDesign, model_spec
 from squeezecaffe.proto import pb, read_text
+from squeezecaffe.solvers.settings import resolve
 from tests.conftest import opencv_probabilities
 
 
@@ -34,7 +34,7 @@ def test_default_metaparameters_are_squeezenet_v1_0() -> None:
     assert [design.fire(i) for i in range(8)] == [(16, 64, 64), (16, 64, 64), (32, 128, 128), (32, 128, 128),
                                                   (48, 192, 192), (48, 192, 192), (64, 256, 256), (64, 256, 256)]
     spelled_out = "squeezenet_v1_0:base_e=128:incr_e=128:freq=2:pct3x3=0.5:sr=0.125"
-    assert trainable(spelled_out) == 1_248_424 == MODELS["squeezenet_v1_0"].published_params
+    assert trainable(spelled_out) == 1_248_424 == MODELS["squeezenet_v1_0"].published.params
 
 
 @pytest.mark.parametrize("row", ["squeezenet_v1_1", "simple_bypass_v1_0", "complex_bypass_v1_0", "original8",
@@ -93,7 +93,7 @@ def test_bad_variants_are_one_line_errors(name: str, message: str) -> None:
                                          ("2-1-1-1", "cifar_resnet_2111"), ("1-1-1-1", "cifar_resnet_1111"),
                                          ("5-4-3", "cifar_resnet_543")])
 def test_blocks_reproduce_the_published_rows(blocks: str, row: str) -> None:
-    assert trainable(f"cifar_resnet:blocks={blocks}") == MODELS[row].published_params
+    assert trainable(f"cifar_resnet:blocks={blocks}") == MODELS[row].published.params
 
 
 def test_explicit_widths_and_the_family_default() -> None:

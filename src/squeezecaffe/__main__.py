@@ -1,4 +1,4 @@
-"""`python -m squeezecaffe` (what `torchrun ... -m squeezecaffe train ...` starts on every rank)."""
+"""`python -m squeezecaffe`: the command line, as `torchrun -m squeezecaffe train` starts it on every rank."""
 
 import sys
 

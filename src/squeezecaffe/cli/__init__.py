@@ -1,6 +1,6 @@
 """`squeezecaffe <verb>`: the command line; each verb is a thin shell over a library function.
 
-The verbs live in this package by subject (netgen, data, engine, evaluation, compress, export, caffe), each module
+The verbs live in this package by subject (netgen, data, engine, train, evaluation, compress, export, caffe), each module
 registering its own; `common` holds what several of them parse.
 
 A UserError anywhere becomes one line on stderr and exit code 2; so do bad arguments.
@@ -32,10 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     from squeezecaffe.cli.caffe import register_caffe_verbs
     from squeezecaffe.cli.compress import register_compress_verbs
     from squeezecaffe.cli.data import register_data_verbs
-    from squeezecaffe.cli.engine import register_engine_verbs, register_train_verbs
+    from squeezecaffe.cli.engine import register_engine_verbs
     from squeezecaffe.cli.evaluation import register_evaluation_verbs
     from squeezecaffe.cli.export import register_export_verbs
     from squeezecaffe.cli.netgen import register_netgen_verbs
+    from squeezecaffe.cli.train import register_train_verbs
 
     register_netgen_verbs(sub)
     register_data_verbs(sub)

@@ -37,12 +37,12 @@ def is_model_name(target: str) -> bool:
 
 def add_variant_options(p: argparse.ArgumentParser) -> None:
     """The Fire design space and the ResNet family as options; they extend the model name (netgen/variants.py)."""
+    from squeezecaffe.netgen.variants import FireDesign
+
     g = p.add_argument_group("variants (Fire design space; ResNet family)")
-    g.add_argument("--base-e", type=int, help="Fire design space: expand filters of the first Fire (128)")
-    g.add_argument("--incr-e", type=int, help="Fire design space: expand filters added every FREQ Fires (128)")
-    g.add_argument("--freq", type=int, help="Fire design space: Fires per width step (2)")
-    g.add_argument("--pct3x3", type=float, help="Fire design space: share of 3x3 expand filters (0.5)")
-    g.add_argument("--sr", type=float, help="Fire design space: squeeze ratio s/e (0.125)")
+    for f in dataclasses.fields(FireDesign):  # unset unless given: the model's own design stays otherwise
+        g.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default),
+                       help=f"Fire design space: {f.metadata['help']} (v1.0: {f.default:g})")
     g.add_argument("--fire", action="append", default=[], metavar="fireN=S,E1,E3",
                    help="one Fire module's squeeze, expand1x1 and expand3x3 filters (repeatable)")
     g.add_argument("--blocks", help="ResNet: basic blocks per stage, e.g. 5-4-3 or 1-1-1-1")
@@ -53,10 +53,9 @@ def add_variant_options(p: argparse.ArgumentParser) -> None:
 
 def variant_target(model: str, args: argparse.Namespace) -> str:
     """`model` extended by the variant options given (the same string `model_spec` reads)."""
-    from squeezecaffe.netgen.variants import variant_name
+    from squeezecaffe.netgen.variants import FireDesign, variant_name
 
-    design = {key: value for key in ("base_e", "incr_e", "freq", "pct3x3", "sr")
-              if (value := getattr(args, key, None)) is not None}
+    design = {f.name: value for f in dataclasses.fields(FireDesign) if (value := getattr(args, f.name, None)) is not None}
     fires = {}
     for item in getattr(args, "fire", None) or []:
         key, sep, value = item.partition("=")

@@ -21,7 +21,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 
 def cmd_decompress(args: argparse.Namespace) -> int:
-    from squeezecaffe.compress.pipeline import decompress
+    from squeezecaffe.compress.sqz import decompress
 
     path, deploy = decompress(args.sqz, args.output, args.deploy)
     print(f"wrote {path}" + (f" and {deploy}" if deploy else ""))

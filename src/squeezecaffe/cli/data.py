@@ -59,8 +59,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_import_fashion_mnist(args: argparse.Namespace) -> int:
     """The older verb, kept as an alias of `import fashion-mnist`."""
+    from squeezecaffe.data_tools.convert import ConvertOptions
+
+    defaults = ConvertOptions()
     return cmd_import(argparse.Namespace(**vars(args), dataset="fashion-mnist", labels="fine", lmdb=None,
-                                         val_fraction=0.0, quiet=True, pad=0, pad_mode="reflect"))
+                                         val_fraction=0.0, quiet=True, pad=defaults.pad, pad_mode=defaults.pad_mode))
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -90,35 +93,31 @@ def cmd_default_data(args: argparse.Namespace) -> int:
 
 
 def register_data_verbs(sub: argparse._SubParsersAction) -> None:
+    from squeezecaffe.cli.common import add_dataclass_options
+    from squeezecaffe.data_tools.convert import ConvertOptions
+    from squeezecaffe.data_tools.layouts import DEFAULT_VAL_FRACTION
     from squeezecaffe.data_tools.mnist import DEFAULT_SOURCE
 
     p = sub.add_parser("build-lmdb", help="image folders / list files -> Caffe LMDBs + mean + labels + manifest")
     p.add_argument("src", help="Tiny ImageNet root, class-folder root, a list file, or a folder with train.txt/val.txt")
     p.add_argument("out", help="output data directory (train_lmdb/, val_lmdb/, mean.binaryproto, labels.txt, ...)")
     p.add_argument("--resize", metavar="HxW", help="resize every image (bilinear), e.g. 64x64")
-    p.add_argument("--gray", action="store_true", help="store 1-channel images")
-    p.add_argument("--encoded", action="store_true", help="store the JPEG/PNG bytes instead of raw pixels")
+    add_dataclass_options(p, ConvertOptions, only=("gray", "encoded", "seed", "max_skip", "force", "pad", "pad_mode"))
     order = p.add_mutually_exclusive_group()
     order.add_argument("--keep-order", action="store_true",
                        help="keep the listing order (class by class, as convert_imageset without --shuffle); "
                             "by default the training split is shuffled, seeded by --seed")
     order.add_argument("--shuffle", action="store_true", help="shuffle every split, not only train")
-    p.add_argument("--seed", type=int, default=0, help="seed of the shuffle and of the --val-fraction/--limit draws")
     p.add_argument("--jobs", type=int, help="decoding processes (default: all cores)")
-    p.add_argument("--max-skip", type=float, default=0.01, help="fail when more than this fraction is broken")
-    p.add_argument("--force", action="store_true", help="replace existing databases in OUT")
     p.add_argument("--val-fraction", type=float, default=None,
-                   help="hold out this fraction of train per class as val, where SRC has no val split (default: 0.1 "
-                        "there, seeded and stratified; 0 keeps none)")
+                   help=f"hold out this fraction of train per class as val, where SRC has no val split (default: "
+                        f"{DEFAULT_VAL_FRACTION:g} there, seeded and stratified; 0 keeps none)")
     p.add_argument("--limit", action="append", default=[], metavar="SPLIT=N",
                    help="keep a stratified, seeded subset of N images of SPLIT, e.g. train=20000 (repeatable)")
     p.add_argument("--root", help="folder the list file's paths are relative to (default: the list's folder)")
     p.add_argument("--classes", type=int, help="class count for list files (labels must be below it)")
-    p.add_argument("--splits", default="train,val,test", help="which splits to build (default: all present)")
-    p.add_argument("--pad", type=int, default=0,
-                   help="store every image with this border (e.g. 4 for CIFAR's pad-and-crop augmentation): nets "
-                        "then train on random crops of the stored size minus the border and test on the centre")
-    p.add_argument("--pad-mode", default="reflect", choices=["reflect", "zero"], help="how the border is filled")
+    p.add_argument("--splits", default=",".join(ConvertOptions().splits),
+                   help="which splits to build (default: all present)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_build_lmdb)
 
@@ -142,9 +141,9 @@ def register_data_verbs(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", default="fine", choices=["fine", "coarse"], help="CIFAR-100: 100 fine or 20 coarse")
     p.add_argument("--lmdb", metavar="DATA_DIR", help="also build a data directory from it (as build-lmdb)")
     p.add_argument("--val-fraction", type=float, default=None,
-                   help="with --lmdb: share of train held out as val (default: as build-lmdb, 0.1)")
-    p.add_argument("--pad", type=int, default=0, help="with --lmdb: border stored around every image (build-lmdb)")
-    p.add_argument("--pad-mode", default="reflect", choices=["reflect", "zero"], help="with --lmdb: how it is filled")
+                   help=f"with --lmdb: share of train held out as val (default: as build-lmdb, {DEFAULT_VAL_FRACTION:g})")
+    lmdb = p.add_argument_group("with --lmdb, as build-lmdb")
+    add_dataclass_options(lmdb, ConvertOptions, only=("pad", "pad_mode"))
     p.add_argument("--jobs", type=int, help="writer processes (default: all cores)")
     p.add_argument("--force", action="store_true", help="replace OUT (and DATA_DIR)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

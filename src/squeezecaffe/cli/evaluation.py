@@ -36,7 +36,7 @@ def _prepare(args: argparse.Namespace, data: str | None, out_dir: Path | None):
         args.engine = "onnxruntime"
         carried = open_onnx(weights)
     elif weights.endswith(".sqz"):
-        from squeezecaffe.compress.pipeline import open_sqz
+        from squeezecaffe.compress.sqz import open_sqz
 
         weights, carried = open_sqz(weights)
     prepared = prepare(weights, net=args.net, model=args.model, data=data, mean_value=args.mean_value,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from squeezecaffe.cli.common import (
@@ -18,22 +19,18 @@ from squeezecaffe.errors import UserError
 
 
 def _add_net_overrides(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--classes", type=int, help="number of classes (default: the model's dataset)")
-    p.add_argument("--input", help="network input HxW, e.g. 64x64")
-    p.add_argument("--batch-size", type=int, help="TRAIN batch size")
-    p.add_argument("--test-batch-size", type=int, help="TEST batch size")
-    p.add_argument("--train-size", type=int, help="training images (sizes max_iter and snapshots)")
-    p.add_argument("--val-size", type=int, help="validation images (sizes test_iter)")
-    p.add_argument("--epochs", type=int, help="training epochs")
-    p.add_argument("--data", help="a data directory written by build-lmdb (classes, sizes and mean from its manifest)")
+    from squeezecaffe.solvers.request import GenerationRequest
+
+    add_dataclass_options(p, GenerationRequest, only=("classes", "input", "batch_size", "test_batch_size",
+                                                       "train_size", "val_size", "epochs", "data", "mean_file"))
     add_variant_options(p)
-    p.add_argument("--mean-file", action="store_true", help="use DATA/mean.binaryproto instead of per-channel mean_value")
     p.add_argument("--solver-set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any SolverParameter field, e.g. base_lr=0.01 (repeatable)")
 
 
 def _resolve_from_args(args: argparse.Namespace, spec):
-    from squeezecaffe.netgen.config import parse_hw, resolve
+    from squeezecaffe.netgen.config import parse_hw
+    from squeezecaffe.solvers.settings import resolve
 
     return resolve(
         spec, classes=args.classes, input_size=parse_hw(args.input) if args.input else None,
@@ -52,7 +49,7 @@ def _load_net_or_model(target: str, args: argparse.Namespace):
         spec = model_spec(variant_target(target, args))
         cfg, _ = _resolve_from_args(args, spec)
         return build_deploy(spec, cfg), None
-    from squeezecaffe.netgen.checks import check_net
+    from squeezecaffe.caffe_rules.checks import check_net
     from squeezecaffe.netgen.config import parse_hw
 
     net = read_text(target, pb.NetParameter)
@@ -66,16 +63,23 @@ def _load_net_or_model(target: str, args: argparse.Namespace):
 
 def cmd_list(args: argparse.Namespace) -> int:
     from squeezecaffe.netgen.builder import build_deploy
-    from squeezecaffe.netgen.config import resolve
-    from squeezecaffe.netgen.registry import MODELS
+    from squeezecaffe.netgen.registry import MODELS, SOURCES
     from squeezecaffe.netgen.summary import summarize
+    from squeezecaffe.solvers.settings import resolve
 
-    print(f"{'model':22s} {'input':>9s} {'classes':>7s} {'weights':>11s} {'trainable':>11s}  description")
+    print(f"{'model':22s} {'input':>9s} {'classes':>7s} {'weights':>11s} {'trainable':>11s}  "
+          f"{'published':64s}  description")
+    sources = set()
     for spec in MODELS.values():
         cfg, _ = resolve(spec)
         s = summarize(build_deploy(spec, cfg))
         h, w = cfg.input_size
-        print(f"{spec.name:22s} {f'{h}x{w}x3':>9s} {cfg.classes:7d} {s.weights:11,} {s.trainable:11,}  {spec.description}")
+        published = spec.published.describe() if spec.published else ""
+        if published:
+            sources.add(spec.published.source)
+        print(f"{spec.name:22s} {f'{h}x{w}x3':>9s} {cfg.classes:7d} {s.weights:11,} {s.trainable:11,}  "
+              f"{published or '-':64s}  {spec.description}")
+    print("\npublished figures as their sources state them: " + "; ".join(SOURCES[k] for k in sorted(sources)))
     return 0
 
 
@@ -88,52 +92,37 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_gen(args: argparse.Namespace) -> int:
-    from squeezecaffe.netgen.config import parse_hw
-    from squeezecaffe.netgen.emit import generate, write_generated
-    from squeezecaffe.netgen.recipes import resolve_recipe
-    from squeezecaffe.netgen.variants import file_stem, model_spec
+    from squeezecaffe.solvers.request import GenerationRequest, generate_run
 
-    spec = model_spec(variant_target(args.model, args))
-    result = resolve_recipe(
-        spec, args.recipe, classes=args.classes, input_size=parse_hw(args.input) if args.input else None,
-        batch_size=args.batch_size, test_batch_size=args.test_batch_size, train_size=args.train_size,
-        val_size=args.val_size, epochs=args.epochs, data_dir=args.data, use_mean_file=args.mean_file,
-        normalize=args.normalize)
-    cfg, sched = result.cfg, result.sched
-    values = dict(result.values)
-    out = Path(args.out)
     overrides = parse_overrides(args.solver_set)
     if args.base_lr is not None:
         overrides["base_lr"] = args.base_lr
+    request = GenerationRequest(
+        model=variant_target(args.model, args), data=args.data, recipe=args.recipe, input=args.input,
+        classes=args.classes, batch_size=args.batch_size, test_batch_size=args.test_batch_size,
+        train_size=args.train_size, val_size=args.val_size, epochs=args.epochs, normalize=args.normalize,
+        mean_file=args.mean_file, freeze=tuple(freeze_list(args)), solver_set=overrides)
 
-    def write() -> list[Path]:
-        model = generate(spec, out, cfg, sched, overrides,
-                         snapshot_prefix=str(out / "snapshots" / file_stem(spec.name)),
-                         freeze_layers=tuple(freeze_list(args)))
-        return write_generated(model, out)
-
-    if overrides.get("base_lr") == "auto":
+    def find_rate(write_nets):
         from squeezecaffe.train.lr_find import auto_base_lr
 
-        if not args.data:
-            raise UserError("--base-lr auto runs the LR range test on the data: give --data DIR")
-        overrides.pop("base_lr")
-        rate, found = auto_base_lr(lambda: next(p for p in write() if p.name == "solver.prototxt"), out,
-                                   f"{spec.name}: LR range test",
-                                   seed=0)
-        overrides["base_lr"] = str(rate)
-        values.update(found)
-    print(f"recipe {args.recipe}: " + ", ".join(f"{k} {v}" for k, v in values.items() if k != "recipe"))
-    for path in write():
+        return auto_base_lr(write_nets, Path(args.out), f"{request.model}: LR range test", seed=0)
+
+    run = generate_run(request, Path(args.out), find_rate=find_rate)
+    shown = {k: v for k, v in run.recipe.items() if k not in ("recipe", "frozen") and not k.startswith("solver_set.")}
+    print(f"recipe {args.recipe}: " + ", ".join(f"{k} {v}" for k, v in shown.items()))
+    for path in run.files:
         print(path)
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from squeezecaffe.netgen.sweep import format_table, sweep
+    from squeezecaffe.netgen.variants import FireDesign
+    from squeezecaffe.solvers.sweep import format_table, sweep
 
     grid: dict[str, list[float]] = {}
-    for key, kind in (("base_e", int), ("incr_e", int), ("freq", int), ("sr", float), ("pct3x3", float)):
+    for f in dataclasses.fields(FireDesign):
+        key, kind = f.name, type(f.default)
         text = getattr(args, key)
         if text:
             try:
@@ -150,7 +139,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_prototxt(args: argparse.Namespace) -> int:
-    from squeezecaffe.netgen.emit import write_committed
+    from squeezecaffe.solvers.generate import write_committed
 
     paths = write_committed(args.root)
     print(f"wrote {len(paths)} files under {Path(args.root) / 'prototxt'}")
@@ -166,7 +155,8 @@ def cmd_draw(args: argparse.Namespace) -> int:
 
 
 def register_netgen_verbs(sub: argparse._SubParsersAction) -> None:
-    from squeezecaffe.train.config import TrainConfig
+    from squeezecaffe.netgen.variants import FireDesign
+    from squeezecaffe.solvers.request import GenerationRequest
 
     p = sub.add_parser("list", help="registered models with input, classes and parameter counts")
     p.set_defaults(func=cmd_list)
@@ -180,7 +170,7 @@ def register_netgen_verbs(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model")
     p.add_argument("--out", required=True, help="output directory")
     _add_net_overrides(p)
-    add_dataclass_options(p, TrainConfig, only=("recipe", "normalize"))  # the same settings as `train`'s
+    add_dataclass_options(p, GenerationRequest, only=("recipe", "normalize"))
     add_schedule_choices(p)
     p.set_defaults(func=cmd_gen)
 
@@ -188,11 +178,10 @@ def register_netgen_verbs(sub: argparse._SubParsersAction) -> None:
                                      "with a table of parameters, MB and MFLOPs per point")
     p.add_argument("model", help="a model whose Fires follow the design space (e.g. squeezenet_v1_0)")
     p.add_argument("-o", "--out", required=True, help="output directory: one folder per point + table.md/json")
-    for key, what in (("--sr", "squeeze ratios"), ("--pct3x3", "shares of 3x3 expand filters"),
-                      ("--base-e", "base_e values"), ("--incr-e", "incr_e values"), ("--freq", "freq values")):
-        p.add_argument(key, help=f"{what}, comma-separated")
-    add_dataclass_options(p, TrainConfig, only=("recipe",))
-    p.add_argument("--data", help="size every point's input/classes from a build-lmdb data directory")
+    for f in dataclasses.fields(FireDesign):
+        p.add_argument(f"--{f.name.replace('_', '-')}", help=f"{f.metadata['help']}: values, comma-separated "
+                                                           f"(v1.0: {f.default:g})")
+    add_dataclass_options(p, GenerationRequest, only=("recipe", "data"))
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("prototxt", help="regenerate the committed prototxt/<model>/ files of every model")

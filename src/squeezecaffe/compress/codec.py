@@ -128,7 +128,7 @@ def decode_blob(box: Container, entry: dict, name: str) -> np.ndarray:
 
 def encode_model(model: pb.NetParameter, coded: dict[str, CodedBlob], header: dict) -> tuple[bytes, dict[str, int]]:
     """The .sqz bytes of `model` with `coded` (layer -> its weight blob) quantized; and bytes per layer."""
-    from squeezecaffe.engines.torchcaffe.weights import blob_shape, blob_values
+    from squeezecaffe.caffe_rules.blobs import blob_shape, blob_values
 
     sections = SectionWriter()
     layers, sizes = [], {}

@@ -7,8 +7,9 @@ per folder, with the top-1 of every stage on the data when there is data.
                     table.md, report.json
 
 Retraining is a normal training run of the registry model on the data (torch engine), started from the stage's
-weights with the stage's constraints held through every update (engines/torchcaffe/constraints.py), at a tenth of
-the source run's rate by default (fine-tuning), decayed by the model's `poly` policy over --retrain-epochs.
+weights with the stage's constraints held through every update (engines/torchcaffe/constraints.py), at
+RETRAIN_LR_FACTOR of the source run's rate by default (compress/options.py), decayed by the model's `poly` policy
+over --retrain-epochs. The .sqz file itself is read back by compress/sqz.py.
 """
 
 from __future__ import annotations
@@ -23,17 +24,18 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from squeezecaffe.caffe_rules.blobs import blob_shape, blob_values, read_caffemodel
 from squeezecaffe.compress.codec import CodedBlob, decode_model, encode_model
 from squeezecaffe.compress.container import Container
 from squeezecaffe.compress.kmeans import kmeans_1d
 from squeezecaffe.compress.options import RETRAIN_LR_FACTOR, RETRAIN_MIN_ITERATIONS, CompressOptions
 from squeezecaffe.compress.plan import PAPER_MIB, PAPER_TOTAL_KEPT, BlobPlan, make_plan
 from squeezecaffe.compress.prune import magnitude_mask
+from squeezecaffe.compress.sqz import same_weights
 from squeezecaffe.compress.table import Row, build_rows, fixed_width, format_rows, paper_comparison, rows_json
 from squeezecaffe.engines.torchcaffe.constraints import BlobConstraint, save_constraints
-from squeezecaffe.engines.torchcaffe.weights import blob_shape, blob_values, read_caffemodel
 from squeezecaffe.errors import UserError
-from squeezecaffe.evaluation.artifacts import Artifacts, Carried, carried_from, resolve_artifacts
+from squeezecaffe.evaluation.artifacts import Artifacts, resolve_artifacts
 from squeezecaffe.fileio import atomic_copy, atomic_write_bytes, atomic_write_text, ensure_writable_dir
 from squeezecaffe.proto import pb, read_text, set_float_data, to_text, write_binary
 
@@ -134,39 +136,39 @@ def read_shared_values(model: pb.NetParameter, coded: dict[str, CodedBlob], wher
 
 @dataclass
 class _Retrain:
-    """What a retraining run needs, read from the source run (or --model/--data)."""
+    """What a retraining run needs: the source run's settings (or a fresh run's, with --model/--data) and its rate."""
 
-    model: str
-    data: str
+    base: TrainConfig  # model, data and batch set; every other setting as the source run had it
     base_lr: float
-    batch_size: int | None
-    extra: dict  # TrainConfig values the source run set that its retraining keeps
-    channels_last: bool = False
+
+    @property
+    def model(self) -> str:
+        return str(self.base.model)
+
+    @property
+    def data(self) -> str:
+        return str(self.base.data)
 
 
 def _retrain_context(art: Artifacts, model: str | None, options: CompressOptions) -> _Retrain | None:
-    from dataclasses import asdict
-
-    from squeezecaffe.train.config import read_run_config
+    from squeezecaffe.train.config import TrainConfig, read_run_config
 
     source = read_run_config(art.run_dir)[0] if art.run_dir else None
-    config = asdict(source) if source else {}
-    name = model or config.get("model")
-    data = options.data or config.get("data")
+    name = model or (source.model if source else None)
+    data = options.data or (source.data if source else None)
     if not name or not data or art.data_dir is None:
         return None
-    extra = {k: config[k] for k in ("input", "recipe", "allow_sorted", "workers", "test_batch_size") if k in config}
-    batch = options.batch_size or config.get("batch_size")
-    if art.run_dir and (art.run_dir / "solver.prototxt").is_file() and config.get("model") == name:
+    base = replace(source or TrainConfig(), model=name, data=str(art.data_dir),
+                   batch_size=options.batch_size or (source.batch_size if source else None))
+    if art.run_dir and (art.run_dir / "solver.prototxt").is_file() and source and source.model == name:
         base_lr = read_text(art.run_dir / "solver.prototxt", pb.SolverParameter).base_lr
     else:
-        from squeezecaffe.netgen.recipes import resolve_recipe
         from squeezecaffe.netgen.variants import model_spec
+        from squeezecaffe.solvers.recipes import resolve_recipe
 
-        base_lr = resolve_recipe(model_spec(name), extra.get("recipe", "default"), batch_size=batch,
+        base_lr = resolve_recipe(model_spec(name), base.recipe, batch_size=base.batch_size,
                                  data_dir=str(art.data_dir)).sched.base_lr
-    return _Retrain(name, str(art.data_dir), base_lr, batch, extra,
-                    channels_last=bool(source and source.device_options.channels_last))
+    return _Retrain(base, base_lr)
 
 
 def retraining_epochs(ctx: _Retrain, options: CompressOptions) -> tuple[int, int]:
@@ -174,11 +176,11 @@ def retraining_epochs(ctx: _Retrain, options: CompressOptions) -> tuple[int, int
     until the stage runs RETRAIN_MIN_ITERATIONS iterations."""
     import math
 
-    from squeezecaffe.netgen.config import iterations_per_epoch
-    from squeezecaffe.netgen.recipes import resolve_recipe
     from squeezecaffe.netgen.variants import model_spec
+    from squeezecaffe.solvers.recipes import resolve_recipe
+    from squeezecaffe.solvers.schedule import iterations_per_epoch
 
-    resolved = resolve_recipe(model_spec(ctx.model), ctx.extra.get("recipe", "default"), batch_size=ctx.batch_size,
+    resolved = resolve_recipe(model_spec(ctx.model), ctx.base.recipe, batch_size=ctx.base.batch_size,
                               data_dir=ctx.data)
     epoch = iterations_per_epoch(resolved.sched.train_size, resolved.cfg.batch_size, resolved.sched.iter_size)
     if options.retrain_epochs is not None:
@@ -187,35 +189,32 @@ def retraining_epochs(ctx: _Retrain, options: CompressOptions) -> tuple[int, int
 
 
 def _stage_config(ctx: _Retrain, options: CompressOptions, **fields) -> TrainConfig:
-    """The settings of a stage's run (retraining, or BatchNorm re-estimation): the source run's model, data, batch
-    and kept settings, this verb's device and seed; `fields` add the stage's own."""
-    from squeezecaffe.engines.device import DeviceOptions
-    from squeezecaffe.train.config import TrainConfig
-    from squeezecaffe.train.plateau import PlateauOptions
+    """The settings of a stage's run (retraining, or BatchNorm re-estimation): the source run's, with what a stage
+    decides for itself replaced: the torch engine, this verb's device and seed, the generated solver at the stage's
+    own length and rate (no hand-written solver, no solver fields of the source's), no initial weights, constraints
+    or frozen layers of the source's; `fields` add the stage's own."""
 
-    # the stage runs the length the verb chose and printed: the plateau controller acts, the early stop does not
-    return TrainConfig(model=ctx.model, data=ctx.data, batch_size=ctx.batch_size, engine="torch",
-                       device_options=DeviceOptions(device=options.device, channels_last=ctx.channels_last),
-                       seed=options.seed, plateau=PlateauOptions(early_stop=False), **ctx.extra, **fields)
+    base = ctx.base
+    stage = replace(base, solver=None, engine="torch", epochs=None, classes=None, solver_set={}, weights=None,
+                    constraints=None, freeze=[], tensorboard=False, seed=options.seed,
+                    device_options=replace(base.device_options, device=options.device),
+                    # the stage runs the length the verb chose and printed: the plateau controller acts, the early
+                    # stop does not
+                    plateau=replace(base.plateau, early_stop=False))
+    return replace(stage, **fields)
 
 
 def _retrain(stage_dir: Path, weights: Path, constraints: Path, ctx: _Retrain, options: CompressOptions,
              epochs: int) -> Path:
-    from squeezecaffe.train.rundir import RunLock
-    from squeezecaffe.train.runner import Trainer, prepare_run
+    from squeezecaffe.train.launch import launch
 
     rate = options.retrain_lr if options.retrain_lr is not None else RETRAIN_LR_FACTOR * ctx.base_lr
     cfg = _stage_config(ctx, options, epochs=epochs, solver_set={"base_lr": f"{rate:.6g}"}, keep=1,
                         weights=str(weights.resolve()), constraints=str(constraints.resolve()),
                         centroid_gradient=options.centroid_gradient)
     run_dir = stage_dir / "retrain"
-    lock = RunLock(run_dir)
-    try:
-        prepare_run(cfg, run_dir, lock)
-        if Trainer(run_dir, echo=options.progress, progress=options.progress).run() != 0:
-            raise UserError(f"{run_dir}: the retraining was stopped by a signal; run compress again")
-    finally:
-        lock.release()
+    if launch(cfg, run_dir, progress=options.progress, echo=options.progress) != 0:
+        raise UserError(f"{run_dir}: the retraining was stopped by a signal; run compress again")
     best = run_dir / "best.caffemodel"
     if not best.is_file():
         raise UserError(f"{run_dir}: retraining finished no epoch (no best.caffemodel)")
@@ -240,7 +239,8 @@ def _recalibrate(stage_dir: Path, model: pb.NetParameter, ctx: _Retrain, options
     cfg = _stage_config(ctx, options, epochs=1)
     solver_path, _ = generate_run_files(cfg, folder)
     net_path = Path(read_text(solver_path, pb.SolverParameter).net)
-    engine_options = EngineOptions(device=options.device, channels_last=ctx.channels_last, workers=cfg.workers)
+    engine_options = EngineOptions(device=options.device, channels_last=cfg.device_options.channels_last,
+                                   workers=cfg.workers)
     return reestimated_model(net_path, model, options.bn_images, engine_options, options.seed)
 
 
@@ -372,7 +372,7 @@ def compress(source: str, out: str | Path, options: CompressOptions, *, model: s
     data, sizes = encode_model(quantized, coded, header)
     box = Container(data, str(folder / "model.sqz"))
     decoded = decode_model(box)
-    _same_weights(quantized, decoded, box.where)  # before the file exists: never a .sqz that decodes wrongly
+    same_weights(quantized, decoded, box.where)  # before the file exists: never a .sqz that decodes wrongly
     sqz = atomic_write_bytes(folder / "model.sqz", data)
     caffemodel = write_binary(folder / "model.caffemodel", decoded)
     final = stage("final (.sqz decoded)", caffemodel, folder)
@@ -413,57 +413,3 @@ def _table_lines(sqz: Path, rows: list[Row], stages: list[Stage], options: Compr
         top5 = f"{100 * s.top5:.2f}%" if s.top5 is not None else "-"
         lines.append(f"| {s.name} | {top1} | {top5} | {s.weights} |")
     return lines, paper
-
-
-def _same_weights(a: pb.NetParameter, b: pb.NetParameter, where: str) -> None:
-    """Bit-identical blobs, layer by layer: the container must give back exactly what it was given."""
-    theirs = {lp.name: lp for lp in b.layer}
-    for lp in a.layer:
-        if not len(lp.blobs):
-            continue
-        other = theirs.get(lp.name)
-        if other is None or len(other.blobs) != len(lp.blobs):
-            raise UserError(f"{where}: decoding lost layer '{lp.name}'")
-        for x, y in zip(lp.blobs, other.blobs, strict=True):
-            if not np.array_equal(blob_values(x).astype(np.float32).view(np.uint32),
-                                  blob_values(y).astype(np.float32).view(np.uint32)):
-                raise UserError(f"{where}: layer '{lp.name}' decodes to different values (a codec error)")
-
-
-def decompress(sqz: str | Path, output: str | Path, deploy: str | Path | None = None) -> tuple[Path, Path | None]:
-    """A .sqz -> a dense .caffemodel (and the deploy.prototxt the container carries, when asked)."""
-    from squeezecaffe.compress.container import read_container
-
-    for target in (output, deploy):
-        if target is not None:
-            ensure_writable_dir(Path(target).parent, "cannot write the output there")
-    box = read_container(sqz)
-    model = decode_model(box)
-    path = write_binary(output, model)
-    deploy_path = None
-    if deploy is not None:
-        text = box.header.get("deploy")
-        if text is not None and not isinstance(text, str):
-            raise UserError(f"{sqz}: its deploy net is a {type(text).__name__}, not text")
-        if not text:
-            raise UserError(f"{sqz}: carries no deploy net (compressed without one); give --net when you use it")
-        deploy_path = atomic_write_text(deploy, text)
-    return path, deploy_path
-
-
-def open_sqz(path: str) -> tuple[str, Carried]:
-    """A .sqz decoded for `eval`/`classify`/`export`: (its dense .caffemodel in a temporary folder removed at exit,
-    what it carries: deploy net, TEST transform, data directory)."""
-    import atexit
-    import tempfile
-
-    from squeezecaffe.compress.container import read_container
-
-    box = read_container(path)
-    folder = Path(tempfile.mkdtemp(prefix="squeezecaffe-sqz-"))
-    atexit.register(shutil.rmtree, folder, True)
-    stem = Path(path).name.removesuffix(".sqz")
-    weights = write_binary(folder / f"{stem}.caffemodel", decode_model(box))
-    h = box.header
-    return str(weights), carried_from(h.get("deploy"), h.get("transform"), h.get("data"), stem, path,
-                                      h.get("labels"), h.get("stored_size"))

@@ -68,7 +68,7 @@ class BlobPlan:
 
 def weight_layers(model: pb.NetParameter) -> list[tuple[str, str, tuple[int, ...]]]:
     """(layer, kind, weight shape) of every layer with a weight blob, in net order."""
-    from squeezecaffe.engines.torchcaffe.weights import blob_shape
+    from squeezecaffe.caffe_rules.blobs import blob_shape
 
     out = []
     for lp in model.layer:

@@ -47,7 +47,7 @@ def build_rows(model: pb.NetParameter, plans: list[BlobPlan], kept: dict[str, in
                file_size: int, fixed: dict[str, int] | None = None) -> list[Row]:
     """One row per weight layer, one for every other layer with blobs (float32), one for the container's header
     and a total (whose bytes_after is the file's size)."""
-    from squeezecaffe.engines.torchcaffe.weights import blob_shape
+    from squeezecaffe.caffe_rules.blobs import blob_shape
 
     by_name = {p.layer: p for p in plans}
     rows, others = [], Row("other layers (float32)", 0, None, 0, 32, None, 0, 0)

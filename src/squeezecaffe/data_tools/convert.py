@@ -49,6 +49,7 @@ from squeezecaffe.data_tools.mean import (
 )
 from squeezecaffe.errors import UserError
 from squeezecaffe.fileio import atomic_write_text, ensure_writable_dir
+from squeezecaffe.options import NOT_AN_OPTION, option
 
 CHUNK = 256  # images a worker decodes before its turn to write them (one LMDB transaction)
 assert CHUNK * 255 < 1 << 16, "a chunk's pixel sums are kept in uint16"
@@ -56,20 +57,24 @@ assert CHUNK * 255 < 1 << 16, "a chunk's pixel sums are kept in uint16"
 
 @dataclass
 class ConvertOptions:
-    resize: tuple[int, int] | None = None
-    gray: bool = False
-    encoded: bool = False
+    """build-lmdb's settings; the fields that are options carry their default and help here (cli/data.py builds
+    `build-lmdb`'s and `import`'s options from them)."""
+
+    resize: tuple[int, int] | None = field(default=None, metadata=NOT_AN_OPTION)  # --resize HxW
+    gray: bool = option(False, "store 1-channel images")
+    encoded: bool = option(False, "store the JPEG/PNG bytes instead of raw pixels")
     # Record order: "train" (the default) shuffles the training split, seeded, so batches mix the classes; "all"
     # shuffles every split; "none" keeps the listing order (convert_imageset's default: class by class).
-    shuffle: str = "train"
-    seed: int = 0
-    jobs: int = 0  # 0 = all cores
-    max_skip: float = 0.01  # fraction of a split that may fail before the command fails
-    force: bool = False
-    splits: tuple[str, ...] = ("train", "val", "test")
-    progress: bool = True
-    pad: int = 0  # border stored around every image (reflect or zero), for random-crop augmentation
-    pad_mode: str = "reflect"
+    shuffle: str = field(default="train", metadata=NOT_AN_OPTION)  # --keep-order / --shuffle
+    seed: int = option(0, "seed of the shuffle and of the --val-fraction/--limit draws")
+    jobs: int = field(default=0, metadata=NOT_AN_OPTION)  # 0 = all cores (--jobs)
+    max_skip: float = option(0.01, "fail when more than this fraction of a split is broken")
+    force: bool = option(False, "replace existing databases in OUT")
+    splits: tuple[str, ...] = field(default=("train", "val", "test"), metadata=NOT_AN_OPTION)  # --splits a,b
+    progress: bool = field(default=True, metadata=NOT_AN_OPTION)  # --quiet
+    pad: int = option(0, "store every image with this border (e.g. 4 for CIFAR's pad-and-crop augmentation): nets "
+                         "then train on random crops of the stored size minus the border and test on the centre")
+    pad_mode: str = option("reflect", "how the border is filled", choices=["reflect", "zero"])
 
 
 @dataclass

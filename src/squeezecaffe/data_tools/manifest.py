@@ -1,4 +1,4 @@
-"""The manifest a data directory carries: what `build-lmdb` wrote, read by netgen and training.
+"""The manifest a data directory carries: what `build-lmdb` wrote, read by the solver settings (solvers/settings.py) and training.
 
 A data directory (`OUT` of build-lmdb) holds `manifest.json` next to `train_lmdb/`, `val_lmdb/`,
 `labels.txt` and `mean.binaryproto`; nets and solvers are sized from it.

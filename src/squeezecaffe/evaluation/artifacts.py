@@ -118,7 +118,7 @@ def _input_shape(net: pb.NetParameter, where: str) -> tuple[int, int, int]:
 
 def _test_transform(train_val: Path) -> pb.TransformationParameter | None:
     """The transform of the Data layer Caffe's include/exclude rules put in the TEST net, never mirrored."""
-    from squeezecaffe.netgen.state import filter_net, make_state
+    from squeezecaffe.caffe_rules.state import filter_net, make_state
 
     net = read_text(train_val, pb.NetParameter)
     for lp in filter_net(net, make_state(pb.TEST)).layer:
@@ -148,8 +148,8 @@ def _labels(data_dir: Path | None, classes: int, where: str, carried: list[Class
 
 def _output_classes(deploy: pb.NetParameter, where: str) -> int:
     """Classes = the width of the net's last learned layer (conv10 or the classifier InnerProduct)."""
-    from squeezecaffe.netgen.shapes import infer_layers
-    from squeezecaffe.netgen.state import filter_net, make_state
+    from squeezecaffe.caffe_rules.shapes import infer_layers
+    from squeezecaffe.caffe_rules.state import filter_net, make_state
 
     infos = infer_layers(filter_net(deploy, make_state("TEST")), where=where)
     shape = infos[-1].top_shapes[0] if infos and infos[-1].top_shapes else ()
@@ -239,8 +239,8 @@ def resolve_artifacts(weights: str, *, net: str | None = None, model: str | None
 def _generated_deploy(model: str, data_dir: Path | None, out_dir: Path) -> tuple[pb.NetParameter, Path]:
     """The registered model's deploy net, sized by the data directory when there is one."""
     from squeezecaffe.netgen.builder import build_deploy
-    from squeezecaffe.netgen.config import resolve
     from squeezecaffe.netgen.variants import file_stem, model_spec
+    from squeezecaffe.solvers.settings import resolve
 
     spec = model_spec(model)
     cfg, _ = resolve(spec, data_dir=data_dir)

@@ -51,7 +51,7 @@ class ExportReport:
 
 
 def _weights(path: Path) -> dict[str, list[np.ndarray]]:
-    from squeezecaffe.engines.torchcaffe.weights import blob_shape, blob_values, read_caffemodel
+    from squeezecaffe.caffe_rules.blobs import blob_shape, blob_values, read_caffemodel
 
     return {lp.name: [blob_values(b).astype(np.float32).reshape(blob_shape(b)) for b in lp.blobs]
             for lp in read_caffemodel(path).layer if len(lp.blobs)}
@@ -134,7 +134,7 @@ def export_onnx(weights: str, output: str | Path, options: ExportOptions, *, net
     ensure_writable_dir(output.parent, "cannot write the .onnx there")
     carried = None
     if weights.endswith(".sqz"):
-        from squeezecaffe.compress.pipeline import open_sqz
+        from squeezecaffe.compress.sqz import open_sqz
 
         weights, carried = open_sqz(weights)
     art = resolve_artifacts(weights, net=net, model=model, data=options.data, out_dir=output.parent, carried=carried)

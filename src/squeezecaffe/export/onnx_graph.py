@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from squeezecaffe.caffe_rules.shapes import conv_geometry, infer_layers, pool_geometry, pool_out
+from squeezecaffe.caffe_rules.state import filter_net, make_state
 from squeezecaffe.errors import UserError
-from squeezecaffe.netgen.shapes import conv_geometry, infer_layers, pool_geometry, pool_out
-from squeezecaffe.netgen.state import filter_net, make_state
 from squeezecaffe.proto import pb
 
 MIN_OPSET = 13

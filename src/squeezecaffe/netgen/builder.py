@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from squeezecaffe.caffe_rules.checks import check_net
 from squeezecaffe.netgen import modules
-from squeezecaffe.netgen.checks import check_net
 from squeezecaffe.netgen.config import NetConfig
 from squeezecaffe.netgen.dsl import NetBuilder, NetgenError
 from squeezecaffe.netgen.modules import ConvStyle

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from squeezecaffe.caffe_rules.shapes import infer_net
 from squeezecaffe.fileio import atomic_savefig
-from squeezecaffe.netgen.shapes import infer_net
 from squeezecaffe.proto import pb
 
 _COLORS = {"Convolution": "#cfe2f3", "Pooling": "#fce5cd", "Concat": "#d9ead3", "Eltwise": "#f4cccc",

@@ -19,11 +19,11 @@ from typing import Any
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from squeezecaffe.errors import UserError
+from squeezecaffe.caffe_rules.checks import NetRuleError
 from squeezecaffe.proto import pb
 
 
-class NetgenError(UserError):
+class NetgenError(NetRuleError):
     """A net definition that cannot be built (unknown keyword, missing blob, duplicate top)."""
 
 

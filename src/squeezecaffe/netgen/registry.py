@@ -139,6 +139,48 @@ CIFAR10 = DatasetDefaults(
     epochs=150, base_lr=0.1, weight_decay=5e-4)
 
 
+# ------------------------------------------------------------------ published figures
+
+SOURCES = {
+    "squeezenet": "Iandola et al., SqueezeNet (2016), Table 2 and Section 5",
+    "tiny": "the Tiny-ImageNet SqueezeNet-with-bypass study, Table 1",
+    "cifar": "seed 002, the CIFAR-10 ResNet study",
+    "seed001": "seed 001, CIFAR-10 Sq-1 and Fire-Next",
+}
+
+
+@dataclass(frozen=True)
+class Published:
+    """The figures a paper states for a net, as data: `squeezecaffe list` prints them and the tests hold the
+    generated nets to the counts (docs/architecture.md, "Readings", says how each was read)."""
+
+    source: str  # a key of SOURCES
+    # The parameter count and its convention: "weights" = conv/fc kernels only (the Tiny-ImageNet paper's
+    # Table 1); "trainable" = every learned blob (biases, Scale gamma/beta included).
+    params: int | None = None
+    params_convention: Literal["weights", "trainable"] = "weights"
+    params_exact: bool = True  # False: the source gives an approximate figure ("~797K"); we match to 2%
+    params_without_bypass: int | None = None
+    depth: int | None = None  # conv layers on the main path
+    top1: float | None = None  # accuracy as a fraction, on `split`
+    top5: float | None = None
+    split: Literal["val", "test"] = "val"
+    caffemodel_mb: float | None = None  # the stored model's size as the source states it
+
+    def describe(self) -> str:
+        """One line for `list`: the parameter count, accuracy and model size the source reports."""
+        parts = []
+        if self.params is not None:
+            parts.append(f"{'' if self.params_exact else '~'}{self.params:,} {self.params_convention}")
+        if self.top1 is not None:
+            parts.append(f"{self.split} top-1 {100 * self.top1:.4g}%")
+        if self.top5 is not None:
+            parts.append(f"top-5 {100 * self.top5:.4g}%")
+        if self.caffemodel_mb is not None:
+            parts.append(f"caffemodel {self.caffemodel_mb:g} MB")
+        return ", ".join(parts)
+
+
 # ------------------------------------------------------------------ the row
 
 
@@ -152,14 +194,7 @@ class ModelSpec:
     head: Head
     batchnorm: bool  # BatchNorm + Scale after every conv, convs without bias
     weight_filler: str = "xavier"
-    # Published parameter count and its convention: "weights" = conv/fc kernels only (the Tiny-ImageNet
-    # paper's Table 1); "trainable" = every learned blob (biases, Scale gamma/beta included).
-    published_params: int | None = None
-    params_convention: Literal["weights", "trainable"] = "weights"
-    params_exact: bool = True  # False: the source gives an approximate figure ("~797K"); we match to 2%
-    published_params_without_bypass: int | None = None
-    published_depth: int | None = None  # conv layers on the main path
-    published_results: str = ""  # as reported, for the README and `list`
+    published: Published | None = None  # what the source states for this net (None: a net of our own)
     reading: str = ""  # where the source is vague, what we built and why
     tags: tuple[str, ...] = field(default=())
 
@@ -174,50 +209,50 @@ _ROWS: tuple[ModelSpec, ...] = (
     # --- ImageNet SqueezeNet, as released (biases, no BatchNorm) --------------------------------
     ModelSpec(
         "squeezenet_v1_0", "SqueezeNet v1.0 (ImageNet, 227x227)", IMAGENET, Stem(96, 7, 2), _V1_0_FIRES,
-        _IMAGENET_HEAD, batchnorm=False, published_params=1_248_424, params_convention="trainable",
-        published_results="top-1 57.5%, top-5 80.3%"),
+        _IMAGENET_HEAD, batchnorm=False, published=Published(
+            "squeezenet", params=1_248_424, params_convention="trainable", top1=0.575, top5=0.803)),
     ModelSpec(
         "squeezenet_v1_1", "SqueezeNet v1.1 (ImageNet, 227x227; 2.4x less computation)", IMAGENET,
-        Stem(64, 3, 2), _V1_1_FIRES, _IMAGENET_HEAD, batchnorm=False, published_params=1_235_496,
-        params_convention="trainable"),
+        Stem(64, 3, 2), _V1_1_FIRES, _IMAGENET_HEAD, batchnorm=False, published=Published(
+        "squeezenet", params=1_235_496, params_convention="trainable")),
     ModelSpec(
         "simple_bypass_v1_0", "SqueezeNet v1.0 + identity bypass around fire3/5/7/9", IMAGENET,
         Stem(96, 7, 2),
         (F(16, 64), B(16, 64), F(32, 128), MP, B(32, 128), F(48, 192), B(48, 192), F(64, 256), MP, B(64, 256)),
-        _IMAGENET_HEAD, batchnorm=False, published_params=1_248_424, params_convention="trainable",
-        published_results="top-1 60.4%, top-5 82.5%"),
+        _IMAGENET_HEAD, batchnorm=False, published=Published(
+            "squeezenet", params=1_248_424, params_convention="trainable", top1=0.604, top5=0.825)),
     ModelSpec(
         "complex_bypass_v1_0", "SqueezeNet v1.0 + identity bypass (fire3/5/7/9) + 1x1-conv bypass (fire2/4/6/8)",
         IMAGENET, Stem(96, 7, 2),
         (A(16, 64), B(16, 64), A(32, 128), MP, B(32, 128), A(48, 192), B(48, 192), A(64, 256), MP, B(64, 256)),
-        _IMAGENET_HEAD, batchnorm=False, published_params=1_589_672, params_convention="trainable",
-        published_results="top-1 58.8%, top-5 82.0%"),
+        _IMAGENET_HEAD, batchnorm=False, published=Published(
+            "squeezenet", params=1_589_672, params_convention="trainable", top1=0.588, top5=0.820)),
     # --- Tiny ImageNet (64x64, BatchNorm + Scale after every conv) ------------------------------
     ModelSpec(
         "original8", "8-Fire SqueezeNet for Tiny ImageNet, no bypass", TINY_IMAGENET, _TINY_STEM,
         (F(16, 64), F(16, 64), F(32, 128), MP, F(32, 128), F(48, 192), F(48, 192), F(64, 256), MP, F(64, 256)),
-        _TINY_HEAD, batchnorm=True, weight_filler="msra", published_params=823_328,
-        published_params_without_bypass=823_328, published_depth=18,
-        published_results="val top-1 0.41; caffemodel 3.2 MB"),
+        _TINY_HEAD, batchnorm=True, weight_filler="msra", published=Published(
+            "tiny", params=823_328, params_without_bypass=823_328, depth=18, top1=0.41,
+            caffemodel_mb=3.2)),
     ModelSpec(
         "partialbypass8", "original8 + identity bypass around fire3/5/7/9", TINY_IMAGENET, _TINY_STEM,
         (F(16, 64), B(16, 64), F(32, 128), MP, B(32, 128), F(48, 192), B(48, 192), F(64, 256), MP, B(64, 256)),
-        _TINY_HEAD, batchnorm=True, weight_filler="msra", published_params=823_328,
-        published_params_without_bypass=823_328, published_depth=18,
-        published_results="val top-1 0.44; caffemodel 4.8 MB"),
+        _TINY_HEAD, batchnorm=True, weight_filler="msra", published=Published(
+            "tiny", params=823_328, params_without_bypass=823_328, depth=18, top1=0.44,
+            caffemodel_mb=4.8)),
     ModelSpec(
         "fullbypass8", "8 Fires, alternating TypeA (1x1-conv bypass) and TypeB (identity bypass)",
         TINY_IMAGENET, _TINY_STEM,
         (A(16, 64), B(16, 64), A(32, 128), MP, B(32, 128), A(48, 192), B(48, 192), A(64, 256), MP, B(64, 256)),
-        _TINY_HEAD, batchnorm=True, weight_filler="msra", published_params=1_163_296,
-        published_params_without_bypass=823_328, published_depth=18,
-        published_results="val top-1 0.54, top-5 0.77; caffemodel 6.4 MB"),
+        _TINY_HEAD, batchnorm=True, weight_filler="msra", published=Published(
+            "tiny", params=1_163_296, params_without_bypass=823_328, depth=18, top1=0.54, top5=0.77,
+            caffemodel_mb=6.4)),
     ModelSpec(
         "fullbypass12", "12 Fires, TypeA/TypeB pairs, dropout 0.5 before conv10", TINY_IMAGENET, _TINY_STEM,
         (A(16, 64), B(16, 64), A(16, 64), B(16, 64), A(32, 128), MP, B(32, 128), A(48, 192), B(48, 192),
          A(48, 192), B(48, 192), MP, A(64, 256), B(64, 256)),
-        Head("conv", dropout=0.5), batchnorm=True, weight_filler="msra", published_params=1_572_896,
-        published_depth=26, published_results="val top-1 0.58, top-5 0.83",
+        Head("conv", dropout=0.5), batchnorm=True, weight_filler="msra", published=Published(
+            "tiny", params=1_572_896, depth=26, top1=0.58, top5=0.83),
         reading="the paper gives ~1.6M and 'two more TypeA-TypeB sets, with a maxpool before the last TypeA'; "
                 "this sequence is our documented reading (docs/architecture.md, Readings)"),
     # --- CIFAR-10 ----------------------------------------------------------------------------
@@ -226,15 +261,15 @@ _ROWS: tuple[ModelSpec, ...] = (
             f"cifar_resnet_{tag}", f"CIFAR-10 ResNet, basic blocks {'-'.join(map(str, blocks))}, widths "
             f"{'/'.join(map(str, widths))}", CIFAR10, Stem(64, 3, 1, pad=1, pool=False),
             resnet_body(blocks, widths), Head("fc"), batchnorm=True, weight_filler="msra",
-            published_params=params, params_convention="trainable", published_results=results)
-        for tag, blocks, widths, params, results in (
-            ("18", (2, 2, 2, 2), (64, 128, 256, 512), 11_173_962, ""),
-            ("2231", (2, 2, 3, 1), (64, 128, 256, 512), 7_633_994, ""),
-            ("2221", (2, 2, 2, 1), (64, 128, 256, 512), 6_453_322, ""),
-            ("2211", (2, 2, 1, 1), (64, 128, 256, 512), 5_272_650, ""),
-            ("2111", (2, 1, 1, 1), (64, 128, 256, 512), 4_977_226, ""),
-            ("1111", (1, 1, 1, 1), (64, 128, 256, 512), 4_903_242, ""),
-            ("543", (5, 4, 3), (64, 128, 256), 4_771_146, "test accuracy 93.11% after 150 epochs"),
+            published=Published("cifar", params=params, params_convention="trainable", top1=top1, split="test"))
+        for tag, blocks, widths, params, top1 in (
+            ("18", (2, 2, 2, 2), (64, 128, 256, 512), 11_173_962, None),
+            ("2231", (2, 2, 3, 1), (64, 128, 256, 512), 7_633_994, None),
+            ("2221", (2, 2, 2, 1), (64, 128, 256, 512), 6_453_322, None),
+            ("2211", (2, 2, 1, 1), (64, 128, 256, 512), 5_272_650, None),
+            ("2111", (2, 1, 1, 1), (64, 128, 256, 512), 4_977_226, None),
+            ("1111", (1, 1, 1, 1), (64, 128, 256, 512), 4_903_242, None),
+            ("543", (5, 4, 3), (64, 128, 256), 4_771_146, 0.9311),  # after 150 epochs
         )
     ),
     # Seed 001's Sq-1: SqueezeNet v1.1's features, the last conv narrowed, then two linear layers; base: mid layer 64,
@@ -245,8 +280,9 @@ _ROWS: tuple[ModelSpec, ...] = (
             name, f"CIFAR-10 Sq-1 ({which} head): SqueezeNet v1.1 features, conv10 narrowed to 128, global pool, "
                   f"InnerProduct {mid} + ReLU, InnerProduct (classes); dropout {drops[0]:g}/{drops[1]:g}",
             CIFAR10, Stem(64, 3, 2), _V1_1_FIRES, Head("fc", hidden=(mid,), conv=128, dropouts=drops),
-            batchnorm=False, published_params=797_000 if which == "base" else None, params_convention="trainable",
-            params_exact=False,
+            batchnorm=False,
+            published=Published("seed001", params=797_000, params_convention="trainable", params_exact=False)
+            if which == "base" else None,
             reading="the seed gives the head's mid width and dropouts, not the narrowed conv's width: 128 filters "
                     "give its ~797K (797,066) with the base head; dropout 1 sits after the pooling, dropout 2 "
                     "after the mid layer")
@@ -255,7 +291,7 @@ _ROWS: tuple[ModelSpec, ...] = (
     ModelSpec(
         "firenext", "CIFAR-10 SqueezeNet v1.1 with fire9 replaced by a SqueezeNext block (no residual add)",
         CIFAR10, Stem(64, 3, 2), (*_V1_1_FIRES[:-1], SqueezeNext(128)), Head("fc"), batchnorm=False,
-        published_params=691_000, params_convention="trainable", params_exact=False,
+        published=Published("seed001", params=691_000, params_convention="trainable", params_exact=False),
         reading="reported as ~691K with block output 128; inner widths C, C/2, C, C (1x1, 1x1, 3x1, 1x3, "
                 "1x1) and a single InnerProduct classifier give 691,018"),
 )
@@ -295,4 +331,4 @@ def narrowed(spec: ModelSpec, divisor: int = 4) -> ModelSpec:
                    body=tuple(token(t) for t in spec.body),
                    head=replace(spec.head, hidden=tuple(narrow(h) for h in spec.head.hidden),
                                 conv=narrow(spec.head.conv) if spec.head.conv else None),
-                   published_params=None, published_params_without_bypass=None, published_results="")
+                   published=None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from squeezecaffe.netgen.shapes import LayerInfo, Shape, infer_net
+from squeezecaffe.caffe_rules.shapes import LayerInfo, Shape, infer_net
 from squeezecaffe.proto import pb
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 
 from squeezecaffe.errors import UserError
 from squeezecaffe.netgen.registry import BasicBlock, Fire, ModelSpec, get_model, resnet_body
+from squeezecaffe.options import option
 
 # A family name a user types, and the row it starts from (the seed study's best three-stage net).
 FAMILIES = {"cifar_resnet": "cifar_resnet_543"}
@@ -29,11 +30,11 @@ FAMILIES = {"cifar_resnet": "cifar_resnet_543"}
 class FireDesign:
     """The five metaparameters of the Fire design space; defaults are SqueezeNet v1.0's."""
 
-    base_e: int = 128
-    incr_e: int = 128
-    freq: int = 2
-    pct3x3: float = 0.5
-    sr: float = 0.125
+    base_e: int = option(128, "expand filters of the first Fire")
+    incr_e: int = option(128, "expand filters added every FREQ Fires")
+    freq: int = option(2, "Fires per width step")
+    pct3x3: float = option(0.5, "share of 3x3 expand filters")
+    sr: float = option(0.125, "squeeze ratio s/e")
 
     def __post_init__(self) -> None:
         if self.base_e < 2 or self.incr_e < 0 or self.freq < 1:
@@ -139,7 +140,7 @@ def model_spec(name: str) -> ModelSpec:
     if not changes:
         return spec
     return replace(_apply(spec, parse_variation(changes, name)), name=name,
-                   published_params=None, published_params_without_bypass=None, published_results="",
+                   published=None,
                    description=f"{spec.description}; variant {changes}")
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from squeezecaffe.engines.device import DeviceOptions
 from squeezecaffe.errors import UserError
 from squeezecaffe.options import NOT_AN_OPTION, from_json_object, option
+from squeezecaffe.solvers.request import same_option
 from squeezecaffe.train.guard import GuardOptions
 from squeezecaffe.train.plateau import PlateauOptions
 from squeezecaffe.train.rundir import CONFIG, read_json
@@ -32,12 +33,12 @@ class TrainConfig:
 
     model: str | None = field(default=None, metadata=NOT_AN_OPTION)  # the positional MODEL (a name or a variant)
     solver: str | None = option(None, "a hand-written solver.prototxt instead of a generated one (like caffe train)")
-    data: str | None = option(None, "data directory written by build-lmdb")
-    epochs: int | None = option(None, "epochs to train (default: the recipe's)")
-    batch_size: int | None = option(None, "images per iteration (default: the recipe's)")
-    test_batch_size: int | None = option(None, "images per validation batch")
-    input: str | None = option(None, "network input HxW")
-    classes: int | None = option(None, "must equal the dataset's (checked)")
+    data: str | None = same_option("data")
+    epochs: int | None = same_option("epochs")
+    batch_size: int | None = same_option("batch_size")
+    test_batch_size: int | None = same_option("test_batch_size")
+    input: str | None = same_option("input")
+    classes: int | None = same_option("classes")
     solver_set: dict[str, str] = field(default_factory=dict, metadata=NOT_AN_OPTION)  # --solver-set K=V, --base-lr
     engine: str = option("auto", "auto (real Caffe when built, else torch), torch or caffe")
     # device, channels_last, amp, ...: their own group, shared with forward/time/solve (engines/device.py)
@@ -51,8 +52,7 @@ class TrainConfig:
     plateau: PlateauOptions = field(default_factory=PlateauOptions, metadata=NOT_AN_OPTION)
     allow_sorted: bool = option(False, "train even when the training database is in label order (refused by "
                                      "default)")
-    recipe: str = option("default", "default (rate follows the batch, enough iterations for small sets), paper, or "
-                                  "registry")
+    recipe: str = same_option("recipe")
     guard: GuardOptions = field(default_factory=GuardOptions, metadata=NOT_AN_OPTION)
     tensorboard: bool = option(False, "also write TensorBoard event files into the run directory (needs the "
                                     "tensorboard extra)")
@@ -60,8 +60,7 @@ class TrainConfig:
     # formed from its members' (mean or sum)
     constraints: str | None = field(default=None, metadata=NOT_AN_OPTION)
     centroid_gradient: str = field(default="mean", metadata=NOT_AN_OPTION)
-    normalize: str | None = option(None, "std: also divide each channel by the data's std (default: the recipe's; "
-                                       "mean otherwise)", choices=["mean", "std"])
+    normalize: str | None = same_option("normalize")
     freeze: list[str] = field(default_factory=list, metadata=NOT_AN_OPTION)  # --freeze LAYERS (repeatable, comma-separated)
     bn_images: int = option(4096, "before each validation and snapshot, re-estimate BatchNorm's statistics over the "
                                 "latest N training images at the current weights, at most a quarter of the "

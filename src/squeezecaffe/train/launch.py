@@ -22,8 +22,9 @@ def default_run_dir(cfg: TrainConfig) -> Path:
     return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def launch(cfg: TrainConfig, run_dir: Path | None = None, *, progress: bool = True) -> int:
-    """Create the run directory (rank 0 under torchrun), train to the end, return the exit status."""
+def launch(cfg: TrainConfig, run_dir: Path | None = None, *, progress: bool = True, echo: bool = True) -> int:
+    """Create the run directory (rank 0 under torchrun), train to the end, return the exit status. `echo`: the
+    log's lines also on the terminal (compress's stages run quietly unless asked)."""
     from squeezecaffe.engines.torchcaffe import distributed
 
     ctx, _ = distributed.init(cfg.device_options.device)  # under torchrun: every rank runs this; rank 0 writes the run dir
@@ -36,7 +37,7 @@ def launch(cfg: TrainConfig, run_dir: Path | None = None, *, progress: bool = Tr
                 print("note: --engine auto chose real Caffe because it is built here; the torch engine trains the "
                       "same nets faster on CPUs (make bench-caffe measures both): --engine torch")
         distributed.barrier(ctx)
-        return Trainer(run_dir, progress=progress).run()
+        return Trainer(run_dir, echo=echo, progress=progress).run()
     finally:
         lock.release()
 

@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
+from squeezecaffe.engines.contract import IterationStats
 from squeezecaffe.engines.torchcaffe.options import EngineOptions
-from squeezecaffe.engines.torchcaffe.solver import IterationStats, read_scalars
+from squeezecaffe.engines.torchcaffe.solver import read_scalars
 from squeezecaffe.errors import UserError
 from squeezecaffe.proto import pb, read_text
 from squeezecaffe.train import rundir
@@ -38,47 +39,31 @@ def generate_run_files(cfg: TrainConfig, out_dir: Path) -> tuple[Path, dict]:
     returns (solver.prototxt, what the recipe set). `base_lr auto` runs the LR range test first (lr_find.py)."""
     from squeezecaffe.data_tools.manifest import read_manifest
     from squeezecaffe.engines.torchcaffe import distributed
-    from squeezecaffe.netgen.config import parse_hw
-    from squeezecaffe.netgen.emit import generate, write_generated
-    from squeezecaffe.netgen.recipes import resolve_recipe
-    from squeezecaffe.netgen.variants import file_stem, model_spec
+    from squeezecaffe.solvers.request import GenerationRequest, generate_run
 
     if not cfg.model:
         raise UserError("give a MODEL name or --solver")
     if not cfg.data:
         raise UserError("--data DIR is needed (a directory written by 'squeezecaffe build-lmdb')")
-    spec = model_spec(cfg.model)
     manifest = read_manifest(cfg.data)
     if cfg.classes is not None and cfg.classes != manifest.classes:
         raise UserError(f"--classes {cfg.classes} but {cfg.data} holds {manifest.classes} classes")
     if not manifest.splits.get("val", {}).get("count"):
         raise UserError(f"{cfg.data}: no validation split (rebuild with --val-fraction, or give val images)")
-    result = resolve_recipe(spec, cfg.recipe, input_size=parse_hw(cfg.input) if cfg.input else None,
-                            batch_size=cfg.batch_size, test_batch_size=cfg.test_batch_size, epochs=cfg.epochs,
-                            data_dir=str(Path(cfg.data).resolve()), normalize=cfg.normalize)
-    overrides = dict(cfg.solver_set)
-    recipe = {**result.values, **{f"solver_set.{k}": v for k, v in overrides.items()}}
     # under torchrun every rank reads its own batch: the generated solver's epochs count the global batch
-    sched = replace(result.sched, world=distributed.from_env().world)
+    request = GenerationRequest(
+        model=cfg.model, data=str(Path(cfg.data).resolve()), recipe=cfg.recipe, input=cfg.input,
+        batch_size=cfg.batch_size, test_batch_size=cfg.test_batch_size, epochs=cfg.epochs, normalize=cfg.normalize,
+        freeze=tuple(cfg.freeze), solver_set=dict(cfg.solver_set), world=distributed.from_env().world)
 
-    def write() -> Path:
-        model = generate(spec, out_dir, result.cfg, sched, overrides,
-                         snapshot_prefix=str(out_dir / "snapshots" / file_stem(spec.name)),
-                         freeze_layers=tuple(cfg.freeze))
-        if model.frozen:
-            recipe["frozen"] = model.frozen
-        write_generated(model, out_dir)
-        return out_dir / "solver.prototxt"
-
-    if overrides.get("base_lr") == "auto":
+    def find_rate(write_nets):
         from squeezecaffe.train.lr_find import auto_base_lr
 
-        overrides.pop("base_lr")
-        rate, found = auto_base_lr(write, out_dir, f"{spec.name}: LR range test", seed=cfg.seed,
-                                   device=cfg.device_options.device, workers=cfg.workers)
-        overrides["base_lr"] = str(rate)
-        recipe.update({"solver_set.base_lr": "auto", **found})
-    return write(), recipe
+        return auto_base_lr(write_nets, out_dir, f"{request.model}: LR range test", seed=cfg.seed,
+                            device=cfg.device_options.device, workers=cfg.workers)
+
+    run = generate_run(request, out_dir, find_rate=find_rate)
+    return run.solver, run.recipe
 
 
 def prepare_run(cfg: TrainConfig, run_dir: Path, lock: rundir.RunLock | None = None) -> Path:
@@ -159,8 +144,8 @@ class Trainer:
         """Fine-tuning: the layers of --weights that fit the net (by name and shape) go to RUN/init.caffemodel,
         which the engine loads; layers whose shape changed start from their fillers, and the run says so."""
         from squeezecaffe.engines.torchcaffe.distributed import barrier
-        from squeezecaffe.netgen.finetune import fit_weights
         from squeezecaffe.proto import read_binary, write_binary
+        from squeezecaffe.train.finetune import fit_weights
 
         init = self.run_dir / "init.caffemodel"
         if self.dist.is_main:

@@ -1,4 +1,4 @@
-"""Training with real Caffe through pycaffe, behind the interface the torch engine's Solver offers the Trainer.
+"""Training with real Caffe through pycaffe, behind the training-engine contract (engines/contract.py).
 
 What the fork's Python API lacks, and how it is done here:
 - no learning-rate setter: a new LR scale is applied by snapshot -> a solver.prototxt with the scaled base_lr
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from squeezecaffe.engines.contract import IterationStats
 from squeezecaffe.engines.pycaffe.runtime import (
     CAFFE_ERRORS,
     GlogTap,
@@ -29,7 +30,6 @@ from squeezecaffe.engines.pycaffe.runtime import (
     parse_iterations,
     select_device,
 )
-from squeezecaffe.engines.torchcaffe.solver import IterationStats
 from squeezecaffe.errors import UserError
 from squeezecaffe.fileio import resolve_beside
 from squeezecaffe.proto import pb, read_text, write_text
@@ -44,7 +44,7 @@ def record_count(source: Path) -> int:
 
 def data_layer(net: pb.NetParameter, phase: int, where: str) -> pb.LayerParameter:
     """The one Data layer of `net` in `phase` (Caffe's include/exclude rules, as netgen's filter_net applies)."""
-    from squeezecaffe.netgen.state import filter_net, make_state
+    from squeezecaffe.caffe_rules.state import filter_net, make_state
 
     found = [lp for lp in filter_net(net, make_state(phase)).layer if lp.type == "Data"]
     if len(found) != 1:
@@ -160,7 +160,7 @@ class PycaffeSolver:
 
     def classes(self) -> int:
         """Channels of the logits the TRAIN net's loss scores (the guard's chance levels)."""
-        from squeezecaffe.netgen.state import filter_net, make_state
+        from squeezecaffe.caffe_rules.state import filter_net, make_state
         from squeezecaffe.scoring import logits_blob
         logits, _ = logits_blob(filter_net(self.net_param, make_state(pb.TRAIN)).layer, str(self.net_path))
         return int(self.solver.net.blobs[logits].data.shape[1])
@@ -205,10 +205,9 @@ class PycaffeSolver:
         self.lr_scale = scale
         self._open(restore=state)
 
-    def restore(self, path: str | Path, lr_scale: float | None = None) -> None:
-        if lr_scale is not None:
-            self.lr_scale = lr_scale
-        path = Path(path)
+    def restore(self, state: str | Path, lr_scale: float = 1.0) -> None:
+        self.lr_scale = lr_scale
+        path = Path(state)
         if not path.is_file():
             raise UserError(f"{path}: solver state not found")
         self._open(restore=path)
@@ -227,7 +226,7 @@ class PycaffeSolver:
         over `batches` training batches at the current weights; returns the images used (0: no BatchNorm that
         accumulates). Unlike the torch engine, the batches are the next ones Caffe's reader gives (this fork
         cannot seek it, and a second net on the same database deadlocks), so training continues after them."""
-        from squeezecaffe.netgen.state import filter_net, make_state
+        from squeezecaffe.caffe_rules.state import filter_net, make_state
 
         layers = [lp.name for lp in filter_net(self.net_param, make_state(pb.TRAIN)).layer
                   if lp.type == "BatchNorm" and not lp.batch_norm_param.use_global_stats]
@@ -244,7 +243,7 @@ class PycaffeSolver:
     def validate(self):
         """Whole-database loss/top-1/top-5 on Caffe's test net (sharing the train net's weights), every record
         once, collected and scored by the same function as the torch engine's validation."""
-        from squeezecaffe.netgen.state import filter_net, make_state
+        from squeezecaffe.caffe_rules.state import filter_net, make_state
         from squeezecaffe.scoring import evaluate_batches, logits_blob
 
         if not len(self.solver.test_nets):

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from squeezecaffe.caffe_rules.shapes import LayerInfo, canonical_axis, conv_geometry, pool_geometry, pool_out
 from squeezecaffe.errors import UserError
-from squeezecaffe.netgen.shapes import LayerInfo, canonical_axis, conv_geometry, pool_geometry, pool_out
 from squeezecaffe.proto import pb
 
 FLT_MIN = 1.17549435e-38  # Caffe clamps probabilities to this before the log

@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from squeezecaffe.caffe_rules.shapes import infer_layers, net_input_shapes
+from squeezecaffe.caffe_rules.state import filter_net, make_state
 from squeezecaffe.engines.torchcaffe.layers import (
     LAYERS,
     SUPPORTED_TYPES,
@@ -28,8 +30,6 @@ from squeezecaffe.engines.torchcaffe.layers import (
 from squeezecaffe.engines.torchcaffe.loader import DataLayerLoader
 from squeezecaffe.engines.torchcaffe.options import EngineOptions
 from squeezecaffe.errors import UserError
-from squeezecaffe.netgen.shapes import infer_layers, net_input_shapes
-from squeezecaffe.netgen.state import filter_net, make_state
 from squeezecaffe.proto import pb
 
 

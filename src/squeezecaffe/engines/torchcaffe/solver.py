@@ -10,12 +10,13 @@ update with lr = policy(iter) * lr_mult; w -= update; iter += 1; snapshot if ite
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from squeezecaffe.caffe_rules.blobs import blob_shape, blob_values
+from squeezecaffe.engines.contract import IterationStats
 from squeezecaffe.engines.torchcaffe.constraints import Constraints
 from squeezecaffe.engines.torchcaffe.distributed import Dist, average_, mean_tensor
 from squeezecaffe.engines.torchcaffe.fillers import fill_net
@@ -23,7 +24,7 @@ from squeezecaffe.engines.torchcaffe.host_memory import keep_freed_host_memory
 from squeezecaffe.engines.torchcaffe.net import CaffeNet, DataOptions
 from squeezecaffe.engines.torchcaffe.options import EngineOptions
 from squeezecaffe.engines.torchcaffe.updates import compute_update, history_slots, solver_type
-from squeezecaffe.engines.torchcaffe.weights import blob_shape, blob_values, load_caffemodel, save_caffemodel, tensor_to_blob
+from squeezecaffe.engines.torchcaffe.weights import load_caffemodel, save_caffemodel, tensor_to_blob
 from squeezecaffe.errors import UserError
 from squeezecaffe.fileio import resolve_beside
 from squeezecaffe.proto import pb, read_binary, read_text, write_binary
@@ -31,18 +32,6 @@ from squeezecaffe.solvers.lr_policy import learning_rate, multistep_current_step
 
 # feed(phase, iteration, pass) -> tensors for the net's Input blobs (nets with Data layers need none)
 Feed = Callable[[str, int, int], Mapping[str, Tensor]]
-
-
-@dataclass
-class IterationStats:
-    """One iteration's figures. The torch engine leaves `loss` and `outputs` as 0-d tensors on the
-    training device: reading one (float()) waits for the device to finish, so a caller reads them
-    at display intervals (`read_scalars` reads many in one transfer), never every iteration."""
-
-    iter: int  # the iteration just completed (counting from 1)
-    loss: Tensor | float  # the objective averaged over iter_size passes
-    lr: float  # the base rate used for this update (before lr_mult)
-    outputs: dict[str, Tensor | float] = field(default_factory=dict)  # scalar train-net outputs, averaged over passes
 
 
 def read_scalars(values: list[Tensor | float]) -> list[float]:

@@ -1,10 +1,9 @@
-""".caffemodel reading and writing: a binary NetParameter whose layers carry their blobs.
+"""A CaffeNet's weights to and from a .caffemodel (the file itself is read as numpy by caffe_rules/blobs.py).
 
 Layers are matched by name as Caffe's CopyTrainedLayersFrom does: layers of the file that the net
 lacks are ignored, layers of the net the file lacks keep their initialisation, and a blob count or
-shape that differs is an error naming the layer and both shapes. Blob shapes may be stored the
-current way (`shape`) or the legacy way (num/channels/height/width, right-aligned: an InnerProduct
-weight N x K used to be 1 x 1 x N x K).
+shape that differs is an error naming the layer and both shapes. Writing is atomic: a reader never sees
+half a file under the final name.
 """
 
 from __future__ import annotations
@@ -13,33 +12,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from squeezecaffe.caffe_rules.blobs import blob_shape, blob_values, read_caffemodel, shapes_match
 from squeezecaffe.errors import UserError
-from squeezecaffe.proto import pb, read_binary, set_float_data, write_binary
-
-
-def blob_shape(blob: pb.BlobProto) -> tuple[int, ...]:
-    if blob.HasField("shape"):
-        return tuple(int(d) for d in blob.shape.dim)
-    return tuple(int(v) for v in (blob.num, blob.channels, blob.height, blob.width))
-
-
-def shapes_match(blob: pb.BlobProto, target: tuple[int, ...]) -> bool:
-    """Caffe's Blob::ShapeEquals, legacy 4-D form included."""
-    if blob.HasField("shape"):
-        return blob_shape(blob) == target
-    if len(target) > 4:
-        return False
-    padded = (1,) * (4 - len(target)) + tuple(target)
-    return padded == blob_shape(blob)
-
-
-def blob_values(blob: pb.BlobProto) -> np.ndarray:
-    if len(blob.double_data):
-        return np.asarray(blob.double_data, dtype=np.float64)
-    return np.asarray(blob.data, dtype=np.float32)
+from squeezecaffe.proto import pb, set_float_data, write_binary
 
 
 def tensor_to_blob(t: torch.Tensor) -> pb.BlobProto:
@@ -54,14 +31,6 @@ class LoadReport:
     copied: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # net layers with blobs the file did not have
     ignored: list[str] = field(default_factory=list)  # file layers with blobs the net does not have
-
-
-def read_caffemodel(path: str | os.PathLike) -> pb.NetParameter:
-    model = read_binary(path, pb.NetParameter)
-    if not len(model.layer):
-        raise UserError(f"{path}: no layers in this caffemodel (the pre-2015 V1 'layers' format is not read; "
-                        "upgrade it with Caffe's upgrade_net_proto_binary)")
-    return model
 
 
 def copy_weights(net, model: pb.NetParameter, source: str = "caffemodel") -> LoadReport:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from squeezecaffe.netgen.dsl import NetgenError
-from squeezecaffe.netgen.state import filter_net, make_state
+from squeezecaffe.caffe_rules.state import filter_net, make_state
+from squeezecaffe.errors import UserError
 from squeezecaffe.proto import pb
+
+
+class NetRuleError(UserError):
+    """A net that breaks Caffe's wiring rules (a missing bottom, a duplicate top or layer name)."""
 
 _INPUT_TYPES = {"Input", "Data", "ImageData", "DummyData", "HDF5Data", "MemoryData", "Python"}
 
@@ -17,16 +21,16 @@ def check_phase(net: pb.NetParameter, phase: str, source: str = "net") -> None:
     for layer in filtered.layer:
         where = f"{source} ({phase}): layer '{layer.name}' ({layer.type})"
         if not layer.name:
-            raise NetgenError(f"{source} ({phase}): a {layer.type} layer has no name")
+            raise NetRuleError(f"{source} ({phase}): a {layer.type} layer has no name")
         if layer.name in names:
-            raise NetgenError(f"{where}: duplicate layer name")
+            raise NetRuleError(f"{where}: duplicate layer name")
         names.add(layer.name)
         for bottom in layer.bottom:
             if bottom not in produced:
-                raise NetgenError(f"{where}: bottom blob '{bottom}' is not produced by any earlier layer")
+                raise NetRuleError(f"{where}: bottom blob '{bottom}' is not produced by any earlier layer")
         for top in layer.top:
             if top in produced and top not in layer.bottom:
-                raise NetgenError(f"{where}: top blob '{top}' is already produced by an earlier layer")
+                raise NetRuleError(f"{where}: top blob '{top}' is already produced by an earlier layer")
         produced.update(layer.top)
 
 

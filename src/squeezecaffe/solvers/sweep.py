@@ -13,16 +13,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from squeezecaffe.fileio import atomic_write_text
-from squeezecaffe.netgen.emit import generate, write_generated
-from squeezecaffe.netgen.recipes import resolve_recipe
 from squeezecaffe.netgen.summary import summarize
-from squeezecaffe.netgen.variants import file_stem, model_spec, variant_name
+from squeezecaffe.netgen.variants import FireDesign, file_stem, model_spec, variant_name
+from squeezecaffe.solvers.generate import generate, write_generated
+from squeezecaffe.solvers.recipes import resolve_recipe
 
 # The model sizes the paper states for SqueezeNet v1.0's design space (Section 5.1: 4.8 MB at SR 0.125, 19 MB at
 # SR 0.75, both at pct3x3 0.5); keyed by (SR, pct3x3) with the other metaparameters at their defaults.
 PAPER_SIZES_MB = {(0.125, 0.5): 4.8, (0.75, 0.5): 19.0}
 PAPER_MODEL = "squeezenet_v1_0"
-DESIGN_DEFAULTS = {"base_e": 128, "incr_e": 128, "freq": 2}
 
 
 @dataclass(frozen=True)
@@ -61,7 +60,8 @@ def sweep(model: str, grid: dict[str, list[float]], out: Path, *, recipe: str = 
 
 
 def _paper_size(model: str, design: dict[str, float]) -> float | None:
-    if model != PAPER_MODEL or any(design.get(k, v) != v for k, v in DESIGN_DEFAULTS.items()):
+    v1_0 = FireDesign()  # the paper states sizes at v1.0's base_e, incr_e and freq only
+    if model != PAPER_MODEL or any(design.get(k, getattr(v1_0, k)) != getattr(v1_0, k) for k in ("base_e", "incr_e", "freq")):
         return None
     return PAPER_SIZES_MB.get((design.get("sr", 0.125), design.get("pct3x3", 0.5)))
 

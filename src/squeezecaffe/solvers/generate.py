@@ -6,11 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from squeezecaffe.netgen.builder import build_deploy, build_train_val
-from squeezecaffe.netgen.config import NetConfig, TrainSchedule, resolve
-from squeezecaffe.netgen.finetune import freeze
+from squeezecaffe.netgen.config import NetConfig
+from squeezecaffe.netgen.freeze import freeze
 from squeezecaffe.netgen.registry import MODELS, ModelSpec
-from squeezecaffe.netgen.solver import build_solver
 from squeezecaffe.proto import pb, to_text, write_text
+from squeezecaffe.solvers.prototxt import build_solver
+from squeezecaffe.solvers.schedule import TrainSchedule
+from squeezecaffe.solvers.settings import resolve
 
 COMMITTED_DIR = "prototxt"
 FILES = ("train_val.prototxt", "deploy.prototxt", "solver.prototxt")

@@ -9,8 +9,6 @@ from squeezecaffe.engines.torchcaffe.net import CaffeNet
 from squeezecaffe.errors import UserError
 from squeezecaffe.scoring import EvalResult, evaluate_batches, logits_blob
 
-__all__ = ["EvalResult", "evaluate", "evaluate_batches", "logits_blob"]
-
 
 @torch.no_grad()
 def evaluate(net: CaffeNet) -> EvalResult:

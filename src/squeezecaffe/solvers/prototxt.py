@@ -5,8 +5,9 @@ from __future__ import annotations
 from google.protobuf import text_format
 
 from squeezecaffe.errors import UserError
-from squeezecaffe.netgen.config import NetConfig, TrainSchedule, iterations_per_epoch, test_iterations
+from squeezecaffe.netgen.config import NetConfig
 from squeezecaffe.proto import pb
+from squeezecaffe.solvers.schedule import TrainSchedule, iterations_per_epoch, test_iterations
 
 
 def build_solver(

@@ -26,8 +26,10 @@ from pathlib import Path
 
 from squeezecaffe.data_tools.manifest import read_manifest
 from squeezecaffe.errors import UserError
-from squeezecaffe.netgen.config import NetConfig, TrainSchedule, iterations_per_epoch, resolve
+from squeezecaffe.netgen.config import NetConfig
 from squeezecaffe.netgen.registry import ModelSpec
+from squeezecaffe.solvers.schedule import TrainSchedule, iterations_per_epoch
+from squeezecaffe.solvers.settings import resolve
 
 RECIPES = ("default", "paper", "registry")
 MIN_ITERATIONS = 2000  # the default recipe's floor on the run length (a few epochs of a 1k-image set are not enough)

@@ -11,8 +11,8 @@ import itertools
 import math
 from dataclasses import dataclass, field
 
+from squeezecaffe.caffe_rules.state import filter_net, make_state
 from squeezecaffe.errors import UserError
-from squeezecaffe.netgen.state import filter_net, make_state
 from squeezecaffe.proto import pb
 
 Shape = tuple[int, ...]
