@@ -202,3 +202,12 @@ def test_every_module_says_why_it_exists():
     silent = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
               if not p.name.endswith("_pb2.py") and not first_sentence(p)]
     assert not silent, f"modules without a docstring: {silent}"
+
+
+LONGEST_MODULE = 350  # lines: past it a module does more than one job (split it by job, not by line count)
+
+
+def test_no_module_is_over_the_limit():
+    long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py") if not p.name.endswith("_pb2.py")
+            if (n := len(p.read_text().splitlines())) > LONGEST_MODULE}
+    assert not long, f"modules over {LONGEST_MODULE} lines: {long}"

@@ -11,10 +11,10 @@ from squeezecaffe.compress import huffman
 from squeezecaffe.compress.codec import CodedBlob, decode_model, encode_model
 from squeezecaffe.compress.container import Container
 from squeezecaffe.compress.kmeans import KMeansNotConverged, kmeans_1d
-from squeezecaffe.compress.pipeline import prune, quantize
 from squeezecaffe.compress.plan import PAPER_KEPT, make_plan
 from squeezecaffe.compress.prune import magnitude_mask
 from squeezecaffe.compress.sparse import from_relative, to_relative
+from squeezecaffe.compress.stages import prune, quantize
 from squeezecaffe.compress.table import build_rows, paper_comparison
 from squeezecaffe.engines.torchcaffe.constraints import BlobConstraint, Constraints, load_constraints, save_constraints
 from squeezecaffe.errors import UserError
@@ -434,7 +434,8 @@ def test_the_caffe_engine_refuses_constrained_training_in_one_line(data, tmp_pat
     import json
 
     from squeezecaffe.train.config import TrainConfig
-    from squeezecaffe.train.runner import Trainer, prepare_run
+    from squeezecaffe.train.prepare import prepare_run
+    from squeezecaffe.train.runner import Trainer
 
     masks = save_constraints(tmp_path / "m.npz", [BlobConstraint("conv1", 0, mask=np.ones((64, 3, 3, 3), bool))])
     run_dir = tmp_path / "run"
@@ -514,11 +515,11 @@ def test_the_default_retraining_runs_one_epoch_raised_to_a_floor_of_iterations(f
     import math
     from dataclasses import replace
 
-    from squeezecaffe.compress.options import CompressOptions
-    from squeezecaffe.compress.pipeline import RETRAIN_MIN_ITERATIONS, _retrain_context, retraining_epochs
+    from squeezecaffe.compress.options import RETRAIN_MIN_ITERATIONS, CompressOptions
+    from squeezecaffe.compress.retrain import retrain_context, retraining_epochs
     from squeezecaffe.evaluation.artifacts import resolve_artifacts
 
-    ctx = _retrain_context(resolve_artifacts(str(finished_run)), None, CompressOptions())
+    ctx = retrain_context(resolve_artifacts(str(finished_run)), None, CompressOptions())
     assert ctx is not None and ctx.base.batch_size == 16
     epochs, epoch = retraining_epochs(ctx, CompressOptions())
     assert epoch == math.ceil(120 / 16)  # 120 training records in batches of 16

@@ -16,6 +16,7 @@ import pytest
 
 import squeezecaffe.data_tools.convert as convert
 import squeezecaffe.data_tools.lmdb_io as lmdb_io
+import squeezecaffe.data_tools.parallel_write as parallel_write
 from squeezecaffe.data_tools.convert import ConvertOptions, build_lmdb
 from squeezecaffe.data_tools.decode import raw_datum_bytes
 from squeezecaffe.data_tools.layouts import _images_under
@@ -60,7 +61,7 @@ def test_raw_datum_bytes_are_protobufs_serialization() -> None:
 @pytest.mark.parametrize("flags", [{}, {"gray": True}, {"resize": (8, 8)}, {"encoded": True}, {"shuffle": "all"},
                                    {"shuffle": "none"}])
 def test_any_number_of_workers_writes_the_one_process_database(flags, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(convert, "CHUNK", 8)  # forked workers inherit it: 15 chunks, quarter chunks at the end
+    monkeypatch.setattr(parallel_write, "CHUNK", 8)  # forked workers inherit it: 15 chunks, quarter chunks at the end
     src = mixed_folder(tmp_path / "cf")
     one = build(src, tmp_path / "one", jobs=1, max_skip=0.05, **flags)
     for jobs in (2, 3):
@@ -112,15 +113,15 @@ def test_past_two_to_the_24_the_mean_is_read_back_from_the_database(tmp_path: Pa
 
 def test_workers_grow_the_map_for_each_other(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(lmdb_io, "INITIAL_MAP_SIZE", 1 << 18)
-    monkeypatch.setattr(convert, "INITIAL_MAP_SIZE", 1 << 18)
-    monkeypatch.setattr(convert, "CHUNK", 16)
+    monkeypatch.setattr(parallel_write, "INITIAL_MAP_SIZE", 1 << 18)
+    monkeypatch.setattr(parallel_write, "CHUNK", 16)
     src = write_class_folders(tmp_path / "cf", classes=2, per_class=100, size=(32, 32), ext=".png")  # 600 KiB
     one = build(src, tmp_path / "one", jobs=1)
     two = build(src, tmp_path / "two", jobs=2)
     assert two[1] == one[1] and len(two[1]) == 200
 
 
-REAL_MAKE_DATUM = convert.make_datum
+REAL_MAKE_DATUM = parallel_write.make_datum
 
 
 def _fail_on(name: str, how):
@@ -136,22 +137,22 @@ def _leftovers(out: Path) -> list[str]:
 
 
 def test_a_failing_worker_stops_the_command_and_leaves_no_database(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(convert, "CHUNK", 8)
+    monkeypatch.setattr(parallel_write, "CHUNK", 8)
     src = write_class_folders(tmp_path / "cf", classes=2, per_class=40, size=(8, 8), ext=".png")
 
     def boom():
         raise ValueError("decoder exploded")
-    monkeypatch.setattr(convert, "make_datum", _fail_on("class_1/img_30.png", boom))
+    monkeypatch.setattr(parallel_write, "make_datum", _fail_on("class_1/img_30.png", boom))
     with pytest.raises(RuntimeError, match=r"converter worker build-lmdb-\d failed: ValueError: decoder exploded"):
         build_lmdb(src, tmp_path / "out", quiet(jobs=2), val_fraction=0)
     assert _leftovers(tmp_path / "out") == []
 
-    monkeypatch.setattr(convert, "make_datum", _fail_on("class_0/img_5.png", lambda: os._exit(3)))
+    monkeypatch.setattr(parallel_write, "make_datum", _fail_on("class_0/img_5.png", lambda: os._exit(3)))
     with pytest.raises(UserError, match=r"died \(exit code 3\) while writing .*; nothing was kept$"):
         build_lmdb(src, tmp_path / "out", quiet(jobs=2), val_fraction=0)
     assert _leftovers(tmp_path / "out") == []
 
-    monkeypatch.setattr(convert, "make_datum", _fail_on("class_1/img_7.png", lambda: os.kill(os.getpid(), 9)))
+    monkeypatch.setattr(parallel_write, "make_datum", _fail_on("class_1/img_7.png", lambda: os.kill(os.getpid(), 9)))
     with pytest.raises(UserError, match=r"died \(killed by signal 9\)"):  # as the out-of-memory killer does
         build_lmdb(src, tmp_path / "out", quiet(jobs=2), val_fraction=0)
     assert _leftovers(tmp_path / "out") == []
@@ -160,7 +161,7 @@ def test_a_failing_worker_stops_the_command_and_leaves_no_database(tmp_path: Pat
         import lmdb
 
         raise lmdb.DiskError("No space left on device")
-    monkeypatch.setattr(convert, "make_datum", _fail_on("class_1/img_2.png", disk_full))
+    monkeypatch.setattr(parallel_write, "make_datum", _fail_on("class_1/img_2.png", disk_full))
     with pytest.raises(UserError, match=r"\.train_lmdb\.tmp-\w+: writing the database failed: No space left"):
         build_lmdb(src, tmp_path / "out", quiet(jobs=2), val_fraction=0)
     assert _leftovers(tmp_path / "out") == []
@@ -226,7 +227,7 @@ def test_reports_that_cross_are_taken_in_chunk_order() -> None:
     from tqdm import tqdm
 
     def collected(order: list[int]) -> tuple:
-        collect = convert._Collector(tqdm(disable=True))
+        collect = parallel_write.Collector(tqdm(disable=True))
         messages = [("chunk", 0, 2, [b"k0", b"k1"], [("a.png", "broken")], 10, (3, 4, 4)),
                     ("chunk", 1, 2, [b"k2"], [("b.png", "empty")], 5, (3, 8, 8))]
         for i in order:

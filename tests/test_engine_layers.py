@@ -320,8 +320,9 @@ def test_shared_parameters_are_refused():
 def test_in_place_batchnorm_scale_pairs_fuse_and_others_do_not() -> None:
     from pathlib import Path
 
-    from squeezecaffe.engines.torchcaffe.layers import BatchNorm, Scale, fuse_batchnorm_scale
+    from squeezecaffe.engines.torchcaffe.layers import BatchNorm, Scale
     from squeezecaffe.engines.torchcaffe.net import CaffeNet
+    from squeezecaffe.engines.torchcaffe.rewrites import fuse_batchnorm_scale
     from squeezecaffe.proto import read_text
 
     deploy = read_text(Path(__file__).resolve().parent.parent / "prototxt" / "fullbypass8" / "deploy.prototxt",
@@ -358,7 +359,8 @@ def test_in_place_relus_overwrite_only_what_no_gradient_needs() -> None:
     after its producer: a new tensor. r3's blob is the caller's input: never overwritten. The gradients are those of
     a net where no ReLU runs in place."""
     from squeezecaffe.engines.torchcaffe.fillers import fill_net
-    from squeezecaffe.engines.torchcaffe.layers import ReLU, allow_in_place_relu
+    from squeezecaffe.engines.torchcaffe.layers import ReLU
+    from squeezecaffe.engines.torchcaffe.rewrites import allow_in_place_relu
 
     net = CaffeNet(parse_text(IN_PLACE_NET, pb.NetParameter), "TRAIN")
     fill_net(net, 3)

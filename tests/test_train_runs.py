@@ -296,7 +296,7 @@ def test_a_run_records_its_data_as_an_absolute_path(data: Path, tmp_path: Path,
     """`train --data rel/path` from one directory; `eval RUN`, `compress RUN` and `--resume` read config.json's
     data from anywhere, so the path is stored resolved."""
     from squeezecaffe.train.config import TrainConfig
-    from squeezecaffe.train.runner import prepare_run
+    from squeezecaffe.train.prepare import prepare_run
 
     monkeypatch.chdir(data.parent)
     prepare_run(TrainConfig(model="cifar_resnet_1111", data=data.name, engine="torch", epochs=1, batch_size=16),

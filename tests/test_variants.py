@@ -173,3 +173,12 @@ def test_gen_and_summary_take_the_variant_options(tmp_path: Path, capsys) -> Non
     assert "4,903,242" in capsys.readouterr().out
     assert main(["summary", "squeezenet_v1_0", "--fire", "fire4=32,96"]) == 2
     assert "expected fireN=S,E1,E3" in capsys.readouterr().err
+
+
+def test_the_sweep_axes_are_the_fire_design_fields():
+    from dataclasses import fields
+
+    from squeezecaffe.netgen.variants import FireDesign
+    from squeezecaffe.solvers.sweep import AXES
+
+    assert sorted(AXES) == sorted(f.name for f in fields(FireDesign))

@@ -118,11 +118,12 @@ def cmd_gen(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from squeezecaffe.netgen.variants import FireDesign
-    from squeezecaffe.solvers.sweep import format_table, sweep
+    from squeezecaffe.solvers.sweep import AXES, format_table, sweep
 
     grid: dict[str, list[float]] = {}
-    for f in dataclasses.fields(FireDesign):
-        key, kind = f.name, type(f.default)
+    kinds = {f.name: type(f.default) for f in dataclasses.fields(FireDesign)}
+    for key in AXES:
+        kind = kinds[key]
         text = getattr(args, key)
         if text:
             try:

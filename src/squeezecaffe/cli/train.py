@@ -48,7 +48,7 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     from squeezecaffe.fileio import atomic_write_text
     from squeezecaffe.train.config import TrainConfig
     from squeezecaffe.train.lr_find import find_lr, plot_sweep
-    from squeezecaffe.train.runner import generate_run_files
+    from squeezecaffe.train.prepare import generate_run_files
 
     cfg = TrainConfig(model=args.model, data=args.data, batch_size=args.batch_size, input=args.input,
                       recipe=args.recipe, device_options=DeviceOptions(device=args.device), workers=args.workers,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from squeezecaffe.engines.device import device_field
+from squeezecaffe.errors import UserError
 from squeezecaffe.options import NOT_AN_OPTION, option
 
 # The retraining rate, as a fraction of the source run's base_lr. A tenth (Deep Compression's fine-tuning rate for a
@@ -42,3 +43,15 @@ class CompressOptions:
     seed: int = option(42, "seed of the retraining runs")
     force: bool = option(False, "replace an earlier compression in --out")
     progress: bool = field(default=True, metadata=NOT_AN_OPTION)  # the verb's --quiet
+
+    def __post_init__(self) -> None:
+        """Settings refused before anything is read or written (one line each, as the CLI prints them)."""
+        if self.retrain_epochs is not None and self.retrain_epochs < 0:
+            raise UserError(f"--retrain-epochs {self.retrain_epochs}: must be 0 or more")
+        if self.bn_images < 0:
+            raise UserError(f"--bn-images {self.bn_images}: give a number of images >= 0 (0: keep the dense "
+                            "model's statistics)")
+        if self.retrain_lr is not None and not self.retrain_lr > 0:
+            raise UserError(f"--retrain-lr {self.retrain_lr:g}: must be positive")
+        if self.batch_size is not None and self.batch_size <= 0:
+            raise UserError(f"--batch-size {self.batch_size}: must be positive")

@@ -20,28 +20,23 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import numpy as np
-
-from squeezecaffe.caffe_rules.blobs import blob_shape, blob_values, read_caffemodel
-from squeezecaffe.compress.codec import CodedBlob, decode_model, encode_model
+from squeezecaffe.caffe_rules.blobs import read_caffemodel
+from squeezecaffe.compress.codec import decode_model, encode_model
 from squeezecaffe.compress.container import Container
-from squeezecaffe.compress.kmeans import kmeans_1d
-from squeezecaffe.compress.options import RETRAIN_LR_FACTOR, RETRAIN_MIN_ITERATIONS, CompressOptions
-from squeezecaffe.compress.plan import PAPER_MIB, PAPER_TOTAL_KEPT, BlobPlan, make_plan
-from squeezecaffe.compress.prune import magnitude_mask
+from squeezecaffe.compress.options import RETRAIN_MIN_ITERATIONS, CompressOptions
+from squeezecaffe.compress.plan import PAPER_MIB, PAPER_TOTAL_KEPT, make_plan
+from squeezecaffe.compress.retrain import recalibrate as recalibrate_stage
+from squeezecaffe.compress.retrain import retrain as retrain_stage
+from squeezecaffe.compress.retrain import retrain_context, retraining_epochs
 from squeezecaffe.compress.sqz import same_weights
+from squeezecaffe.compress.stages import STEPS, Held
 from squeezecaffe.compress.table import Row, build_rows, fixed_width, format_rows, paper_comparison, rows_json
-from squeezecaffe.engines.torchcaffe.constraints import BlobConstraint, save_constraints
+from squeezecaffe.engines.torchcaffe.constraints import save_constraints
 from squeezecaffe.errors import UserError
 from squeezecaffe.evaluation.artifacts import Artifacts, resolve_artifacts
 from squeezecaffe.fileio import atomic_copy, atomic_write_bytes, atomic_write_text, ensure_writable_dir
-from squeezecaffe.proto import pb, read_text, set_float_data, to_text, write_binary
-
-if TYPE_CHECKING:
-    from squeezecaffe.train.config import TrainConfig
-
+from squeezecaffe.proto import pb, to_text, write_binary
 
 
 @dataclass
@@ -63,185 +58,6 @@ class CompressResult:
     report: Path
     notes: list[str] = field(default_factory=list)
     paper: str | None = None  # the kept-parameter comparison with the paper (--density paper)
-
-
-# ---------------------------------------------------------------- weights as arrays
-
-
-def _weight(model: pb.NetParameter, layer: str) -> tuple[pb.BlobProto, np.ndarray]:
-    lp = next(lp for lp in model.layer if lp.name == layer)
-    blob = lp.blobs[0]
-    return blob, blob_values(blob).astype(np.float32).reshape(blob_shape(blob))
-
-
-def _set_weight(model: pb.NetParameter, layer: str, values: np.ndarray) -> None:
-    blob, _ = _weight(model, layer)
-    del blob.double_data[:]
-    set_float_data(blob, np.asarray(values, np.float32).reshape(-1))
-
-
-def prune(model: pb.NetParameter, plans: list[BlobPlan]) -> tuple[pb.NetParameter, list[BlobConstraint]]:
-    """The model with each planned blob magnitude-pruned to its density, and the masks."""
-    out = pb.NetParameter()
-    out.CopyFrom(model)
-    masks = []
-    for plan in plans:
-        _, w = _weight(out, plan.layer)
-        mask = magnitude_mask(w, plan.kept)
-        _set_weight(out, plan.layer, np.where(mask, w, np.float32(0)))
-        masks.append(BlobConstraint(plan.layer, 0, mask=mask))
-    return out, masks
-
-
-def quantize(model: pb.NetParameter, plans: list[BlobPlan], masks: list[BlobConstraint]
-             ) -> tuple[pb.NetParameter, dict[str, CodedBlob]]:
-    """The model with each planned blob's kept weights replaced by their k-means (2^bits) shared values."""
-    out = pb.NetParameter()
-    out.CopyFrom(model)
-    by_layer = {m.layer: m.kept() for m in masks}
-    coded = {}
-    for plan in plans:
-        _, w = _weight(out, plan.layer)
-        kept = by_layer[plan.layer]
-        codebook, labels = kmeans_1d(w[kept], 1 << plan.bits)
-        clusters = np.full(w.shape, -1, np.int32)
-        clusters[kept] = labels
-        coded[plan.layer] = CodedBlob(codebook, clusters, plan.bits, plan.index_bits)
-        _set_weight(out, plan.layer, coded[plan.layer].values())
-    return out, coded
-
-
-def read_shared_values(model: pb.NetParameter, coded: dict[str, CodedBlob], where: str) -> dict[str, CodedBlob]:
-    """Codebooks read back from fine-tuned weights: every member of a cluster must hold the same value (the
-    constraint keeps them tied), and pruned weights must be zero."""
-    out = {}
-    for layer, blob in coded.items():
-        _, w = _weight(model, layer)
-        codebook = blob.codebook.copy()
-        flat, clusters = w.reshape(-1), blob.clusters.reshape(-1)
-        if np.any(flat[clusters < 0] != 0):
-            raise UserError(f"{where}: layer '{layer}' has non-zero pruned weights; it is not the retrained model")
-        members = clusters >= 0
-        used, first = np.unique(clusters[members], return_index=True)  # one member of each cluster in use
-        codebook[used] = flat[members][first]
-        if np.any(flat[members] != codebook[clusters[members]]):
-            raise UserError(f"{where}: layer '{layer}' has weights of one cluster that differ; its shared values "
-                            "were not held during fine-tuning")
-        out[layer] = replace(blob, codebook=codebook.astype(np.float32))
-    return out
-
-
-# ---------------------------------------------------------------- stages
-
-
-@dataclass
-class _Retrain:
-    """What a retraining run needs: the source run's settings (or a fresh run's, with --model/--data) and its rate."""
-
-    base: TrainConfig  # model, data and batch set; every other setting as the source run had it
-    base_lr: float
-
-    @property
-    def model(self) -> str:
-        return str(self.base.model)
-
-    @property
-    def data(self) -> str:
-        return str(self.base.data)
-
-
-def _retrain_context(art: Artifacts, model: str | None, options: CompressOptions) -> _Retrain | None:
-    from squeezecaffe.train.config import TrainConfig, read_run_config
-
-    source = read_run_config(art.run_dir)[0] if art.run_dir else None
-    name = model or (source.model if source else None)
-    data = options.data or (source.data if source else None)
-    if not name or not data or art.data_dir is None:
-        return None
-    base = replace(source or TrainConfig(), model=name, data=str(art.data_dir),
-                   batch_size=options.batch_size or (source.batch_size if source else None))
-    if art.run_dir and (art.run_dir / "solver.prototxt").is_file() and source and source.model == name:
-        base_lr = read_text(art.run_dir / "solver.prototxt", pb.SolverParameter).base_lr
-    else:
-        from squeezecaffe.netgen.variants import model_spec
-        from squeezecaffe.solvers.recipes import resolve_recipe
-
-        base_lr = resolve_recipe(model_spec(name), base.recipe, batch_size=base.batch_size,
-                                 data_dir=str(art.data_dir)).sched.base_lr
-    return _Retrain(base, base_lr)
-
-
-def retraining_epochs(ctx: _Retrain, options: CompressOptions) -> tuple[int, int]:
-    """(epochs, iterations per epoch) of each retraining stage: --retrain-epochs as given, else one epoch raised
-    until the stage runs RETRAIN_MIN_ITERATIONS iterations."""
-    import math
-
-    from squeezecaffe.netgen.variants import model_spec
-    from squeezecaffe.solvers.recipes import resolve_recipe
-    from squeezecaffe.solvers.schedule import iterations_per_epoch
-
-    resolved = resolve_recipe(model_spec(ctx.model), ctx.base.recipe, batch_size=ctx.base.batch_size,
-                              data_dir=ctx.data)
-    epoch = iterations_per_epoch(resolved.sched.train_size, resolved.cfg.batch_size, resolved.sched.iter_size)
-    if options.retrain_epochs is not None:
-        return options.retrain_epochs, epoch
-    return max(1, math.ceil(RETRAIN_MIN_ITERATIONS / epoch)), epoch
-
-
-def _stage_config(ctx: _Retrain, options: CompressOptions, **fields) -> TrainConfig:
-    """The settings of a stage's run (retraining, or BatchNorm re-estimation): the source run's, with what a stage
-    decides for itself replaced: the torch engine, this verb's device and seed, the generated solver at the stage's
-    own length and rate (no hand-written solver, no solver fields of the source's), no initial weights, constraints
-    or frozen layers of the source's; `fields` add the stage's own."""
-
-    base = ctx.base
-    stage = replace(base, solver=None, engine="torch", epochs=None, classes=None, solver_set={}, weights=None,
-                    constraints=None, freeze=[], tensorboard=False, seed=options.seed,
-                    device_options=replace(base.device_options, device=options.device),
-                    # the stage runs the length the verb chose and printed: the plateau controller acts, the early
-                    # stop does not
-                    plateau=replace(base.plateau, early_stop=False))
-    return replace(stage, **fields)
-
-
-def _retrain(stage_dir: Path, weights: Path, constraints: Path, ctx: _Retrain, options: CompressOptions,
-             epochs: int) -> Path:
-    from squeezecaffe.train.launch import launch
-
-    rate = options.retrain_lr if options.retrain_lr is not None else RETRAIN_LR_FACTOR * ctx.base_lr
-    cfg = _stage_config(ctx, options, epochs=epochs, solver_set={"base_lr": f"{rate:.6g}"}, keep=1,
-                        weights=str(weights.resolve()), constraints=str(constraints.resolve()),
-                        centroid_gradient=options.centroid_gradient)
-    run_dir = stage_dir / "retrain"
-    if launch(cfg, run_dir, progress=options.progress, echo=options.progress) != 0:
-        raise UserError(f"{run_dir}: the retraining was stopped by a signal; run compress again")
-    best = run_dir / "best.caffemodel"
-    if not best.is_file():
-        raise UserError(f"{run_dir}: retraining finished no epoch (no best.caffemodel)")
-    return best
-
-
-def _recalibrate(stage_dir: Path, model: pb.NetParameter, ctx: _Retrain, options: CompressOptions
-                 ) -> tuple[pb.NetParameter, int]:
-    """`model` with its BatchNorm statistics re-estimated at its own weights over `options.bn_images` training
-    images (the first records of the training database); returns it and the images used.
-
-    Pruning and quantizing change what every convolution outputs, and statistics measured on the dense weights no
-    longer fit them: pruned to a third without retraining, fullbypass8 scored 19.7% with the dense model's
-    statistics (docs/compression.md). A retraining run re-estimates them itself; this is for `--retrain-epochs 0`.
-    The nets are generated as for retraining, into STAGE/recalibrate/; only BatchNorm blobs change."""
-    from squeezecaffe.engines.torchcaffe.batchnorm_stats import reestimated_model
-    from squeezecaffe.engines.torchcaffe.options import EngineOptions
-    from squeezecaffe.train.runner import generate_run_files
-
-    folder = stage_dir / "recalibrate"
-    folder.mkdir(parents=True, exist_ok=True)
-    cfg = _stage_config(ctx, options, epochs=1)
-    solver_path, _ = generate_run_files(cfg, folder)
-    net_path = Path(read_text(solver_path, pb.SolverParameter).net)
-    engine_options = EngineOptions(device=options.device, channels_last=cfg.device_options.channels_last,
-                                   workers=cfg.workers)
-    return reestimated_model(net_path, model, options.bn_images, engine_options, options.seed)
 
 
 def _evaluate(art: Artifacts, weights: Path, options: CompressOptions, out_dir: Path) -> tuple[float, float] | None:
@@ -275,15 +91,6 @@ def compress(source: str, out: str | Path, options: CompressOptions, *, model: s
     """Run every stage; see the module docstring for what lands where."""
     from squeezecaffe.engines.torchcaffe.constraints import CENTROID_GRADIENTS
 
-    if options.retrain_epochs is not None and options.retrain_epochs < 0:
-        raise UserError(f"--retrain-epochs {options.retrain_epochs}: must be 0 or more")
-    if options.bn_images < 0:
-        raise UserError(f"--bn-images {options.bn_images}: give a number of images >= 0 (0: keep the dense "
-                        "model's statistics)")
-    if options.retrain_lr is not None and not options.retrain_lr > 0:
-        raise UserError(f"--retrain-lr {options.retrain_lr:g}: must be positive")
-    if options.batch_size is not None and options.batch_size <= 0:
-        raise UserError(f"--batch-size {options.batch_size}: must be positive")
     if options.centroid_gradient not in CENTROID_GRADIENTS:
         raise UserError(f"--centroid-gradient {options.centroid_gradient}: choose {' or '.join(CENTROID_GRADIENTS)}")
     out = Path(out)
@@ -296,7 +103,7 @@ def compress(source: str, out: str | Path, options: CompressOptions, *, model: s
     has_batchnorm = any(lp.type == "BatchNorm" for lp in dense.layer)
     retraining = options.retrain_epochs != 0
     wants_statistics = not retraining and options.bn_images > 0 and has_batchnorm
-    ctx = _retrain_context(art, model, options) if retraining or wants_statistics else None
+    ctx = retrain_context(art, model, options) if retraining or wants_statistics else None
     if ctx is None and (retraining or wants_statistics):
         what = "no retraining" if retraining else "BatchNorm statistics kept from the dense model"
         notes.append(f"{what}: it needs a registry model (--model or a run's) and a build-lmdb data directory "
@@ -311,7 +118,7 @@ def compress(source: str, out: str | Path, options: CompressOptions, *, model: s
                       f" (one epoch, raised to reach {RETRAIN_MIN_ITERATIONS} iterations; --retrain-epochs sets it)"))
 
     def recalibrated(folder: Path, model_now: pb.NetParameter) -> tuple[Path, pb.NetParameter]:
-        fresh, images = _recalibrate(folder, model_now, recalibrate, options)
+        fresh, images = recalibrate_stage(folder, model_now, recalibrate, options)
         say(f"BatchNorm statistics re-estimated over {images:,} training images (--bn-images)")
         return write_binary(folder / "recalibrated.caffemodel", fresh), fresh
     for note in notes:
@@ -328,39 +135,26 @@ def compress(source: str, out: str | Path, options: CompressOptions, *, model: s
 
     stage("dense", art.weights, out / "dense")
 
-    # 1. prune, retrain with the masks held
-    folder = out / "pruned"
-    pruned, masks = prune(dense, plans)
-    write_binary(folder / "pruned.caffemodel", pruned)
-    masks_path = save_constraints(folder / "masks.npz", masks)
-    weights = folder / "pruned.caffemodel"
-    if retrain is not None:
-        stage("pruned", weights, folder)
-        weights = _retrain(folder, weights, masks_path, retrain, options, epochs)
-        pruned = read_caffemodel(weights)
-    elif recalibrate is not None:
-        stage("pruned", weights, folder)
-        weights, pruned = recalibrated(folder, pruned)
-    atomic_copy(weights, folder / "model.caffemodel")
+    # 1. prune, retrain with the masks held; 2. quantize the kept weights, fine-tune the shared values
+    held, model_now = Held(), dense
     done = " + retrained" if retrain else " + BatchNorm re-estimated" if recalibrate else ""
-    stage(f"pruned{done}", folder / "model.caffemodel", folder)
-
-    # 2. quantize the kept weights, fine-tune the shared values
-    folder = out / "quantized"
-    quantized, coded = quantize(pruned, plans, masks)
-    write_binary(folder / "quantized.caffemodel", quantized)
-    clusters_path = save_constraints(folder / "clusters.npz", [BlobConstraint(layer, 0, clusters=c.clusters)
-                                                               for layer, c in coded.items()])
-    weights = folder / "quantized.caffemodel"
-    if retrain is not None:
-        stage("quantized", weights, folder)
-        weights = _retrain(folder, weights, clusters_path, retrain, options, epochs)
-        quantized = read_caffemodel(weights)
-        coded = read_shared_values(quantized, coded, str(weights))
-    elif recalibrate is not None:  # the shared values stay as k-means left them; only the statistics change
-        stage("quantized", weights, folder)
-        weights, quantized = recalibrated(folder, quantized)
-    atomic_copy(weights, folder / "model.caffemodel")
+    for step in STEPS:
+        folder = out / step.name
+        model_now, constraints = step.apply(model_now, plans, held)
+        weights = write_binary(folder / f"{step.name}.caffemodel", model_now)
+        constraints_path = save_constraints(folder / step.constraints_file, constraints)
+        if retrain is not None or recalibrate is not None:
+            stage(step.name, weights, folder)
+        if retrain is not None:
+            weights = retrain_stage(folder, weights, constraints_path, retrain, options, epochs)
+            model_now = read_caffemodel(weights)
+            step.reread(model_now, held, str(weights))
+        elif recalibrate is not None:  # quantized: the shared values stay as k-means left them; only statistics move
+            weights, model_now = recalibrated(folder, model_now)
+        atomic_copy(weights, folder / "model.caffemodel")
+        if step.scored_after:
+            stage(f"{step.name}{done}", folder / "model.caffemodel", folder)
+    quantized, coded = model_now, held.coded
 
     # 3. Huffman-code into the container; decode it again and prove it gives the same weights
     folder = out / "final"

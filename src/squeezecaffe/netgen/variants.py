@@ -16,7 +16,7 @@ defaults (fullbypass12) takes per-module overrides only.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 from squeezecaffe.errors import UserError
 from squeezecaffe.netgen.registry import BasicBlock, Fire, ModelSpec, get_model, resnet_body
@@ -65,7 +65,7 @@ class Variation:
     bottleneck: float | None = None
 
 
-_DESIGN_KEYS = {"base_e": int, "incr_e": int, "freq": int, "pct3x3": float, "sr": float}
+_DESIGN_KEYS = {f.name: type(f.default) for f in fields(FireDesign)}  # the design options and their types
 
 
 def _ints(text: str, what: str) -> tuple[int, ...]:

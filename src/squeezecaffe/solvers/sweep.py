@@ -22,6 +22,8 @@ from squeezecaffe.solvers.recipes import resolve_recipe
 # SR 0.75, both at pct3x3 0.5); keyed by (SR, pct3x3) with the other metaparameters at their defaults.
 PAPER_SIZES_MB = {(0.125, 0.5): 4.8, (0.75, 0.5): 19.0}
 PAPER_MODEL = "squeezenet_v1_0"
+# The grid's axes in table order: the paper's Figure 2a axis (SR) before Figure 2b's (pct3x3); FireDesign's fields.
+AXES = ("base_e", "incr_e", "freq", "sr", "pct3x3")
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,9 @@ import time
 from pathlib import Path
 
 from squeezecaffe.train.config import TrainConfig, read_run_config
+from squeezecaffe.train.prepare import prepare_run
 from squeezecaffe.train.rundir import RunLock
-from squeezecaffe.train.runner import Trainer, prepare_run
+from squeezecaffe.train.runner import Trainer
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:

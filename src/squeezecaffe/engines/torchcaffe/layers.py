@@ -12,65 +12,15 @@ from __future__ import annotations
 import itertools
 import math
 import zlib
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from squeezecaffe.caffe_rules.shapes import LayerInfo, canonical_axis, conv_geometry, pool_geometry, pool_out
-from squeezecaffe.errors import UserError
+from squeezecaffe.caffe_rules.shapes import canonical_axis, conv_geometry, pool_geometry, pool_out
+from squeezecaffe.engines.torchcaffe import losses  # noqa: F401  (registers the loss and metric layers)
+from squeezecaffe.engines.torchcaffe.layer_base import LAYERS, CaffeLayer, register, wide
 from squeezecaffe.proto import pb
-
-FLT_MIN = 1.17549435e-38  # Caffe clamps probabilities to this before the log
-
-
-@dataclass
-class LayerContext:
-    """What a layer needs to know about the net it lives in."""
-
-    phase: int  # pb.TRAIN or pb.TEST
-    where: str  # the prototxt, for messages
-    rng_seed: int = 0  # mixed with the step key for Dropout masks
-    step_key: int = 0  # set by the net before each forward (the solver sets it from iter and pass)
-
-
-class CaffeLayer(nn.Module):
-    """Base: a layer's parameter blobs (Caffe order) and its forward over bottoms -> tops."""
-
-    def __init__(self, lp: pb.LayerParameter, info: LayerInfo, ctx: LayerContext) -> None:
-        super().__init__()
-        self.lp = lp
-        self.info = info
-        self.ctx = ctx
-        self.blobs = nn.ParameterList(
-            nn.Parameter(torch.zeros(p.shape), requires_grad=p.trainable) for p in info.params
-        )
-
-    def fail(self, msg: str) -> UserError:
-        return UserError(f"{self.ctx.where}: layer '{self.lp.name}' ({self.lp.type}): {msg}")
-
-    def forward(self, bottoms: list[Tensor]) -> list[Tensor]:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-
-LAYERS: dict[str, type[CaffeLayer]] = {}
-
-
-def register(*types: str) -> Callable[[type[CaffeLayer]], type[CaffeLayer]]:
-    def deco(cls: type[CaffeLayer]) -> type[CaffeLayer]:
-        for t in types:
-            LAYERS[t] = cls
-        return cls
-
-    return deco
-
-
-def wide(t: Tensor) -> Tensor:
-    """Half-precision tensors (autocast) widened to fp32 for softmax and losses; fp32/fp64 kept."""
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
-
 
 # --------------------------------------------------------------------------- learned layers
 
@@ -159,62 +109,6 @@ class BatchNorm(CaffeLayer):
                 self.blobs[0].mul_(self.fraction).add_(mean)
                 self.blobs[1].mul_(self.fraction).add_(var)
         return [out.to(in_dtype)]
-
-
-def fuse_batchnorm_scale(layers: list[pb.LayerParameter], modules: list[CaffeLayer]) -> int:
-    """Let each in-place BatchNorm -> Scale(bias) pair run as one fused batch_norm with weight and bias.
-
-    Only in-place chains (BN and Scale reading and writing the same blob) are fused, so no intermediate value
-    that a blob name could show is lost; the Scale keeps its blobs (caffemodel I/O, solver, weight sharing are
-    unchanged) and passes its input through. Same formula, one kernel forward and backward instead of four.
-    Returns how many pairs were fused.
-    """
-    fused = 0
-    for (lp, module), (next_lp, next_module) in zip(zip(layers, modules, strict=True),
-                                                    zip(layers[1:], modules[1:], strict=True), strict=False):
-        if not (isinstance(module, BatchNorm) and isinstance(next_module, Scale)):
-            continue
-        blob = lp.top[0]
-        in_place = lp.bottom[0] == blob and list(next_lp.bottom) == [blob] and list(next_lp.top) == [blob]
-        p = next_lp.scale_param
-        if in_place and p.bias_term and canonical_axis(p.axis, 4) == 1 and p.num_axes == 1 and len(next_module.blobs) == 2:
-            module._affine = [next_module]
-            next_module.fused = True
-            fused += 1
-    return fused
-
-
-# Layers whose gradient does not need their own output: an in-place ReLU right after one may overwrite it.
-_OUTPUT_NOT_SAVED = {"Convolution", "InnerProduct", "BatchNorm", "Scale", "Eltwise", "Concat", "Pooling"}
-
-
-def allow_in_place_relu(layers: list[pb.LayerParameter], modules: list[CaffeLayer]) -> int:
-    """Let an in-place ReLU (top == bottom) overwrite its blob, as Caffe does, where that is safe for autograd:
-    the blob's producer is a layer whose gradient does not read its output, and no layer between the producer and
-    the ReLU reads the blob (it might have saved it for its gradient). No new tensor per ReLU in training (under
-    no_grad every tensor is a leaf and the ReLU writes a new one), and the same values either way. Returns how
-    many ReLUs run in place."""
-    producer: dict[str, int] = {}
-    readers: dict[str, list[int]] = {}
-    allowed = 0
-    for i, (lp, module) in enumerate(zip(layers, modules, strict=True)):
-        if (isinstance(module, ReLU) and len(lp.bottom) == 1 and list(lp.top) == list(lp.bottom)
-                and module.slope >= 0):  # torch has no in-place backward for a negative slope
-            blob = lp.bottom[0]
-            source = producer.get(blob)
-            # a one-bottom Eltwise or Concat may hand its bottom through: overwriting it would change that blob too
-            passes_through = len(layers[source].bottom) < 2 if source is not None else True
-            if (source is not None and layers[source].type in _OUTPUT_NOT_SAVED
-                    and not (layers[source].type in ("Eltwise", "Concat") and passes_through)
-                    and not any(r > source for r in readers.get(blob, []))):
-                module.in_place = True
-                allowed += 1
-        for name in lp.bottom:
-            readers.setdefault(name, []).append(i)
-        for name in lp.top:
-            producer[name] = i
-            readers[name] = []
-    return allowed
 
 
 def _param_view(blob: Tensor, x: Tensor, axis: int) -> Tensor:
@@ -421,95 +315,6 @@ class Softmax(CaffeLayer):
     def forward(self, bottoms):
         x = bottoms[0]
         return [torch.softmax(wide(x), dim=canonical_axis(self.lp.softmax_param.axis, x.dim())).to(x.dtype)]
-
-
-# --------------------------------------------------------------------------- losses and metrics
-
-
-def _loss_normalizer(lp: pb.LayerParameter, outer: int, inner: int, valid: int) -> float:
-    """Caffe's LossLayer normalisation (the legacy `normalize` bool maps to VALID / BATCH_SIZE)."""
-    p = lp.loss_param
-    mode = p.normalization
-    if p.HasField("normalize") and not p.HasField("normalization"):
-        mode = pb.LossParameter.VALID if p.normalize else pb.LossParameter.BATCH_SIZE
-    value = {
-        pb.LossParameter.FULL: outer * inner,
-        pb.LossParameter.VALID: valid,
-        pb.LossParameter.BATCH_SIZE: outer,
-        pb.LossParameter.NONE: 1,
-    }[mode]
-    return max(1.0, float(value))
-
-
-class _SoftmaxLoss(torch.autograd.Function):
-    """Caffe's SoftmaxWithLoss: loss = -sum log(max(p_label, FLT_MIN)) / normalizer;
-    gradient (p - onehot) / normalizer at valid positions (the clamp does not enter the gradient)."""
-
-    @staticmethod
-    def forward(ctx, logits, labels, axis, ignore_label, normalizer):
-        prob = torch.softmax(wide(logits), dim=axis)
-        lab = labels.long()
-        valid = torch.ones_like(lab, dtype=torch.bool) if ignore_label is None else lab != ignore_label
-        safe = torch.where(valid, lab, torch.zeros_like(lab))
-        picked = prob.gather(axis, safe.unsqueeze(axis)).squeeze(axis)
-        nll = -torch.log(picked.clamp_min(FLT_MIN))
-        loss = torch.where(valid, nll, torch.zeros_like(nll)).sum() / normalizer
-        ctx.save_for_backward(prob, safe, valid)
-        ctx.axis, ctx.normalizer, ctx.in_dtype = axis, normalizer, logits.dtype
-        return loss.to(wide(logits).dtype), prob.to(logits.dtype)
-
-    @staticmethod
-    def backward(ctx, grad_loss, grad_prob):
-        prob, safe, valid = ctx.saved_tensors
-        grad = prob.clone()
-        grad.scatter_add_(ctx.axis, safe.unsqueeze(ctx.axis), -torch.ones_like(prob).narrow(ctx.axis, 0, 1))
-        grad = grad * valid.unsqueeze(ctx.axis).to(grad.dtype)
-        grad = grad * (grad_loss.to(grad.dtype) / ctx.normalizer)
-        return grad.to(ctx.in_dtype), None, None, None, None
-
-
-@register("SoftmaxWithLoss")
-class SoftmaxWithLoss(CaffeLayer):
-    def forward(self, bottoms):
-        logits, labels = bottoms
-        axis = canonical_axis(self.lp.softmax_param.axis, logits.dim())
-        outer = math.prod(logits.shape[:axis])
-        inner = math.prod(logits.shape[axis + 1 :])
-        if labels.numel() != outer * inner:
-            raise self.fail(f"{labels.numel()} labels for {outer * inner} predictions")
-        labels = labels.reshape(*logits.shape[:axis], *logits.shape[axis + 1 :])
-        ignore = self.lp.loss_param.ignore_label if self.lp.loss_param.HasField("ignore_label") else None
-        valid = outer * inner if ignore is None else int((labels.long() != ignore).sum())
-        normalizer = _loss_normalizer(self.lp, outer, inner, valid)
-        loss, prob = _SoftmaxLoss.apply(logits, labels, axis, ignore, normalizer)
-        return [loss, prob][: len(self.lp.top)]
-
-
-@register("Accuracy")
-class Accuracy(CaffeLayer):
-    """Caffe's rule: a prediction is right when fewer than top_k classes score strictly higher
-    than the true class (so ties count in the prediction's favour)."""
-
-    def forward(self, bottoms):
-        scores, labels = wide(bottoms[0].detach()), bottoms[1].detach()
-        p = self.lp.accuracy_param
-        axis = canonical_axis(p.axis, scores.dim())
-        classes = scores.shape[axis]
-        scores = scores.movedim(axis, -1).reshape(-1, classes)
-        lab = labels.reshape(-1).long()
-        valid = lab != p.ignore_label if p.HasField("ignore_label") else torch.ones_like(lab, dtype=torch.bool)
-        safe = torch.where(valid, lab, torch.zeros_like(lab))
-        true_score = scores.gather(1, safe[:, None])
-        correct = ((scores > true_score).sum(1) < p.top_k) & valid
-        count = valid.sum().clamp_min(1)  # on the device: reading it would wait for the device every batch
-        acc = correct.sum().float() / count.float()
-        tops = [acc.to(bottoms[0].dtype)]
-        if len(self.lp.top) > 1:
-            per_class_n = torch.bincount(safe[valid], minlength=classes).float()
-            per_class_ok = torch.bincount(safe[correct], minlength=classes).float()
-            per_class = torch.where(per_class_n > 0, per_class_ok / per_class_n.clamp_min(1), torch.zeros_like(per_class_n))
-            tops.append(per_class.to(bottoms[0].dtype))
-        return tops
 
 
 # --------------------------------------------------------------------------- inputs

@@ -19,16 +19,11 @@ from torch import Tensor, nn
 
 from squeezecaffe.caffe_rules.shapes import infer_layers, net_input_shapes
 from squeezecaffe.caffe_rules.state import filter_net, make_state
-from squeezecaffe.engines.torchcaffe.layers import (
-    LAYERS,
-    SUPPORTED_TYPES,
-    DataLayer,
-    LayerContext,
-    allow_in_place_relu,
-    fuse_batchnorm_scale,
-)
+from squeezecaffe.engines.torchcaffe.layer_base import LAYERS, LayerContext
+from squeezecaffe.engines.torchcaffe.layers import SUPPORTED_TYPES, DataLayer
 from squeezecaffe.engines.torchcaffe.loader import DataLayerLoader
 from squeezecaffe.engines.torchcaffe.options import EngineOptions
+from squeezecaffe.engines.torchcaffe.rewrites import allow_in_place_relu, fuse_batchnorm_scale
 from squeezecaffe.errors import UserError
 from squeezecaffe.proto import pb
 
