@@ -527,3 +527,38 @@ def test_the_default_retraining_runs_one_epoch_raised_to_a_floor_of_iterations(f
     assert retraining_epochs(ctx, CompressOptions(retrain_epochs=2)) == (2, epoch)
     one_by_one = replace(ctx, base=replace(ctx.base, batch_size=1))  # 120 iterations an epoch: 5 epochs
     assert retraining_epochs(one_by_one, CompressOptions()) == (math.ceil(RETRAIN_MIN_ITERATIONS / 120), 120)
+
+
+def test_a_stage_takes_over_the_source_runs_model_settings_and_decides_its_own_run():
+    """stage_config: what carries from the source run's config.json into a retraining stage, and what the stage
+    decides for itself (a field added to TrainConfig must be placed in one of the two lists below)."""
+    import dataclasses
+
+    from squeezecaffe.compress.options import CompressOptions
+    from squeezecaffe.compress.retrain import Retrain, stage_config
+    from squeezecaffe.engines.device import DeviceOptions
+    from squeezecaffe.train.config import TrainConfig
+    from squeezecaffe.train.guard import GuardOptions
+    from squeezecaffe.train.plateau import PlateauOptions
+
+    source = TrainConfig(
+        model="fullbypass8", solver="own_solver.prototxt", data="/d", epochs=30, batch_size=16, test_batch_size=50,
+        input="56x56", classes=10, solver_set={"momentum": "0.8"}, engine="caffe",
+        device_options=DeviceOptions(device="cuda", channels_last=True, amp="bf16", gpu_transform=True,
+                                     data_in_memory=True),
+        workers=5, seed=7, keep=9, weights="/w.caffemodel", plateau=PlateauOptions(patience=7),
+        allow_sorted=True, recipe="paper", guard=GuardOptions(retries=0), tensorboard=True, constraints="/c.npz",
+        centroid_gradient="sum", normalize="std", freeze=["conv1"], bn_images=0)
+    cfg = stage_config(Retrain(source, 0.04), CompressOptions(device="cpu", seed=3), epochs=2)
+    carried = {"model", "data", "batch_size", "test_batch_size", "input", "workers", "allow_sorted", "recipe",
+               "normalize", "centroid_gradient"}
+    decided = {"solver": None, "epochs": 2, "classes": None, "solver_set": {}, "engine": "torch",
+               "device_options": DeviceOptions(device="cpu", channels_last=True), "seed": 3, "keep": 3,
+               "weights": None, "plateau": PlateauOptions(early_stop=False), "guard": GuardOptions(),
+               "tensorboard": False, "constraints": None, "freeze": [], "bn_images": TrainConfig().bn_images}
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert carried | set(decided) == names, f"placed nowhere: {names - carried - set(decided)}"
+    for name in carried:
+        assert getattr(cfg, name) == getattr(source, name), name
+    for name, value in decided.items():
+        assert getattr(cfg, name) == value, name

@@ -7,6 +7,7 @@ import platform
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -35,10 +36,21 @@ PROBE = textwrap.dedent("""
 """)
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
 def probe(mode: str, **env: str) -> tuple[str, int]:
-    out = subprocess.run([sys.executable, "-c", PROBE, mode], env={**os.environ, **env}, capture_output=True,
-                         text=True, check=True).stdout.split()
+    environ = {k: v for k, v in os.environ.items() if k != "SQUEEZECAFFE_MALLOC"}
+    out = subprocess.run([sys.executable, "-c", PROBE, mode], env={**environ, **env}, capture_output=True,
+                         text=True, check=True, cwd=REPO).stdout.split()
     return out[0], int(out[1])
+
+
+def huge_pages_always() -> bool:
+    try:
+        return "[always]" in Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return False
 
 
 def test_freed_memory_is_reused_without_page_faults():
@@ -46,11 +58,17 @@ def test_freed_memory_is_reused_without_page_faults():
     assert applied == "True"
     pages = 4 * 64 * 2**20 // os.sysconf("SC_PAGE_SIZE")
     assert faults < pages // 100, f"{faults} page faults re-using 4 x 64 MiB ({pages} pages)"
+    if not huge_pages_always():  # the control: glibc's default faults every page in again (in 4 KiB pages)
+        _, control = probe("system")
+        assert control > pages // 2, f"glibc's default re-faulted only {control} of {pages} pages"
 
 
 def test_opt_out_leaves_malloc_alone():
-    applied, _ = probe("apply", SQUEEZECAFFE_MALLOC="system")
+    applied, faults = probe("apply", SQUEEZECAFFE_MALLOC="system")
     assert applied == "False"
+    if not huge_pages_always():
+        pages = 4 * 64 * 2**20 // os.sysconf("SC_PAGE_SIZE")
+        assert faults > pages // 2, "SQUEEZECAFFE_MALLOC=system still kept the freed memory"
 
 
 def test_the_cpu_solver_applies_it():
@@ -65,5 +83,7 @@ def test_the_cpu_solver_applies_it():
         Solver(sp)
         print(host_memory._applied)
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    environ = {k: v for k, v in os.environ.items() if k != "SQUEEZECAFFE_MALLOC"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO,
+                         env=environ).stdout
     assert out.strip() == "True"

@@ -1,4 +1,4 @@
-"""The Fire design space, the CIFAR ResNet family and the `sweep` verb (netgen/variants.py, netgen/sweep.py)."""
+"""The Fire design space, the CIFAR ResNet family and the `sweep` verb (netgen/variants.py, solvers/sweep.py)."""
 
 from __future__ import annotations
 

@@ -72,18 +72,26 @@ def retraining_epochs(ctx: Retrain, options: CompressOptions) -> tuple[int, int]
 
 
 def stage_config(ctx: Retrain, options: CompressOptions, **fields) -> TrainConfig:
-    """The settings of a stage's run (retraining, or BatchNorm re-estimation): the source run's, with what a stage
-    decides for itself replaced: the torch engine, this verb's device and seed, the generated solver at the stage's
-    own length and rate (no hand-written solver, no solver fields of the source's), no initial weights, constraints
-    or frozen layers of the source's; `fields` add the stage's own."""
+    """The settings of a stage's run (retraining, or BatchNorm re-estimation): the source run's config.json with
+    what a stage decides for itself replaced, and `fields` (the stage's own) on top.
 
-    base = ctx.base
-    stage = replace(base, solver=None, engine="torch", epochs=None, classes=None, solver_set={}, weights=None,
-                    constraints=None, freeze=[], tensorboard=False, seed=options.seed,
-                    device_options=replace(base.device_options, device=options.device),
-                    # the stage runs the length the verb chose and printed: the plateau controller acts, the early
-                    # stop does not
-                    plateau=replace(base.plateau, early_stop=False))
+    Taken over from the source run: the model's input, recipe and normalization, the batch sizes, the data loader
+    workers, --allow-sorted, and the memory layout. Decided by the stage: the torch engine, this verb's device and
+    seed (so no precision or data placement chosen for another device), the generated solver at the stage's own
+    length and rate (no hand-written solver, no solver fields, no epochs of the source's), no initial weights,
+    constraints or frozen layers of the source's, and the defaults of the controller (with no early stop: the stage
+    runs the length the verb chose and printed), the guard and BatchNorm re-estimation."""
+    from squeezecaffe.engines.device import DeviceOptions
+    from squeezecaffe.train.config import TrainConfig
+    from squeezecaffe.train.guard import GuardOptions
+    from squeezecaffe.train.plateau import PlateauOptions
+
+    fresh = TrainConfig()
+    stage = replace(ctx.base, solver=None, engine="torch", epochs=None, classes=None, solver_set={}, weights=None,
+                    constraints=None, freeze=[], tensorboard=False, keep=fresh.keep, seed=options.seed,
+                    device_options=DeviceOptions(device=options.device,
+                                                 channels_last=ctx.base.device_options.channels_last),
+                    plateau=PlateauOptions(early_stop=False), guard=GuardOptions(), bn_images=fresh.bn_images)
     return replace(stage, **fields)
 
 

@@ -2,13 +2,15 @@
 
 Every iteration allocates and frees the same activations and gradients, most of them megabytes each. By
 default glibc serves the largest from fresh `mmap`s and hands freed heap tops back to the kernel, so each
-iteration faults all of that memory in again, page by page: on a 2-core VM about a quarter of fullbypass12's
-iteration time at batch 32 (bench/train_speed.py; the same holds for a hand-written PyTorch module in a
-process of its own). With no mmap'd chunks (M_MMAP_MAX 0) and trimming only above 2 GiB of free heap
-(M_TRIM_THRESHOLD), the freed memory stays mapped and the page faults stop. The price: the process keeps its
-peak heap instead of shrinking between iterations, which a training process reaches anyway.
+iteration faults all of that memory in again, page by page: on a 2-core VM a fifth of fullbypass12's iteration
+time at batch 32, and as much for a hand-written PyTorch module in a process of its own (bench/host_memory.py).
+With no mmap'd chunks (M_MMAP_MAX 0) and trimming only above 2 GiB of free heap (M_TRIM_THRESHOLD), the freed
+memory stays mapped and the page faults stop. The price: the process keeps its peak heap instead of shrinking
+between iterations, which a training process reaches anyway.
 
-glibc only (elsewhere nothing happens); process-wide, and inherited by forked DataLoader workers.
+glibc only (elsewhere nothing happens); process-wide and never undone, so a process that trains on the CPU keeps
+its peak heap until it ends (compress's stages, lr-find and a test session included). Forked DataLoader workers
+inherit it; spawned ones keep glibc's default (they only decode).
 SQUEEZECAFFE_MALLOC=system leaves malloc as it is.
 """
 
