@@ -13,6 +13,7 @@ from squeezecaffe.cli import build_parser
 from squeezecaffe.compress.options import CompressOptions
 from squeezecaffe.data_tools.convert import ConvertOptions
 from squeezecaffe.engines.device import DeviceOptions
+from squeezecaffe.evaluation.options import EvalOptions
 from squeezecaffe.netgen.variants import FireDesign
 from squeezecaffe.solvers.request import GenerationRequest
 from squeezecaffe.train.config import TrainConfig
@@ -29,6 +30,7 @@ VERB_SETTINGS: dict[str, list[tuple[type, str]]] = {
     "gen": [(GenerationRequest, "")], "summary": [(GenerationRequest, "")], "sweep": [(GenerationRequest, "")],
     "build-lmdb": [(ConvertOptions, "")], "import": [(ConvertOptions, "")],
     "compress": [(CompressOptions, "")],
+    "eval": [(EvalOptions, ""), (DeviceOptions, "")], "classify": [(EvalOptions, ""), (DeviceOptions, "")],
 }
 ALL_SETTINGS = {cls for pairs in VERB_SETTINGS.values() for cls, _ in pairs}
 
@@ -103,6 +105,7 @@ def literal_defaults(path: Path) -> list[tuple[str, int]]:
 FILE_SETTINGS = {
     "train.py": {TrainConfig, PlateauOptions, GuardOptions, DeviceOptions}, "engine.py": {DeviceOptions},
     "netgen.py": {GenerationRequest, FireDesign}, "data.py": {ConvertOptions}, "compress.py": {CompressOptions},
+    "evaluation.py": {EvalOptions, DeviceOptions},
     "common.py": ALL_SETTINGS | {FireDesign},
 }
 

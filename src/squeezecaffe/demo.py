@@ -109,7 +109,10 @@ def train_run(model: str, data: Path, run: Path, *, epochs: int | None, batch_si
         raise UserError(f"{run}: training stopped before its end")
 
 
-def run_demo(out: Path, schedule: DemoSchedule, *, src: str, model: str = "fullbypass8",
+DEMO_MODEL = "fullbypass8"  # the bypass net the demo trains (the seed study's best 8-Fire net)
+
+
+def run_demo(out: Path, schedule: DemoSchedule, *, src: str, model: str = DEMO_MODEL,
              device: DeviceOptions = DEMO_DEVICE, quiet: bool = False) -> Path:
     """Every step of the demo on `device` (training and test evaluation); returns the run directory (its eval/ and
     the report beside it)."""

@@ -6,19 +6,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from squeezecaffe.cli.common import add_device_options
+from squeezecaffe.cli.common import add_dataclass_options, add_device_options
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("weights", help="a run directory (its best.caffemodel), a .caffemodel, a .sqz (compress) or an "
                                    ".onnx (export; runs in onnxruntime)")
-    p.add_argument("--net", help="deploy.prototxt the weights belong to (default: the run's)")
-    p.add_argument("--model", help="registered model whose deploy net the weights belong to")
-    p.add_argument("--engine", default="torch",
-                   help="torch (default), opencv (OpenCV dnn), caffe, or onnxruntime (for an .onnx)")
+    from squeezecaffe.evaluation.options import EvalOptions
+
+    add_dataclass_options(p, EvalOptions, only=("net", "model", "engine", "mean_value", "batch_size"))
     add_device_options(p, only=("device",))  # the torch engine's
-    p.add_argument("--mean-value", help="B,G,R mean to subtract when neither a run nor --data says it")
-    p.add_argument("--batch-size", type=int, default=100)
 
 
 def _prepare(args: argparse.Namespace, data: str | None, out_dir: Path | None):
@@ -118,6 +115,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def register_evaluation_verbs(sub: argparse._SubParsersAction) -> None:
     from squeezecaffe.data_tools.mnist import DEFAULT_SOURCE
+    from squeezecaffe.demo import DEMO_MODEL
+    from squeezecaffe.evaluation.options import EvalOptions
 
     p = sub.add_parser("eval", help="top-1/top-5/loss, per-class accuracy, confusion matrix and error grid of a "
                                     "trained model over a whole database or image folder")
@@ -125,10 +124,7 @@ def register_evaluation_verbs(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="build-lmdb directory, an LMDB, or an image folder (default: the run's data)")
     p.add_argument("--split", help="split of a data directory or folder (default: test, else val)")
     p.add_argument("--out", help="output folder (default RUN/eval/<split>[-engine])")
-    p.add_argument("--errors", type=int, default=32, help="wrong predictions shown in errors.png")
-    p.add_argument("--max-skip", type=float, default=0.01,
-                   help="share of an image folder that may be unreadable (skipped, listed in metrics.json) before "
-                        "the command fails (default 0.01, as build-lmdb)")
+    add_dataclass_options(p, EvalOptions, only=("errors", "max_skip"))
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
 
@@ -136,7 +132,7 @@ def register_evaluation_verbs(sub: argparse._SubParsersAction) -> None:
     _add_model_options(p)
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--data", help="build-lmdb directory for labels, mean and stored size (default: the run's)")
-    p.add_argument("--top", type=int, default=5)
+    add_dataclass_options(p, EvalOptions, only=("top",))
     p.add_argument("--predictions", help="write '<file name> <class id>' per image (Tiny ImageNet submission)")
     p.set_defaults(func=cmd_classify)
 
@@ -150,7 +146,7 @@ def register_evaluation_verbs(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="out/demo", help="working folder (default out/demo)")
     p.add_argument("--full", action="store_true", help="the full schedule (all training images, 20 epochs)")
     p.add_argument("--src", default=str(DEFAULT_SOURCE), help="folder of the IDX files")
-    p.add_argument("--model", default="fullbypass8")
+    p.add_argument("--model", default=DEMO_MODEL, help="registered model to train (default %(default)s)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--train-images", type=int, help="stratified training subset size")
     p.add_argument("--val-images", type=int)

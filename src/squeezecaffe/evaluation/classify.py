@@ -14,6 +14,7 @@ import numpy as np
 
 from squeezecaffe.data_tools.layouts import IMAGE_SUFFIXES, ClassLabel
 from squeezecaffe.errors import UserError
+from squeezecaffe.evaluation.options import EVAL_DEFAULTS
 from squeezecaffe.evaluation.preprocess import Preprocessor
 from squeezecaffe.fileio import atomic_write_text
 from squeezecaffe.scoring import softmax
@@ -36,8 +37,9 @@ def expand_inputs(paths: list[str]) -> list[Path]:
     return out
 
 
-def classify_files(runtime, pre: Preprocessor, labels: list[ClassLabel], files: list[Path], top: int = 5,
-                   batch_size: int = 64) -> tuple[list[Prediction], list[tuple[Path, str]]]:
+def classify_files(runtime, pre: Preprocessor, labels: list[ClassLabel], files: list[Path],
+                   top: int = EVAL_DEFAULTS.top, batch_size: int = EVAL_DEFAULTS.batch_size
+                   ) -> tuple[list[Prediction], list[tuple[Path, str]]]:
     predictions, failures = [], []
     for start in range(0, len(files), batch_size):
         ok_paths, arrays = [], []

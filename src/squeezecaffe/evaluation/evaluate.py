@@ -19,6 +19,7 @@ from squeezecaffe.data_tools.lmdb_io import LmdbReader
 from squeezecaffe.errors import UnreadableImage, UserError
 from squeezecaffe.evaluation.artifacts import Artifacts
 from squeezecaffe.evaluation.figures import confusion_png, error_grid_png
+from squeezecaffe.evaluation.options import EVAL_DEFAULTS
 from squeezecaffe.evaluation.preprocess import Preprocessor
 from squeezecaffe.fileio import atomic_write_text, ensure_writable_dir
 from squeezecaffe.scoring import Scores, score
@@ -135,7 +136,7 @@ class Scored:
 
 
 def run_batches(runtime, source, pre: Preprocessor, batch_size: int, progress: bool = True,
-                max_skip: float = 0.01) -> Scored:
+                max_skip: float = EVAL_DEFAULTS.max_skip) -> Scored:
     """Every record of `source` through the net once. An image file that cannot be decoded is skipped and
     listed (build-lmdb's rule, the same --max-skip share); a database record never is."""
     from tqdm import tqdm
@@ -163,8 +164,9 @@ def run_batches(runtime, source, pre: Preprocessor, batch_size: int, progress: b
     return Scored(np.concatenate(logits), np.asarray(labels, np.int64), np.asarray(kept, np.int64), skipped)
 
 
-def evaluate_model(art: Artifacts, runtime, source, pre: Preprocessor, out_dir: Path, batch_size: int = 100,
-                   errors_shown: int = 32, progress: bool = True, max_skip: float = 0.01) -> EvalOutput:
+def evaluate_model(art: Artifacts, runtime, source, pre: Preprocessor, out_dir: Path,
+                   batch_size: int = EVAL_DEFAULTS.batch_size, errors_shown: int = EVAL_DEFAULTS.errors,
+                   progress: bool = True, max_skip: float = EVAL_DEFAULTS.max_skip) -> EvalOutput:
     ensure_writable_dir(out_dir)
     t0 = time.perf_counter()
     scored = run_batches(runtime, source, pre, batch_size, progress, max_skip)
@@ -212,7 +214,7 @@ def format_eval(out: EvalOutput) -> str:
 
 
 def prepare(weights: str | Path, *, net: str | None = None, model: str | None = None, data: str | None = None,
-            mean_value: str | None = None, out_dir: Path | None = None, carried=None, engine: str = "torch",
+            mean_value: str | None = None, out_dir: Path | None = None, carried=None, engine: str = EVAL_DEFAULTS.engine,
             device: str = "cpu") -> tuple[Artifacts, Preprocessor, object]:
     """What WEIGHTS means (artifacts), how inputs are prepared, and the runtime that scores them."""
     from squeezecaffe.evaluation.artifacts import resolve_artifacts
@@ -224,9 +226,10 @@ def prepare(weights: str | Path, *, net: str | None = None, model: str | None = 
 
 
 def evaluate_weights(weights: str | Path, split: str | None = None, *, data: str | None = None,
-                     out_dir: Path | None = None, batch_size: int = 100, errors_shown: int = 32,
-                     progress: bool = False, prepared: tuple | None = None, engine: str = "torch",
-                     device: str = "cpu", max_skip: float = 0.01) -> EvalOutput:
+                     out_dir: Path | None = None, batch_size: int = EVAL_DEFAULTS.batch_size,
+                     errors_shown: int = EVAL_DEFAULTS.errors, progress: bool = False, prepared: tuple | None = None,
+                     engine: str = EVAL_DEFAULTS.engine, device: str = "cpu",
+                     max_skip: float = EVAL_DEFAULTS.max_skip) -> EvalOutput:
     """`squeezecaffe eval` as a call: a run directory (or weights with `prepared`) scored on a split of its data
     directory (or `data`); the figures go to RUN/eval/<split>[-engine] unless `out_dir` says otherwise."""
     if not 0 <= max_skip <= 1:
