@@ -12,7 +12,7 @@ from squeezecaffe.errors import UserError
 from squeezecaffe.netgen.config import parse_hw
 from squeezecaffe.netgen.variants import file_stem, model_spec
 from squeezecaffe.options import NOT_AN_OPTION, option
-from squeezecaffe.solvers.generate import generate, write_generated
+from squeezecaffe.solvers.generate import GeneratedModel, generate, write_generated
 from squeezecaffe.solvers.recipes import resolve_recipe
 
 # `--base-lr auto`: given a function that writes the nets and returns solver.prototxt, the rate to use and what to
@@ -58,6 +58,7 @@ def same_option(name: str):
 class GeneratedRun:
     solver: Path  # solver.prototxt
     files: list[Path]  # everything written
+    nets: GeneratedModel  # the nets and solver as written (summaries read the deploy net from here)
     recipe: dict  # what the recipe set, the hand-set solver fields (solver_set.*), frozen layers, a found base_lr
 
 
@@ -73,6 +74,7 @@ def generate_run(request: GenerationRequest, out_dir: Path, *, find_rate: RateFi
     recipe = {**result.values, **{f"solver_set.{k}": v for k, v in overrides.items()}}
     sched = replace(result.sched, world=request.world)
     written: list[Path] = []
+    last: list[GeneratedModel] = []
 
     def write() -> Path:
         model = generate(spec, out_dir, result.cfg, sched, overrides,
@@ -81,6 +83,7 @@ def generate_run(request: GenerationRequest, out_dir: Path, *, find_rate: RateFi
         if model.frozen:
             recipe["frozen"] = model.frozen
         written[:] = write_generated(model, out_dir)
+        last[:] = [model]
         return out_dir / "solver.prototxt"
 
     if overrides.get("base_lr") == "auto":
@@ -91,4 +94,4 @@ def generate_run(request: GenerationRequest, out_dir: Path, *, find_rate: RateFi
         overrides["base_lr"] = str(rate)
         recipe.update({"solver_set.base_lr": "auto", **found})
     solver = write()
-    return GeneratedRun(solver, list(written), recipe)
+    return GeneratedRun(solver, list(written), last[0], recipe)

@@ -14,9 +14,8 @@ from pathlib import Path
 
 from squeezecaffe.fileio import atomic_write_text
 from squeezecaffe.netgen.summary import summarize
-from squeezecaffe.netgen.variants import FireDesign, file_stem, model_spec, variant_name
-from squeezecaffe.solvers.generate import generate, write_generated
-from squeezecaffe.solvers.recipes import resolve_recipe
+from squeezecaffe.netgen.variants import FireDesign, file_stem, variant_name
+from squeezecaffe.solvers.request import GenerationRequest, generate_run
 
 # The model sizes the paper states for SqueezeNet v1.0's design space (Section 5.1: 4.8 MB at SR 0.125, 19 MB at
 # SR 0.75, both at pct3x3 0.5); keyed by (SR, pct3x3) with the other metaparameters at their defaults.
@@ -47,13 +46,9 @@ def sweep(model: str, grid: dict[str, list[float]], out: Path, *, recipe: str = 
     for combo in itertools.product(*(grid[k] for k in keys)):
         design = dict(zip(keys, combo, strict=True))
         name = variant_name(model, design=design)
-        spec = model_spec(name)
-        result = resolve_recipe(spec, recipe, data_dir=data_dir)
         folder = out / file_stem(name).partition("+")[2]
-        generated = generate(spec, folder, result.cfg, result.sched,
-                             snapshot_prefix=str(folder / "snapshots" / file_stem(name)))
-        write_generated(generated, folder)
-        s = summarize(generated.deploy)
+        run = generate_run(GenerationRequest(model=name, data=data_dir, recipe=recipe), folder)
+        s = summarize(run.nets.deploy)
         nbytes = 4 * s.trainable
         points.append(SweepPoint(name, folder.name, design, s.trainable, s.weights, nbytes / 1e6, nbytes / 2**20,
                                  s.flops / 1e6, _paper_size(model, design)))
