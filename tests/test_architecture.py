@@ -157,14 +157,8 @@ def test_caffe_rules_and_the_solvers_need_no_framework():
     edges = graph()
     modules = {module_name(p): p for p in PACKAGE.rglob("*.py") if not p.name.endswith("_pb2.py")}
     for root in [m for m in modules if package_of(m) in ("caffe_rules", "solvers")]:
-        seen, todo = set(), [root]
-        while todo:
-            name = todo.pop()
-            if name in seen:
-                continue
-            seen.add(name)
+        for name in reachable(edges, root):
             assert "torch" not in third_party(modules[name]), f"{root} needs torch through {name}"
-            todo.extend(edges.get(name, ()))
 
 
 def reachable(edges: dict[str, set[str]], root: str) -> set[str]:

@@ -87,3 +87,16 @@ def test_the_cpu_solver_applies_it():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO,
                          env=environ).stdout
     assert out.strip() == "True"
+
+
+def test_a_misspelt_choice_is_one_line_naming_the_variable(tmp_path):
+    from tests.test_engine_solver import MLP
+
+    solver = tmp_path / "solver.prototxt"
+    solver.write_text('base_lr: 0.1 lr_policy: "fixed" max_iter: 1 net_param {' + MLP + "}")
+    run = subprocess.run([sys.executable, "-m", "squeezecaffe", "solve", str(solver)], capture_output=True, text=True,
+                         env={**os.environ, "SQUEEZECAFFE_MALLOC": "sytem"}, cwd=REPO)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [
+        "squeezecaffe: error: SQUEEZECAFFE_MALLOC='sytem': use 'system' (glibc's default malloc) or 'kept' (the "
+        "default: freed memory kept for the next iteration)"]

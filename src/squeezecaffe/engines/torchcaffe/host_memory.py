@@ -11,7 +11,7 @@ between iterations, which a training process reaches anyway.
 glibc only (elsewhere nothing happens); process-wide and never undone, so a process that trains on the CPU keeps
 its peak heap until it ends (compress's stages, lr-find and a test session included). Forked DataLoader workers
 inherit it; spawned ones keep glibc's default (they only decode).
-SQUEEZECAFFE_MALLOC=system leaves malloc as it is.
+SQUEEZECAFFE_MALLOC=system leaves malloc as it is (`kept`, the default, applies it; anything else is refused).
 """
 
 from __future__ import annotations
@@ -21,10 +21,13 @@ import os
 import platform
 import sys
 
+from squeezecaffe.errors import UserError
+
 M_TRIM_THRESHOLD = -1  # mallopt parameters, as glibc's <malloc.h> numbers them
 M_MMAP_MAX = -4
 TRIM_THRESHOLD_BYTES = 2**31 - 1  # mallopt takes an int: the largest it can say
 OPT_OUT = "SQUEEZECAFFE_MALLOC"
+CHOICES = ("", "kept", "system")  # unset means kept
 
 _applied: bool | None = None
 
@@ -38,7 +41,11 @@ def keep_freed_host_memory() -> bool:
 
 
 def _apply() -> bool:
-    if os.environ.get(OPT_OUT, "").strip().lower() == "system":
+    choice = os.environ.get(OPT_OUT, "").strip().lower()
+    if choice not in CHOICES:
+        raise UserError(f"{OPT_OUT}={os.environ[OPT_OUT]!r}: use 'system' (glibc's default malloc) or 'kept' (the "
+                        "default: freed memory kept for the next iteration)")
+    if choice == "system":
         return False
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
         return False
