@@ -18,7 +18,7 @@ from squeezecaffe.errors import UserError
 from squeezecaffe.netgen.builder import build_deploy, build_train_val
 from squeezecaffe.netgen.freeze import freeze
 from squeezecaffe.netgen.variants import model_spec
-from squeezecaffe.proto import pb, read_text
+from squeezecaffe.proto import parse_text, pb, read_text
 from squeezecaffe.solvers.generate import generate
 from squeezecaffe.solvers.recipes import resolve_recipe
 from squeezecaffe.solvers.settings import resolve
@@ -212,6 +212,47 @@ def test_fit_weights_copies_by_name_and_reinitializes_a_changed_classifier() -> 
     _, report = fit_weights(release, shapes)
     assert len(report.copied) == 25 and report.not_in_file == ["fc1", "classifier"]
     assert report.reinitialized[0][0] == "conv10"
+
+
+def _inner_product_file(**blob_fields) -> pb.NetParameter:
+    """A caffemodel with one layer 'fc': a 3x4 weight blob stored as `blob_fields` says, and a bias of 3."""
+    model = pb.NetParameter(name="file")
+    lp = model.layer.add(name="fc", type="InnerProduct")
+    weight = lp.blobs.add(**{k: v for k, v in blob_fields.items() if k != "dims"})
+    if "dims" in blob_fields:
+        weight.shape.dim.extend(blob_fields["dims"])
+    weight.data.extend(np.arange(12, dtype=np.float32).tolist())
+    bias = lp.blobs.add()
+    bias.shape.dim.append(3)
+    bias.data.extend([0.0, 1.0, 2.0])
+    return model
+
+
+@pytest.mark.parametrize("stored, fits", [
+    ({"dims": [3, 4]}, True),
+    ({"num": 1, "channels": 1, "height": 3, "width": 4}, True),  # legacy 4-field blob: Caffe pads with leading 1s
+    ({"dims": [3, 4, 1, 1]}, False),  # same values, but Caffe's loader refuses the shape
+    ({"dims": [4, 3]}, False),
+])
+def test_fit_weights_keeps_exactly_the_layers_the_loader_accepts(stored: dict, fits: bool) -> None:
+    """fit_weights decides by the loader's own rule: a layer it keeps loads, a layer it drops would not have."""
+    from squeezecaffe.engines.torchcaffe.weights import copy_weights
+
+    net = CaffeNet(parse_text('''name: "n" layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 4 } } }
+        layer { name: "fc" type: "InnerProduct" bottom: "x" top: "fc" inner_product_param { num_output: 3 } }''',
+                             pb.NetParameter), "TEST")
+    shapes = {"fc": [tuple(b.shape) for b in net.layers[1].blobs]}
+    model = _inner_product_file(**stored)
+    fitted, report = fit_weights(model, shapes) if fits else (None, None)
+    if fits:
+        assert report.copied == ["fc"] and not report.reinitialized
+        copy_weights(net, fitted)
+        assert net.layers[1].blobs[0].detach().numpy().ravel().tolist() == list(range(12))
+        return
+    with pytest.raises(UserError, match="no layer fits"):
+        fit_weights(model, shapes)
+    with pytest.raises(UserError, match="blob 0 has shape"):
+        copy_weights(net, model)
 
 
 def test_fine_tuning_run_copies_freezes_and_says_so(tmp_path: Path, capsys) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from squeezecaffe.caffe_rules.blobs import blob_shape, shapes_match
 from squeezecaffe.errors import UserError
 from squeezecaffe.proto import pb
 
@@ -35,21 +36,13 @@ class FitReport:
         return "\n".join(lines)
 
 
-def _file_shape(blob: pb.BlobProto) -> Shape:
-    if blob.HasField("shape"):
-        return tuple(int(d) for d in blob.shape.dim)
-    legacy = (blob.num, blob.channels, blob.height, blob.width)
-    return tuple(d for d in legacy if d) or (0,)
-
-
-def _same(have: Shape, want: Shape) -> bool:
-    """Equal, or equal once size-1 axes are set aside (a legacy 4-axis InnerProduct blob N x C x 1 x 1)."""
-    return have == want or [d for d in have if d != 1] == [d for d in want if d != 1]
-
-
 def fit_weights(model: pb.NetParameter, net_shapes: dict[str, list[Shape]],
                 source: str = "weights file") -> tuple[pb.NetParameter, FitReport]:
-    """The layers of `model` whose blobs fit the net (by name, count and shape), and what happened to the rest."""
+    """The layers of `model` whose blobs fit the net (by name, count and shape), and what happened to the rest.
+
+    A blob fits by Caffe's own rule (`shapes_match`: equal, or a legacy num/channels/height/width blob equal to the
+    shape padded with leading 1s), the one the engines apply when they load `RUN/init.caffemodel`: a looser rule here
+    would pass a layer that the load then refuses."""
     report = FitReport()
     out = pb.NetParameter(name=model.name)
     in_file = {lp.name: lp for lp in model.layer if len(lp.blobs)}
@@ -58,9 +51,8 @@ def fit_weights(model: pb.NetParameter, net_shapes: dict[str, list[Shape]],
         if lp is None:
             report.not_in_file.append(name)
             continue
-        have = [_file_shape(b) for b in lp.blobs]
-        if len(have) != len(shapes) or not all(_same(h, w) for h, w in zip(have, shapes, strict=False)):
-            report.reinitialized.append((name, have[0] if have else (), shapes[0] if shapes else ()))
+        if len(lp.blobs) != len(shapes) or not all(shapes_match(b, w) for b, w in zip(lp.blobs, shapes, strict=False)):
+            report.reinitialized.append((name, blob_shape(lp.blobs[0]), shapes[0] if shapes else ()))
             continue
         out.layer.add().CopyFrom(lp)
         report.copied.append(name)
