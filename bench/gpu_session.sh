@@ -2,7 +2,11 @@
 # The GPU measurements, prepared so that a short lease of one GPU machine brings them back in one or two commands.
 # Run from the repository root on the GPU machine (PyTorch with CUDA there; nothing else needed from the network):
 #
-#   bash bench/gpu_session.sh OUTDIR STEP...      STEP: caffe | tests | speed | scale | demo (in the order given)
+#   bash bench/gpu_session.sh [--dry-run] OUTDIR STEP...   STEP: caffe | tests | speed | scale | demo (in order)
+#
+#   --dry-run  the same steps on the CPU at toy sizes (a minute or two), to find what broke before a lease is spent:
+#              `tests/test_gpu_session.py` runs it (speed, scale, tests; caffe where a Caffe build is there, demo
+#              where Fashion-MNIST is). Its figures mean nothing.
 #
 #   caffe  real Caffe with CUDA from the bundle in .caffe-bundle/ (squeezecaffe build-caffe --cuda --bundle
 #          .caffe-bundle, made on the CPU machine and carried): doctor, the GPU test of Caffe (tests/
@@ -17,14 +21,16 @@
 #
 # Each step runs under its own time limit (seconds: CAFFE_S, TESTS_S, SPEED_S, SCALE_S, DEMO_S) and writes STEP.log (and
 # STEP.json) into OUTDIR; OUTDIR/summary.txt gets the machine and one line per step (exit code, seconds).
-# Wheels in .whl/ (lmdb, which the GPU image lacks) are installed into /tmp/site first. The demo reads
+# Wheels in .whl/ (lmdb, which the GPU image lacks) are installed into /tmp/site first (not in a dry run). The demo reads
 # Fashion-MNIST's IDX files from $FASHION (default .fmnist/: copy /usr/share/datasets/fashion-mnist/*.gz there).
 set -u
-out=${1:?usage: bash bench/gpu_session.sh OUTDIR STEP...}
+dry=0
+if [ "${1:-}" = --dry-run ]; then dry=1; shift; fi
+out=${1:?usage: bash bench/gpu_session.sh [--dry-run] OUTDIR STEP...}
 shift
 mkdir -p "$out"
 export PYTHONPATH="$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-if compgen -G ".whl/*.whl" >/dev/null; then
+if [ $dry = 0 ] && compgen -G ".whl/*.whl" >/dev/null; then  # (built for the GPU machine's Python: not here)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
@@ -44,31 +50,50 @@ step() {  # step NAME LIMIT_S COMMAND...
   echo "$name: exit $rc, $(($(date +%s) - started)) s (limit $limit s)" | tee -a "$out/summary.txt"
 }
 
+# What each step runs: on the GPU (the figures), or with --dry-run the same commands on the CPU at toy sizes.
+if [ $dry = 1 ]; then
+  device=cpu
+  caffe_args="--models fullbypass8 --batch 4 --warmup 1 --iters 2"
+  speed_args=(--models fullbypass8 --cpu-batches 4 --amps fp32 --layouts nchw,nhwc --warmup 1 --iters 2 --repeats 1
+              --workers 1 --records 64)
+  scale_args=(--images 160 --val-images 80 --classes 10 --batch-size 16 --jobs 2)
+  demo_args=(--epochs 1 --train-images 300 --val-images 100)
+else
+  device=cuda
+  caffe_args="--models fullbypass8,fullbypass12 --batch 256 --iters 20"
+  speed_args=(--models fullbypass8,fullbypass12 --batches 256,1024 --amps fp32,bf16 --layouts nchw,nhwc --iters 10
+              --repeats 2 --workers 8)
+  scale_args=(--batch-size 256)
+  demo_args=(--full)
+fi
+
+work=${WORK:-/tmp/gpu_session}  # the steps' scratch: databases, runs
 bundle=${CAFFE_BUNDLE:-$PWD/.caffe-bundle}
+# On the GPU, Caffe is the carried CUDA bundle; a dry run takes the CPU build `make caffe` cached (no CUDA here).
+[ $dry = 0 ] && export SQUEEZECAFFE_CAFFE_HOME=$bundle
 caffe_step() {
-  [ -f "$bundle/build.json" ] || { echo "no Caffe bundle at $bundle (build-caffe --cuda --bundle .caffe-bundle)"; return 2; }
-  export SQUEEZECAFFE_CAFFE_HOME=$bundle
+  [ $dry = 1 ] || [ -f "$bundle/build.json" ] || {
+    echo "no Caffe bundle at $bundle (build-caffe --cuda --bundle .caffe-bundle)"; return 2; }
   python3 -m squeezecaffe doctor || return 1
   python3 -m pytest -q -m gpu tests/test_gpu_caffe.py -p no:cacheprovider || return 1
-  python3 bench/caffe_vs_torch.py --device cuda --models fullbypass8,fullbypass12 --batch 256 --iters 20 \
-    --json "$out/caffe.json"
+  # shellcheck disable=SC2086  # caffe_args: words without spaces
+  python3 bench/caffe_vs_torch.py --device $device $caffe_args --json "$out/caffe.json"
 }
 export -f caffe_step
-export bundle out
+export dry device caffe_args bundle out
 
 for s in "$@"; do
   case $s in
     caffe) step caffe "${CAFFE_S:-240}" bash -c caffe_step ;;
-    tests) step tests "${TESTS_S:-150}" env SQUEEZECAFFE_CAFFE_HOME="$bundle" \
-             python3 -m pytest -q -m gpu tests/test_gpu.py tests/test_gpu_caffe.py -p no:cacheprovider ;;
-    speed) step speed "${SPEED_S:-300}" python3 bench/train_speed.py --devices cuda --models fullbypass8,fullbypass12 \
-             --batches 256,1024 --amps fp32,bf16 --layouts nchw,nhwc --iters 10 --repeats 2 --workers 8 \
+    tests) step tests "${TESTS_S:-150}" python3 -m pytest -q -m gpu tests/test_gpu.py tests/test_gpu_caffe.py \
+             -p no:cacheprovider ;;
+    speed) step speed "${SPEED_S:-300}" python3 bench/train_speed.py --devices $device "${speed_args[@]}" \
              --json "$out/speed.json" ;;
-    scale) step scale "${SCALE_S:-200}" python3 bench/tiny_scale.py --device cuda --batch-size 256 \
-             --out /tmp/tiny_scale --json "$out/scale.json" ;;
-    demo) step demo "${DEMO_S:-300}" python3 -m squeezecaffe demo --full --device cuda --src "${FASHION:-.fmnist}" \
-            --out /tmp/demo --quiet
-          cp /tmp/demo/runs/fullbypass8-full/log.csv "$out/demo_log.csv" 2>/dev/null ;;  # time to 93.5%: its rows
+    scale) step scale "${SCALE_S:-200}" python3 bench/tiny_scale.py --device $device "${scale_args[@]}" \
+             --out "$work/tiny_scale" --json "$out/scale.json" ;;
+    demo) step demo "${DEMO_S:-300}" python3 -m squeezecaffe demo --device $device "${demo_args[@]}" \
+            --src "${FASHION:-.fmnist}" --out "$work/demo" --quiet
+          cp "$work"/demo/runs/*/log.csv "$out/demo_log.csv" 2>/dev/null ;;  # time to 93.5%: its rows
     *) echo "unknown step '$s' (caffe, tests, speed, scale, demo)" | tee -a "$out/summary.txt" ;;
   esac
 done
