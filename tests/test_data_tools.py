@@ -162,6 +162,42 @@ def test_list_file_errors_name_the_line(tmp_path: Path) -> None:
     assert results[0].count == 20 and results[0].skipped == [("nope.png", "file not found")]
 
 
+def test_class_folders_take_every_format_opencv_reads_and_say_what_they_passed_over(tmp_path: Path, capsys) -> None:
+    """TIFF, WebP, PxM and upper-case suffixes are images; macOS's `._x.jpg` companions, `__MACOSX/`, hidden folders
+    and other files are passed over and counted, not failed on and not silently dropped. Encoded, the formats beyond
+    JPEG/PNG/BMP are stored as PNG of the same pixels."""
+    src = tmp_path / "src"
+    formats = (".TIF", ".webp", ".ppm", ".png", ".JPG")
+    for c in range(2):
+        folder = src / f"class_{c}"
+        (folder / ".ipynb_checkpoints").mkdir(parents=True)
+        for i, ext in enumerate(formats):
+            cv2.imwrite(str(folder / f"img_{i}{ext}"), pattern_image(c, i, (16, 16)))
+        (folder / "._img_0.JPG").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+        (folder / ".ipynb_checkpoints" / "img_9.png").write_bytes(b"not an image")
+        (folder / "notes.txt").write_text("taken on a Tuesday")
+        Image.fromarray(pattern_image(c, 9, (16, 16))).save(folder / "anim.gif")
+    (src / "__MACOSX" / "class_0").mkdir(parents=True)
+    (src / "__MACOSX" / "class_0" / "._img_1.webp").write_bytes(b"\x00\x05\x16\x07")
+    assert main(["build-lmdb", str(src), str(tmp_path / "o"), "--val-fraction", "0", "--quiet", "--encoded"]) == 0
+    out = capsys.readouterr().out
+    assert f"{src}: passed over 6 files: .gif 2, .txt 2, hidden 2" in out
+    manifest = read_manifest(tmp_path / "o")
+    assert manifest.classes == 2 and manifest.splits["train"]["count"] == 10 and manifest.splits["train"]["skipped"] == 0
+    assert manifest.options["ignored"] == {".gif": 2, ".txt": 2, "hidden": 2}
+    stored = {}
+    for key, value in records(tmp_path / "o" / "train_lmdb"):
+        datum = pb.Datum.FromString(value)
+        name = key.decode().split("_", 1)[1]
+        stored[name] = datum.data
+        c, i = int(name.split("/")[0][-1]), int(name.split("_")[-1].split(".")[0])
+        pixels = cv2.imdecode(np.frombuffer(datum.data, np.uint8), cv2.IMREAD_COLOR)
+        if not name.lower().endswith((".jpg", ".webp")):  # the lossy formats aside, the pixels are the source's
+            assert np.array_equal(pixels, pattern_image(c, i, (16, 16))), name
+    assert stored["class_0/img_0.TIF"][:4] == stored["class_1/img_1.webp"][:4] == b"\x89PNG"
+    assert stored["class_0/img_4.JPG"] == (src / "class_0" / "img_4.JPG").read_bytes()  # kept as the file was
+
+
 def test_empty_class_folder_and_existing_output(tmp_path: Path, capsys) -> None:
     src = write_class_folders(tmp_path / "cf", classes=2, per_class=3)
     (src / "empty_class").mkdir()

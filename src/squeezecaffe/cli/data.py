@@ -10,7 +10,7 @@ from squeezecaffe.errors import UserError
 
 def cmd_build_lmdb(args: argparse.Namespace) -> int:
     from squeezecaffe.data_tools.convert import ConvertOptions, build_lmdb
-    from squeezecaffe.data_tools.layouts import parse_limits
+    from squeezecaffe.data_tools.layouts import describe_ignored, parse_limits
     from squeezecaffe.netgen.config import parse_hw
 
     if args.jobs is not None and args.jobs < 0:
@@ -26,6 +26,9 @@ def cmd_build_lmdb(args: argparse.Namespace) -> int:
     if held_out and args.val_fraction is None:
         print(f"{args.src} has no val split: held out {held_out:.0%} of train per class as val (seeded by --seed; "
               "--val-fraction 0 keeps none)")
+    if manifest.options.get("ignored"):
+        print(f"{args.src}: passed over {describe_ignored(manifest.options['ignored'])} (not images of a format read "
+              "here, or hidden; the formats: docs/data-tools.md)")
     for r in results:
         rate = r.count / r.seconds if r.seconds else 0.0
         print(f"{r.name}: {r.count} images, {len(r.skipped)} skipped, {r.bytes / 1e6:.1f} MB, "

@@ -187,7 +187,8 @@ def build_lmdb(src: str | Path, out: str | Path, options: ConvertOptions, *, roo
         options={"resize": list(options.resize) if options.resize else None, "gray": options.gray,
                  "pad": options.pad, "pad_mode": options.pad_mode,
                  "encoded": options.encoded, "shuffle": options.shuffle, "seed": options.seed,
-                 "val_fraction": dataset.val_held_out, "limits": limits or {}, "source": str(Path(src).resolve())})
+                 "val_fraction": dataset.val_held_out, "limits": limits or {}, "source": str(Path(src).resolve()),
+                 "ignored": dataset.ignored})
     write_manifest(out, manifest)
     return manifest, results
 

@@ -28,6 +28,8 @@ class DecodeOptions:
 
 
 # reflect: mirrored without repeating the edge pixel (numpy's and torchvision's 'reflect'); zero: black
+# Encoded Datums keep the file's own bytes only in the formats every image library reads.
+PORTABLE_ENCODINGS = frozenset({".jpg", ".jpeg", ".png", ".bmp"})
 PAD_MODES = {"reflect": cv2.BORDER_REFLECT_101, "zero": cv2.BORDER_CONSTANT}
 
 
@@ -140,10 +142,13 @@ def make_datum(path: Path, label: int, opts: DecodeOptions) -> Decoded:
         return Decoded(raw_datum_bytes(img, label), shape, image=img)
     # As convert_imageset: without a resize the decoded image always has the channel count asked for,
     # so the original file is stored untouched; a resized (or padded) image is re-encoded in the file's own format.
-    if not opts.resize and not opts.pad:
-        return Decoded(pb.Datum(data=data, label=label, encoded=True).SerializeToString(), shape)
+    # Other formats (TIFF, WebP, JPEG 2000, PxM) are stored as PNG of the decoded image, the same pixels, so that
+    # any Caffe reader's image library decodes the database, not only one built with those codecs.
     suffix = path.suffix.lower()
-    ok, buf = cv2.imencode(suffix if suffix in (".jpg", ".jpeg", ".png", ".bmp") else ".png", img)
+    portable = suffix in PORTABLE_ENCODINGS
+    if portable and not opts.resize and not opts.pad:
+        return Decoded(pb.Datum(data=data, label=label, encoded=True).SerializeToString(), shape)
+    ok, buf = cv2.imencode(suffix if portable else ".png", img)
     if not ok:
-        return Decoded(None, None, f"cannot re-encode as {suffix}")
+        return Decoded(None, None, f"cannot re-encode as {suffix if portable else '.png'}")
     return Decoded(pb.Datum(data=buf.tobytes(), label=label, encoded=True).SerializeToString(), shape)

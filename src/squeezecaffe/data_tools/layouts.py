@@ -3,8 +3,10 @@
 Three layouts are recognised:
 - Tiny ImageNet 200 as distributed (wnids.txt, words.txt, train/<wnid>/images, val/ with
   val_annotations.txt, unlabelled test/images);
-- class folders: root/<class>/**/*.{jpg,jpeg,png,bmp}, or root/{train,val,test}/<class>/..., with an
-  optional root/words.txt (`folder<TAB>human-readable name`, Tiny ImageNet's format);
+- class folders: root/<class>/**/<image> (any suffix of IMAGE_SUFFIXES), or root/{train,val,test}/<class>/...,
+  with an optional root/words.txt (`folder<TAB>human-readable name`, Tiny ImageNet's format); hidden files and
+  folders (a leading dot: macOS's `._name.jpg` companions, `.ipynb_checkpoints`) and `__MACOSX` are passed over,
+  and every other file that is not an image is counted in `Dataset.ignored`;
 - Caffe list files: `relative/path label` per line (the path may contain spaces).
 
 Any layout without a val split can have one held out of train (`val_fraction`, seeded, stratified),
@@ -21,7 +23,13 @@ from pathlib import Path
 
 from squeezecaffe.errors import UserError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+# The formats every opencv-python wheel of our range decodes (libjpeg, libpng, libtiff, libwebp, OpenJPEG and
+# OpenCV's own BMP and PxM readers). GIF and AVIF are not among them: OpenCV reads them only from 4.11 on, and only
+# where built with them, so such files are counted as ignored rather than failing a build on another machine.
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".jp2",
+                            ".pbm", ".pgm", ".ppm", ".pnm"})
+# Folders that archivers and notebooks leave beside the images: never a class, never walked.
+NOT_CLASS_FOLDERS = frozenset({"__MACOSX"})
 SPLIT_NAMES = ("train", "val", "test")
 
 
@@ -34,6 +42,7 @@ class Dataset:
     class_words: dict[str, str] = field(default_factory=dict)
     labelled: dict[str, bool] = field(default_factory=dict)  # False for Tiny ImageNet's test split
     val_held_out: float = 0.0  # the share of train per class held out as val (0: the source's own val, or none)
+    ignored: dict[str, int] = field(default_factory=dict)  # files passed over in image folders, by suffix or "hidden"
 
     @property
     def classes(self) -> int:
@@ -72,13 +81,23 @@ def numbered_labels(count: int) -> list[ClassLabel]:
     return [ClassLabel(i, str(i), str(i)) for i in range(count)]
 
 
-def _is_image_name(name: str) -> bool:
+def _suffix(name: str) -> str:
     dot = name.rfind(".")  # Path.suffix's rule: a dot that is neither the first nor the last character
-    return 0 < dot < len(name) - 1 and name[dot:].lower() in IMAGE_SUFFIXES
+    return name[dot:].lower() if 0 < dot < len(name) - 1 else ""
 
 
-def _images_under(folder: Path, root: Path) -> list[str]:
-    """Image files anywhere below `folder` as paths relative to `root`, in the order Paths sort in.
+def is_hidden(name: str) -> bool:
+    return name.startswith(".") or name in NOT_CLASS_FOLDERS
+
+
+def is_image_name(name: str) -> bool:
+    """A file a folder walk takes as an image: a known suffix, and not hidden (`._photo.jpg` is macOS metadata)."""
+    return not is_hidden(name) and _suffix(name) in IMAGE_SUFFIXES
+
+
+def _images_under(folder: Path, root: Path, ignored: dict[str, int]) -> list[str]:
+    """Image files anywhere below `folder` as paths relative to `root`, in the order Paths sort in; the other
+    files are counted into `ignored` (by suffix, "hidden" for dot files), hidden folders are not walked.
 
     A walk with os.scandir, each directory's entries in name order: that is the order of sorted
     Paths (component by component), and the entries already say which are files, so nothing is
@@ -93,12 +112,24 @@ def _images_under(folder: Path, root: Path) -> list[str]:
             entries = sorted(it, key=lambda e: e.name)
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
-                walk(entry.path, f"{prefix}{entry.name}/")
-            elif _is_image_name(entry.name) and entry.is_file():
+                if not is_hidden(entry.name):
+                    walk(entry.path, f"{prefix}{entry.name}/")
+            elif not entry.is_file():
+                continue  # a symlinked directory (not followed, as rglob), a socket, a broken link
+            elif is_image_name(entry.name):
                 found.append(prefix + entry.name)
+            else:
+                kind = "hidden" if is_hidden(entry.name) else _suffix(entry.name) or "(no suffix)"
+                ignored[kind] = ignored.get(kind, 0) + 1
 
     walk(str(folder), "" if top == "." else f"{top}/")
     return found
+
+
+def describe_ignored(ignored: dict[str, int]) -> str:
+    """`3 files: .txt 2, hidden 1`, most frequent first."""
+    kinds = sorted(ignored.items(), key=lambda kv: (-kv[1], kv[0]))
+    return f"{sum(ignored.values())} files: " + ", ".join(f"{kind} {count}" for kind, count in kinds)
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -128,11 +159,12 @@ def tiny_imagenet(root: Path) -> Dataset:
     index = {w: i for i, w in enumerate(wnids)}
     words = read_words(root / "words.txt", wnids)
     train = []
+    ignored: dict[str, int] = {}
     for wnid in wnids:
         folder = root / "train" / wnid / "images"
         if not folder.is_dir():
             raise UserError(f"{folder}: missing training folder for class {wnid} listed in wnids.txt")
-        files = _images_under(folder, root)
+        files = _images_under(folder, root, ignored)
         if not files:
             raise UserError(f"{folder}: class folder holds no images")
         train += [(rel, index[wnid]) for rel in files]
@@ -150,40 +182,42 @@ def tiny_imagenet(root: Path) -> Dataset:
         splits["val"] = sorted(val)
     labelled = {"train": True, "val": True}
     if (root / "test" / "images").is_dir():
-        splits["test"] = [(rel, 0) for rel in _images_under(root / "test" / "images", root)]
+        splits["test"] = [(rel, 0) for rel in _images_under(root / "test" / "images", root, ignored)]
         labelled["test"] = False
-    return Dataset(root, "tiny-imagenet", wnids, splits, words, labelled)
+    return Dataset(root, "tiny-imagenet", wnids, splits, words, labelled, ignored=ignored)
 
 
-def _class_folder_split(folder: Path, root: Path) -> tuple[list[str], dict[str, list[str]]]:
+def _class_folder_split(folder: Path, root: Path, ignored: dict[str, int]) -> tuple[list[str], dict[str, list[str]]]:
     """Class names (sorted) and each class's images relative to the dataset's `root`."""
-    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not is_hidden(p.name))
     if not classes:
         raise UserError(f"{folder}: no class folders (expected {folder}/<class>/*.jpg)")
-    files = {c: _images_under(folder / c, root) for c in classes}
+    files = {c: _images_under(folder / c, root, ignored) for c in classes}
     for c, items in files.items():
         if not items:
-            raise UserError(f"{folder / c}: class folder holds no images (jpg, jpeg, png, bmp)")
+            raise UserError(f"{folder / c}: class folder holds no images "
+                            f"({', '.join(sorted(s[1:] for s in IMAGE_SUFFIXES))})")
     return classes, files
 
 
 def class_folders(root: Path) -> Dataset:
     split_dirs = [s for s in SPLIT_NAMES if (root / s).is_dir()]
+    ignored: dict[str, int] = {}
     if "train" in split_dirs:
-        classes, _ = _class_folder_split(root / "train", root)
+        classes, _ = _class_folder_split(root / "train", root, {})
         index = {c: i for i, c in enumerate(classes)}
         splits = {}
         for split in split_dirs:
-            split_classes, files = _class_folder_split(root / split, root)
+            split_classes, files = _class_folder_split(root / split, root, ignored)
             unknown = sorted(set(split_classes) - set(classes))
             if unknown:
                 raise UserError(f"{root / split}: class folder '{unknown[0]}' does not exist in {root / 'train'}")
             splits[split] = [(rel, index[c]) for c in split_classes for rel in files[c]]
     else:
-        classes, files = _class_folder_split(root, root)
+        classes, files = _class_folder_split(root, root, ignored)
         splits = {"train": [(rel, i) for i, c in enumerate(classes) for rel in files[c]]}
     return Dataset(root, "class-folders", classes, splits, read_words(root / "words.txt", classes),
-                   labelled={s: True for s in splits})
+                   labelled={s: True for s in splits}, ignored=ignored)
 
 
 def stratified_split(items: list[tuple[str, int]], val_fraction: float, seed: int) -> dict[str, list[tuple[str, int]]]:

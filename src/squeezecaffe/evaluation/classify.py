@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from squeezecaffe.data_tools.layouts import IMAGE_SUFFIXES, ClassLabel
+from squeezecaffe.data_tools.layouts import ClassLabel, is_hidden, is_image_name
 from squeezecaffe.errors import UserError
 from squeezecaffe.evaluation.options import EVAL_DEFAULTS
 from squeezecaffe.evaluation.preprocess import Preprocessor
@@ -31,7 +31,8 @@ def expand_inputs(paths: list[str]) -> list[Path]:
     out = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            out += sorted(f for f in p.rglob("*") if is_image_name(f.name) and f.is_file()
+                          and not any(is_hidden(part) for part in f.relative_to(p).parts))
         else:
             out.append(p)
     return out
