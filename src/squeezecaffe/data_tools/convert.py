@@ -165,15 +165,17 @@ def build_lmdb(src: str | Path, out: str | Path, options: ConvertOptions, *, roo
     atomic_write_text(out / "labels.txt", dataset.labels_txt())
     train = next(r for r in results if r.name == "train")  # the mean and the manifest's image size come from it
     exact = mean_from_pixel_sums(train.pixel_sums, train.count) if train.pixel_sums is not None else None
+    decoded = "gray" if options.gray else "color"  # encoded files as they were decoded here (not each file's own)
+    mixed_sizes = False
     try:
         if exact is not None:  # summed by the workers; equal to what reading the database back gives
             mean_values, _ = save_mean(out / "mean.binaryproto", *exact, train.count)
         else:
-            mean_values, _ = write_mean(out / "train_lmdb", out / "mean.binaryproto")
+            mean_values, _ = write_mean(out / "train_lmdb", out / "mean.binaryproto", decoded)
     except MixedSizesError:  # encoded images of several sizes: no mean image, per-channel means still work
-        mean_values = channel_means(out / "train_lmdb")
+        mean_values, mixed_sizes = channel_means(out / "train_lmdb", decoded), True
     # the dataset's own spread per channel (inside any padding), for per-channel std normalization
-    _, std_values = channel_stats(out / "train_lmdb", border=options.pad)
+    _, std_values = channel_stats(out / "train_lmdb", border=options.pad, color=decoded)
     shape = train.shape or (1 if options.gray else 3, 0, 0)
     stored = (options.resize[0] + 2 * options.pad, options.resize[1] + 2 * options.pad) if options.resize \
         else tuple(shape[1:])
@@ -183,7 +185,7 @@ def build_lmdb(src: str | Path, out: str | Path, options: ConvertOptions, *, roo
                          "keys_sha256": r.keys_sha256, "labelled": dataset.labelled.get(r.name, True)}
                 for r in results},
         mean_values=mean_values, std_values=std_values, pad=options.pad,
-        encoded=options.encoded, layout=dataset.layout,
+        encoded=options.encoded, mixed_sizes=mixed_sizes, layout=dataset.layout,
         options={"resize": list(options.resize) if options.resize else None, "gray": options.gray,
                  "pad": options.pad, "pad_mode": options.pad_mode,
                  "encoded": options.encoded, "shuffle": options.shuffle, "seed": options.seed,

@@ -27,6 +27,7 @@ class DataManifest:
     std_values: list[float] = field(default_factory=list)  # per channel, BGR, inside any padding
     pad: int = 0  # border stored around every image (build-lmdb --pad): nets take centre/random crops inside it
     encoded: bool = False
+    mixed_sizes: bool = False  # encoded images of several sizes (no --resize): height/width are the first image's
     layout: str = ""
     options: dict = field(default_factory=dict)
 
@@ -50,7 +51,8 @@ def read_manifest(data_dir: str | Path) -> DataManifest:
 
 # each field's JSON type (a manifest is written by build-lmdb; these catch a damaged or hand-edited one)
 _FIELDS = {"classes": int, "channels": int, "height": int, "width": int, "splits": dict, "mean_values": list,
-           "std_values": list, "pad": int, "encoded": bool, "layout": str, "options": dict}
+           "std_values": list, "pad": int, "encoded": bool, "mixed_sizes": bool,
+           "layout": str, "options": dict}
 _REQUIRED = ("classes", "channels", "height", "width", "splits")
 
 

@@ -50,14 +50,15 @@ def mean_from_pixel_sums(sums: np.ndarray, count: int) -> tuple[pb.BlobProto, li
     return mean_blob(chw.astype(np.float32), count)
 
 
-def compute_mean(db: str | Path) -> tuple[pb.BlobProto, list[float], int]:
+def compute_mean(db: str | Path, color: str = "native") -> tuple[pb.BlobProto, list[float], int]:
     """(mean BlobProto, per-channel means, image count), summing in float32 image after image as
-    compute_image_mean does."""
+    compute_image_mean does. `color` decodes encoded records as datum_to_array says: 'native' is the tool's own
+    rule; build-lmdb passes the channels it wrote, which is what the nets it sizes decode."""
     total: np.ndarray | None = None
     count = 0
     with LmdbReader(db) as reader:
         for key, datum in reader.iter_datums():
-            img = datum_to_array(datum).astype(np.float32)
+            img = datum_to_array(datum, color).astype(np.float32)
             if total is None:
                 total = np.zeros_like(img, dtype=np.float32)
             elif img.shape != total.shape:
@@ -70,9 +71,9 @@ def compute_mean(db: str | Path) -> tuple[pb.BlobProto, list[float], int]:
     return (*mean_blob(total, count), count)
 
 
-def write_mean(db: str | Path, out: str | Path) -> tuple[list[float], Path]:
+def write_mean(db: str | Path, out: str | Path, color: str = "native") -> tuple[list[float], Path]:
     """Write the mean of a database as Caffe's .binaryproto and its per-channel means as JSON."""
-    return save_mean(out, *compute_mean(db))
+    return save_mean(out, *compute_mean(db, color))
 
 
 def save_mean(out: str | Path, blob: pb.BlobProto, per_channel: list[float], count: int) -> tuple[list[float], Path]:
@@ -85,9 +86,9 @@ def save_mean(out: str | Path, blob: pb.BlobProto, per_channel: list[float], cou
     return per_channel, json_path
 
 
-def channel_means(db: str | Path) -> list[float]:
+def channel_means(db: str | Path, color: str) -> list[float]:
     """Per-channel means (BGR) over every pixel, for databases whose images differ in size."""
-    return channel_stats(db, color="color")[0]
+    return channel_stats(db, color=color)[0]
 
 
 def channel_stats(db: str | Path, border: int = 0, color: str = "native") -> tuple[list[float], list[float]]:

@@ -73,6 +73,8 @@ def _head(n: NetBuilder, spec: ModelSpec, style: ConvStyle, top: str, classes: i
 
 
 def _transform(cfg: NetConfig, train: bool) -> dict:
+    """Caffe's transform_param. Encoded databases get force_color / force_gray: without either, Caffe decodes each
+    file with its own channels (an RGBA PNG gives 4, a gray JPEG 1), while build-lmdb sized the net for `channels`."""
     t: dict = dict(mirror=cfg.mirror and train)
     if cfg.crop:
         t["crop_size"] = cfg.input_size[0]
@@ -80,6 +82,8 @@ def _transform(cfg: NetConfig, train: bool) -> dict:
         t["mean_file"] = cfg.mean_file
     else:
         t["mean_value"] = list(cfg.mean_value)
+    if cfg.encoded:
+        t["force_gray" if cfg.channels == 1 else "force_color"] = True
     if not t["mirror"]:
         del t["mirror"]
     return t

@@ -23,6 +23,7 @@ class NetConfig:
     mirror: bool
     bn_fraction: float | None = None  # BatchNorm moving_average_fraction in train_val (None: Caffe's 0.999)
     std_value: tuple[float, ...] | None = None  # per-channel std (BGR) the net divides by after the mean (None: not)
+    encoded: bool = False  # the databases hold image files: the Data layers decode them to `channels`
 
 
 def parse_hw(text: str, what: str = "--input") -> tuple[int, int]:

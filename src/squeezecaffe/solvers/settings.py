@@ -55,7 +55,7 @@ def resolve(
         cfg = replace(
             cfg, classes=m.classes, channels=m.channels, train_source=str(data_dir / "train_lmdb"),
             val_source=str(data_dir / "val_lmdb"), mean_value=tuple(m.mean_values),
-            mean_file=str(data_dir / "mean.binaryproto") if use_mean_file else None)
+            mean_file=str(data_dir / "mean.binaryproto") if use_mean_file else None, encoded=m.encoded)
         # A model that crops keeps its input size; otherwise the net sees the stored images whole, or, when they
         # were stored with a border (build-lmdb --pad), random crops of the unpadded size (the centre one in TEST).
         if m.pad:
@@ -63,6 +63,9 @@ def resolve(
                 cfg = replace(cfg, input_size=(m.height - 2 * m.pad, m.width - 2 * m.pad))
             cfg = replace(cfg, crop=True)
         elif not cfg.crop:
+            if m.mixed_sizes:
+                raise UserError(f"{data_dir}: its images have several sizes (build-lmdb --encoded without --resize) "
+                                f"and {spec.name} takes them whole: rebuild it with --resize HxW")
             cfg = replace(cfg, input_size=(m.height, m.width))
         sched = replace(sched, train_size=m.split_count("train"), val_size=m.split_count("val"))
     if normalize not in (None, "mean", "std"):

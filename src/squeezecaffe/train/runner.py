@@ -199,8 +199,8 @@ class Trainer:
                       f"{f' x {self.dist.world} processes' if self.dist.enabled else ''}; "
                       f"run dir {self.run_dir}")
         if self.engine_name == "caffe":
-            self.log.line(f"Caffe's own output goes to {self.run_dir / 'caffe.log'} (if Caffe stops the process on a "
-                          "failed check, its last 'F' line there says why)")
+            self.log.line(f"Caffe's own output goes to {self.run_dir / 'caffe.log'} (where Caffe stops the process on "
+                          "a failed check, its FATAL line is also printed here)")
         while solver.iter < self.max_iter:
             epoch = solver.iter // self.iters_per_epoch
             end = min((epoch + 1) * self.iters_per_epoch, self.max_iter)

@@ -13,6 +13,7 @@ import re
 import sys
 from pathlib import Path
 
+from squeezecaffe.engines.pycaffe import abort_watch
 from squeezecaffe.errors import CAFFE_ENGINE_MISSING, UserError
 
 _caffe = None
@@ -120,18 +121,24 @@ def caffe_available() -> bool:
 
 
 class GlogTap:
-    """Redirects fd 2 to `path` (appending) while inside `with`; `.text` holds what was written meanwhile."""
+    """Redirects fd 2 to `path` (appending) while inside `with`; `.text` holds what was written meanwhile.
+
+    Where Caffe aborts the process inside the tap (a failed CHECK), abort_watch prints its FATAL line on the
+    terminal, which the redirect would otherwise keep from the user."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.text = ""
+        self._watched = self.path != Path(os.devnull)
 
     def __enter__(self) -> GlogTap:
         sys.stderr.flush()
-        self._saved = os.dup(2)
         self._fh = open(self.path, "ab")  # closed in __exit__
         self._start = self._fh.seek(0, os.SEEK_END)
+        if self._watched:
+            abort_watch.tap_opened(str(self.path), self._start)
+        self._saved = os.dup(2)
         os.dup2(self._fh.fileno(), 2)
         return self
 
@@ -140,6 +147,8 @@ class GlogTap:
         os.dup2(self._saved, 2)
         os.close(self._saved)
         self._fh.close()
+        if self._watched:
+            abort_watch.tap_closed()
         with open(self.path, "rb") as fh:
             fh.seek(self._start)
             self.text = fh.read().decode(errors="replace")
@@ -148,7 +157,8 @@ class GlogTap:
 # "Iteration 12 (...), loss = 2.3" (BVLC) or "Iteration 12, loss = 2.3" (older forks); iteration counts from 0.
 _LOSS = re.compile(r"\] Iteration (\d+)(?: \([^)]*\))?, loss = (\S+)")
 _LR = re.compile(r"\] Iteration (\d+), lr = (\S+)")
-_ERROR = re.compile(r"^[EF]\d{4} .*?\] (.*)$", re.M)
+# glog's prefix: severity, then MMDD (glog < 0.6) or YYYYMMDD (0.6 and later, Debian 12's), time, thread id, file:line
+_ERROR = re.compile(r"^[EF](?:\d{4}){1,2} .*?\] (.*)$", re.M)
 
 
 def parse_iterations(text: str) -> dict[int, dict[str, float]]:
