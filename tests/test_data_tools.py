@@ -232,6 +232,23 @@ def test_encoded_data_of_mixed_channels_is_decoded_to_the_manifests_channels(tmp
         assert tuple(x.shape[1:]) == (channels, 16, 16)
 
 
+def test_eval_and_mean_decode_encoded_records_as_the_nets_do(tmp_path: Path, capsys) -> None:
+    src = _mixed_channel_folders(tmp_path / "src")
+    data = tmp_path / "data"
+    assert main(["build-lmdb", str(src), str(data), "--encoded", "--quiet", "--val-fraction", "0.25"]) == 0
+    assert main(["train", "cifar_resnet_1111", "--data", str(data), "--engine", "torch", "--epochs", "1",
+                 "--batch-size", "6", "--run-dir", str(tmp_path / "run"), "--quiet"]) == 0
+    assert main(["eval", str(tmp_path / "run"), "--split", "train"]) == 0
+    metrics = json.loads((tmp_path / "run" / "eval" / "train" / "metrics.json").read_text())
+    assert metrics["count"] == read_manifest(data).splits["train"]["count"] and not metrics["skipped"]
+    capsys.readouterr()
+    assert main(["mean", str(data / "train_lmdb"), "-o", str(tmp_path / "native.binaryproto")]) == 2
+    assert "channels, earlier ones" in capsys.readouterr().err  # compute_image_mean's rule: each file's own
+    assert main(["mean", str(data / "train_lmdb"), "-o", str(tmp_path / "m.binaryproto"), "--decode", "color"]) == 0
+    mean = json.loads((tmp_path / "m.json").read_text())["mean_values_bgr"]
+    assert mean == pytest.approx(read_manifest(data).mean_values, abs=1e-4)
+
+
 def test_a_net_that_takes_images_whole_refuses_encoded_images_of_several_sizes(tmp_path: Path, capsys) -> None:
     src = _mixed_channel_folders(tmp_path / "src", sizes_vary=True)
     assert main(["build-lmdb", str(src), str(tmp_path / "data"), "--encoded", "--quiet"]) == 0

@@ -45,7 +45,7 @@ def cmd_build_lmdb(args: argparse.Namespace) -> int:
 def cmd_mean(args: argparse.Namespace) -> int:
     from squeezecaffe.data_tools.mean import write_mean
 
-    values, json_path = write_mean(args.db, args.output)
+    values, json_path = write_mean(args.db, args.output, args.decode)
     print(f"mean_value (BGR): {', '.join(f'{v:.4f}' for v in values)}")
     print(f"wrote {args.output} and {json_path}")
     return 0
@@ -161,6 +161,9 @@ def register_data_verbs(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("mean", help="mean image of a database (.binaryproto as compute_image_mean) + per-channel JSON")
     p.add_argument("db")
     p.add_argument("-o", "--output", required=True)
+    p.add_argument("--decode", choices=("native", "color", "gray"), default="native",
+                   help="encoded records: each file's own channels (native, compute_image_mean's rule), or all "
+                        "decoded to 3 (color) or 1 (gray) channels, as force_color / force_gray in a net")
     p.set_defaults(func=cmd_mean)
 
     p = sub.add_parser("inspect", help="count, shapes, label histogram and encoding of a database")

@@ -61,6 +61,10 @@ def compute_mean(db: str | Path, color: str = "native") -> tuple[pb.BlobProto, l
             img = datum_to_array(datum, color).astype(np.float32)
             if total is None:
                 total = np.zeros_like(img, dtype=np.float32)
+            elif img.shape[0] != total.shape[0]:
+                raise UserError(f"{db}: record {key.decode(errors='replace')} has {img.shape[0]} channels, earlier "
+                                f"ones {total.shape[0]} (encoded files decoded with their own channels: --decode "
+                                "color or gray decodes them all alike)")
             elif img.shape != total.shape:
                 raise MixedSizesError(f"{db}: record {key.decode(errors='replace')} is {img.shape}, earlier ones "
                                 f"{total.shape}; a mean image needs one size (rebuild with --resize)")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from squeezecaffe.data_tools.layouts import ClassLabel, discover
-from squeezecaffe.data_tools.lmdb_io import LmdbReader
+from squeezecaffe.data_tools.lmdb_io import LmdbReader, datum_to_array
 from squeezecaffe.errors import UnreadableImage, UserError
 from squeezecaffe.evaluation.artifacts import Artifacts
 from squeezecaffe.evaluation.figures import confusion_png, error_grid_png
@@ -26,10 +26,14 @@ from squeezecaffe.scoring import Scores, score
 
 
 class LmdbSource:
-    """Records of an LMDB (ours or Caffe's); labels are the Datum labels."""
+    """Records of an LMDB (ours or Caffe's); labels are the Datum labels.
 
-    def __init__(self, db: Path, name: str) -> None:
+    Encoded records are decoded to the net's channels, as its Data layer does (force_color / force_gray, which nets
+    for an encoded database carry); raw records are taken as stored, so a mismatch is refused, not converted."""
+
+    def __init__(self, db: Path, name: str, channels: int) -> None:
         self.reader = LmdbReader(db)
+        self.encoded_as = "gray" if channels == 1 else "color"
         self.name = name
         self.where = str(db)
         if not len(self.reader):
@@ -39,7 +43,8 @@ class LmdbSource:
         return len(self.reader)
 
     def item(self, i: int) -> tuple[np.ndarray, int]:
-        return self.reader[i]
+        datum = self.reader.datum(i)
+        return datum_to_array(datum, self.encoded_as if datum.encoded else "native"), int(datum.label)
 
     def key(self, i: int) -> str:
         return self.reader.keys[i].decode("utf-8", "replace")
@@ -88,14 +93,14 @@ def open_source(art: Artifacts, data: str | None, split: str | None, pre: Prepro
     if not path.exists():
         raise UserError(f"{data}: no such database or folder")
     if (path / "data.mdb").is_file():
-        return LmdbSource(path, split or path.name.removesuffix("_lmdb"))
+        return LmdbSource(path, split or path.name.removesuffix("_lmdb"), pre.channels)
     if (path / "manifest.json").is_file():
         from squeezecaffe.data_tools.manifest import read_manifest
 
         manifest = read_manifest(path)
         available = {s: bool(info.get("labelled", True)) for s, info in manifest.splits.items()}
         name = _pick_split(available, split, data)
-        return LmdbSource(path / manifest.splits[name].get("db", f"{name}_lmdb"), name)
+        return LmdbSource(path / manifest.splits[name].get("db", f"{name}_lmdb"), name, pre.channels)
     dataset = discover(path, val_fraction=0)  # a folder to score: every image, none held out
     name = _pick_split(dataset.labelled, split, data)
     items = _map_labels(dataset.splits[name], dataset.class_ids, art.labels, data)
