@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
 from squeezecaffe.cli import main
 from squeezecaffe.proto import pb, read_text
+from tests.datasets import write_class_folders
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -43,6 +45,20 @@ def test_gen_with_overrides(capsys, tmp_path: Path) -> None:
     assert solver.net == str(tmp_path / "train_val.prototxt")
 
 
+def test_data_that_is_not_a_data_directory_says_what_it_is_and_what_to_give(capsys, tmp_path: Path) -> None:
+    """An image folder, one LMDB of a data directory and a bare LMDB each get the way to what `--data` takes."""
+    images = write_class_folders(tmp_path / "images", classes=2, per_class=2)
+    assert main(["build-lmdb", str(images), str(tmp_path / "data"), "--quiet", "--val-fraction", "0"]) == 0
+    shutil.copytree(tmp_path / "data" / "train_lmdb", tmp_path / "bare_lmdb")
+    capsys.readouterr()
+    for data, message in ((images, "it holds images: to train on them, build a data directory first "
+                                   f"('squeezecaffe build-lmdb {images} DATA')"),
+                          (tmp_path / "data" / "train_lmdb", f"one database of the data directory {tmp_path / 'data'}"),
+                          (tmp_path / "bare_lmdb", "a bare LMDB (no manifest says its classes")):
+        code, _, err = run(capsys, "gen", "fullbypass8", "--out", str(tmp_path / "net"), "--data", str(data))
+        assert code == 2 and message in err and err.count("\n") == 1, err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["summary", "nosuchmodel"], "unknown model 'nosuchmodel'"),
     (["gen", "fullbypass8", "--out", "x", "--input", "0x64"], "--input '0x64': height and width must be positive"),
@@ -50,7 +66,7 @@ def test_gen_with_overrides(capsys, tmp_path: Path) -> None:
     (["gen", "fullbypass8", "--out", "x", "--classes", "-3"], "--classes must be positive"),
     (["gen", "fullbypass8", "--out", "x", "--solver-set", "bogus=1"], "SolverParameter has no field 'bogus'"),
     (["gen", "squeezenet_v1_0", "--out", "x", "--input", "227x200"], "crop_size is square"),
-    (["gen", "fullbypass8", "--out", "x", "--data", "/nonexistent"], "no dataset manifest"),
+    (["gen", "fullbypass8", "--out", "x", "--data", "/nonexistent"], "/nonexistent: no such data directory"),
     (["frobnicate"], "invalid choice"),
 ])
 def test_bad_input_is_one_line_exit_2(capsys, argv, message, tmp_path, monkeypatch) -> None:

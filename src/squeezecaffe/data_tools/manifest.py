@@ -10,6 +10,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from squeezecaffe.data_tools.layouts import is_hidden, is_image_name
 from squeezecaffe.errors import UserError
 from squeezecaffe.fileio import atomic_write_text, read_json_object
 
@@ -40,13 +41,38 @@ class DataManifest:
 def read_manifest(data_dir: str | Path) -> DataManifest:
     path = Path(data_dir) / MANIFEST_NAME
     if not path.is_file():
-        raise UserError(f"{path}: no dataset manifest; build the data directory with "
-                        f"'squeezecaffe build-lmdb SRC {data_dir}'")
+        raise UserError(_no_manifest(Path(data_dir)))
     raw = read_json_object(path, "a squeezecaffe manifest")
     problem = _manifest_problem(raw)
     if problem:
         raise UserError(f"{path}: not a valid squeezecaffe manifest ({problem})")
     return DataManifest(**raw)
+
+
+def _holds_images(folder: Path, depth: int = 3) -> bool:
+    """Image files within `depth` levels (class folders, train/<class>/, Tiny ImageNet's train/<wnid>/images)."""
+    for entry in folder.iterdir():
+        if entry.is_file() and is_image_name(entry.name):
+            return True
+        if depth > 1 and entry.is_dir() and not is_hidden(entry.name) and _holds_images(entry, depth - 1):
+            return True
+    return False
+
+
+def _no_manifest(data_dir: Path) -> str:
+    """What a directory without a manifest is, and what to give instead (an LMDB of a data directory, images)."""
+    if not data_dir.is_dir():
+        return f"{data_dir}: no such data directory (build one with 'squeezecaffe build-lmdb SRC {data_dir}')"
+    if (data_dir / "data.mdb").is_file():
+        if (data_dir.parent / MANIFEST_NAME).is_file():
+            return f"{data_dir}: one database of the data directory {data_dir.parent}; give that directory"
+        return (f"{data_dir}: a bare LMDB (no manifest says its classes, size and mean); build a data directory from "
+                "the images with 'squeezecaffe build-lmdb SRC DATA'")
+    if _holds_images(data_dir):
+        return (f"{data_dir}: no {MANIFEST_NAME} here, and it holds images: to train on them, build a data "
+                f"directory first ('squeezecaffe build-lmdb {data_dir} DATA') and give DATA")
+    return f"{data_dir / MANIFEST_NAME}: no dataset manifest; build the data directory with " \
+           f"'squeezecaffe build-lmdb SRC {data_dir}'"
 
 
 # each field's JSON type (a manifest is written by build-lmdb; these catch a damaged or hand-edited one)
