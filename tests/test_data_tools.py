@@ -272,6 +272,23 @@ def test_real_caffe_trains_on_encoded_data_of_mixed_channels(tmp_path: Path) -> 
     assert (tmp_path / "run" / "best.caffemodel").is_file()
 
 
+def test_a_list_file_with_one_based_labels_is_told_that_class_0_is_empty(tmp_path: Path, capsys) -> None:
+    """Windows line ends, spaces in paths, labels 1..3: four classes, the first without images, said in one note."""
+    (tmp_path / "imgs").mkdir()
+    lines = []
+    for i in range(9):
+        cv2.imwrite(str(tmp_path / "imgs" / f"im {i}.png"), pattern_image(i % 3, i, (12, 12)))
+        lines.append(f"imgs/im {i}.png {1 + i % 3}")
+    (tmp_path / "train.txt").write_bytes(("\r\n".join(lines) + "\r\n").encode())
+    assert main(["build-lmdb", str(tmp_path / "train.txt"), str(tmp_path / "o"), "--quiet", "--val-fraction", "0"]) == 0
+    out = capsys.readouterr().out
+    assert ("note: 1 of 4 classes has no training image (label 0); list-file labels are class indices from 0, "
+            "so 1-based labels leave class 0 empty") in out
+    manifest = read_manifest(tmp_path / "o")
+    assert manifest.classes == 4 and manifest.options["empty_classes"] == [0]
+    assert sorted({pb.Datum.FromString(v).label for _, v in records(tmp_path / "o" / "train_lmdb")}) == [1, 2, 3]
+
+
 def test_empty_class_folder_and_existing_output(tmp_path: Path, capsys) -> None:
     src = write_class_folders(tmp_path / "cf", classes=2, per_class=3)
     (src / "empty_class").mkdir()

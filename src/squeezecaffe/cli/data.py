@@ -29,6 +29,13 @@ def cmd_build_lmdb(args: argparse.Namespace) -> int:
     if manifest.options.get("ignored"):
         print(f"{args.src}: passed over {describe_ignored(manifest.options['ignored'])} (not images of a format read "
               "here, or hidden; the formats: docs/data-tools.md)")
+    empty = manifest.options.get("empty_classes") or []
+    if empty:
+        shown = ", ".join(map(str, empty[:10])) + (", ..." if len(empty) > 10 else "")
+        print(f"note: {len(empty)} of {manifest.classes} classes {'has' if len(empty) == 1 else 'have'} no training "
+              f"image (label {shown})"
+              + ("; list-file labels are class indices from 0, so 1-based labels leave class 0 empty"
+                 if empty[0] == 0 and manifest.layout == "list-file" else ""))
     for r in results:
         rate = r.count / r.seconds if r.seconds else 0.0
         print(f"{r.name}: {r.count} images, {len(r.skipped)} skipped, {r.bytes / 1e6:.1f} MB, "

@@ -133,6 +133,12 @@ def convert_split(dataset: Dataset, split: str, out_db: Path, options: ConvertOp
 SHUFFLE_MODES = ("train", "all", "none")
 
 
+def empty_classes(dataset: Dataset) -> list[int]:
+    """Labels below the class count with no training image (a 1-based list file leaves class 0 empty)."""
+    present = {label for _, label in dataset.splits.get("train", [])}
+    return [label for label in range(dataset.classes) if label not in present]
+
+
 def build_lmdb(src: str | Path, out: str | Path, options: ConvertOptions, *, root: str | Path | None = None,
                classes: int | None = None, val_fraction: float | None = None,
                limits: dict[str, int] | None = None) -> tuple[DataManifest, list[SplitResult]]:
@@ -190,7 +196,7 @@ def build_lmdb(src: str | Path, out: str | Path, options: ConvertOptions, *, roo
                  "pad": options.pad, "pad_mode": options.pad_mode,
                  "encoded": options.encoded, "shuffle": options.shuffle, "seed": options.seed,
                  "val_fraction": dataset.val_held_out, "limits": limits or {}, "source": str(Path(src).resolve()),
-                 "ignored": dataset.ignored})
+                 "ignored": dataset.ignored, "empty_classes": empty_classes(dataset)})
     write_manifest(out, manifest)
     return manifest, results
 
