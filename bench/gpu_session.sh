@@ -4,9 +4,10 @@
 #
 #   bash bench/gpu_session.sh [--dry-run] OUTDIR STEP...   STEP: caffe | tests | speed | scale | demo (in order)
 #
-#   --dry-run  the same steps on the CPU at toy sizes (a minute or two), to find what broke before a lease is spent:
-#              `tests/test_gpu_session.py` runs it (speed, scale, tests; caffe where a Caffe build is there, demo
-#              where Fashion-MNIST is). Its figures mean nothing.
+#   --dry-run  the same scripts on the CPU with toy sizes and fewer axes (fullbypass8 only, fp32, no --full), about
+#              a minute for all five steps, to find what broke before a lease is spent; its figures mean nothing.
+#              `tests/test_gpu_session.py` runs it for speed, scale and tests, and caffe where the CPU Caffe is
+#              built; the demo step needs Fashion-MNIST's files in $FASHION, so no test runs it.
 #
 #   caffe  real Caffe with CUDA from the bundle in .caffe-bundle/ (squeezecaffe build-caffe --cuda --bundle
 #          .caffe-bundle, made on the CPU machine and carried): doctor, the GPU test of Caffe (tests/
@@ -21,18 +22,24 @@
 #
 # Each step runs under its own time limit (seconds: CAFFE_S, TESTS_S, SPEED_S, SCALE_S, DEMO_S) and writes STEP.log (and
 # STEP.json) into OUTDIR; OUTDIR/summary.txt gets the machine and one line per step (exit code, seconds).
-# Wheels in .whl/ (lmdb, which the GPU image lacks) are installed into /tmp/site first (not in a dry run). The demo reads
-# Fashion-MNIST's IDX files from $FASHION (default .fmnist/: copy /usr/share/datasets/fashion-mnist/*.gz there).
+# Wheels in $WHEELS (default .whl/: lmdb, which the GPU image lacks) are installed into /tmp/site first (not in a
+# dry run). The demo reads Fashion-MNIST's IDX files from $FASHION (default .fmnist/: copy
+# /usr/share/datasets/fashion-mnist/*.gz there). Scratch (databases, runs) goes to $WORK (default /tmp/gpu_session).
 set -u
 dry=0
-if [ "${1:-}" = --dry-run ]; then dry=1; shift; fi
+args=()
+for a in "$@"; do
+  if [ "$a" = --dry-run ]; then dry=1; else args+=("$a"); fi
+done
+set -- "${args[@]}"
 out=${1:?usage: bash bench/gpu_session.sh [--dry-run] OUTDIR STEP...}
 shift
 mkdir -p "$out"
 export PYTHONPATH="$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-if [ $dry = 0 ] && compgen -G ".whl/*.whl" >/dev/null; then  # (built for the GPU machine's Python: not here)
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+wheels=${WHEELS:-.whl}
+if [ $dry = 0 ] && compgen -G "$wheels/*.whl" >/dev/null; then  # (built for the GPU machine's Python: not here)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    "$wheels"/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
 {
   date -u
@@ -70,7 +77,7 @@ fi
 work=${WORK:-/tmp/gpu_session}  # the steps' scratch: databases, runs
 bundle=${CAFFE_BUNDLE:-$PWD/.caffe-bundle}
 # On the GPU, Caffe is the carried CUDA bundle; a dry run takes the CPU build `make caffe` cached (no CUDA here).
-[ $dry = 0 ] && export SQUEEZECAFFE_CAFFE_HOME=$bundle
+if [ $dry = 0 ]; then export SQUEEZECAFFE_CAFFE_HOME=$bundle; else unset SQUEEZECAFFE_CAFFE_HOME; fi
 caffe_step() {
   [ $dry = 1 ] || [ -f "$bundle/build.json" ] || {
     echo "no Caffe bundle at $bundle (build-caffe --cuda --bundle .caffe-bundle)"; return 2; }
@@ -93,7 +100,9 @@ for s in "$@"; do
              --out "$work/tiny_scale" --json "$out/scale.json" ;;
     demo) step demo "${DEMO_S:-300}" python3 -m squeezecaffe demo --device $device "${demo_args[@]}" \
             --src "${FASHION:-.fmnist}" --out "$work/demo" --quiet
-          cp "$work"/demo/runs/*/log.csv "$out/demo_log.csv" 2>/dev/null ;;  # time to 93.5%: its rows
+          # the run just made (a warm machine's $work may hold an earlier one): time to 93.5% is in its rows
+          newest=$(ls -t "$work"/demo/runs/*/log.csv 2>/dev/null | head -n 1)
+          [ -n "$newest" ] && cp "$newest" "$out/demo_log.csv" ;;
     *) echo "unknown step '$s' (caffe, tests, speed, scale, demo)" | tee -a "$out/summary.txt" ;;
   esac
 done

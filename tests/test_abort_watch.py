@@ -4,6 +4,8 @@ then os.abort()), so these run without Caffe; the last test has real Caffe fail 
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -23,7 +25,7 @@ def _child(body: str, log: Path) -> subprocess.CompletedProcess:
         LOG = {log!r}
         FATAL = {fatal!r}
         """).format(log=str(log), fatal=FATAL) + textwrap.dedent(body)
-    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
 
 
 def test_an_abort_inside_a_tap_prints_caffes_fatal_line_on_the_terminal(tmp_path: Path) -> None:
@@ -37,6 +39,30 @@ def test_an_abort_inside_a_tap_prints_caffes_fatal_line_on_the_terminal(tmp_path
     assert result.returncode == -6
     assert result.stderr == ("squeezecaffe: error: real Caffe aborted the process: Check failed: shape[i] >= 0 "
                              f"(-4 vs. 0) [blob.cpp:32] (Caffe's log: {log})\n")
+
+
+def test_a_forked_child_still_alive_does_not_hold_back_the_line(tmp_path: Path) -> None:
+    """A worker forked inside the process (DataLoader, build-lmdb) closes its copy of the watcher's pipe, so the line
+    comes when the process dies, not when the worker does (here: a worker that would outlive the test's timeout)."""
+    pid_file = tmp_path / "worker.pid"
+    try:
+        result = _child(f"""
+            with GlogTap(LOG) as tap:
+                if os.fork() == 0:  # the worker: off the test's pipes, then wait far past the timeout
+                    null = os.open(os.devnull, os.O_WRONLY)
+                    os.dup2(null, 1)
+                    os.dup2(null, 2)
+                    os.close(tap._saved)  # the terminal's stderr, kept by the tap (the test waits for its end)
+                    open({str(pid_file)!r}, "w").write(str(os.getpid()))
+                    signal.pause()
+                    os._exit(0)
+                os.write(2, FATAL.encode() + b"\\n")
+                os.abort()
+            """, tmp_path / "caffe.log")
+        assert "real Caffe aborted the process: Check failed: shape[i] >= 0" in result.stderr
+    finally:
+        if pid_file.is_file():
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
 
 
 @pytest.mark.parametrize("body", [

@@ -54,7 +54,8 @@ def test_data_that_is_not_a_data_directory_says_what_it_is_and_what_to_give(caps
     for data, message in ((images, "it holds images: to train on them, build a data directory first "
                                    f"('squeezecaffe build-lmdb {images} DATA')"),
                           (tmp_path / "data" / "train_lmdb", f"one database of the data directory {tmp_path / 'data'}"),
-                          (tmp_path / "bare_lmdb", "a bare LMDB (no manifest says its classes")):
+                          (tmp_path / "bare_lmdb", "a bare LMDB (no manifest says its classes"),
+                          (tmp_path / "data" / "labels.txt", "a file, not a data directory")):
         code, _, err = run(capsys, "gen", "fullbypass8", "--out", str(tmp_path / "net"), "--data", str(data))
         assert code == 2 and message in err and err.count("\n") == 1, err
 

@@ -229,11 +229,13 @@ def test_reports_that_cross_are_taken_in_chunk_order() -> None:
 
     def collected(order: list[int]) -> tuple:
         collect = parallel_write.Collector(tqdm(disable=True))
-        messages = [("chunk", 0, 2, [b"k0", b"k1"], [("a.png", "broken")], 10, (3, 4, 4)),
-                    ("chunk", 1, 2, [b"k2"], [("b.png", "empty")], 5, (3, 8, 8))]
+        messages = [("chunk", 0, 2, [b"k0", b"k1"], [("a.png", "broken")], 10, [(3, 4, 4), (3, 6, 6)]),
+                    ("chunk", 1, 2, [b"k2"], [("b.png", "empty")], 5, [(3, 8, 8)])]
         for i in order:
             collect(messages[i])
-        return collect.keys.hexdigest(), collect.skipped, collect.shape, collect.count, collect.bytes
+        return (collect.keys.hexdigest(), collect.skipped, collect.shape, collect.count, collect.bytes,
+                sorted(collect.shapes))
 
     assert collected([1, 0]) == collected([0, 1])
-    assert collected([1, 0])[1:] == ([("a.png", "broken"), ("b.png", "empty")], (3, 4, 4), 3, 15)
+    assert collected([1, 0])[1:] == ([("a.png", "broken"), ("b.png", "empty")], (3, 4, 4), 3, 15,
+                                     [(3, 4, 4), (3, 6, 6), (3, 8, 8)])

@@ -249,9 +249,17 @@ def test_eval_and_mean_decode_encoded_records_as_the_nets_do(tmp_path: Path, cap
     assert mean == pytest.approx(read_manifest(data).mean_values, abs=1e-4)
 
 
-def test_a_net_that_takes_images_whole_refuses_encoded_images_of_several_sizes(tmp_path: Path, capsys) -> None:
-    src = _mixed_channel_folders(tmp_path / "src", sizes_vary=True)
-    assert main(["build-lmdb", str(src), str(tmp_path / "data"), "--encoded", "--quiet"]) == 0
+@pytest.mark.parametrize("case", ["encoded-sizes-vary", "val-of-another-size"])
+def test_a_net_that_takes_images_whole_refuses_images_of_several_sizes(tmp_path: Path, capsys, case: str) -> None:
+    """Encoded files of several sizes (no --resize), or a val split stored at another size than train (raw records
+    hold one size per split): the manifest says mixed_sizes and a net sized from train's first image is refused."""
+    if case == "encoded-sizes-vary":
+        src, flags = _mixed_channel_folders(tmp_path / "src", sizes_vary=True), ["--encoded"]
+    else:
+        src, flags = tmp_path / "src", ["--val-fraction", "0"]
+        write_class_folders(src / "train", classes=2, per_class=3, size=(16, 16))
+        write_class_folders(src / "val", classes=2, per_class=2, size=(20, 20))
+    assert main(["build-lmdb", str(src), str(tmp_path / "data"), "--quiet", *flags]) == 0
     assert read_manifest(tmp_path / "data").mixed_sizes
     assert main(["gen", "cifar_resnet_1111", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "net")]) == 2
     err = capsys.readouterr().err

@@ -1,6 +1,7 @@
 """bench/gpu_session.sh, the script a short GPU lease runs, kept working on the CPU: its `--dry-run` runs the same
-steps (same scripts, same options but the device and sizes) so a change that breaks a step shows here, not on a
-GPU machine whose minutes are spent. Its figures are not checked: only that each step ran and wrote its JSON."""
+steps with the same scripts (on the CPU, at toy sizes, with fewer models and precisions) so a change that breaks a
+step shows here, not on a GPU machine whose minutes are spent. Its figures are not checked: only that each step ran
+and wrote its JSON."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def _log(out: Path, step: str) -> str:
 @pytest.mark.slow
 def test_dry_run_runs_tests_speed_and_scale_on_the_cpu(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    steps = _session(out, "--dry-run", str(out), "tests", "speed", "scale")
+    steps = _session(out, str(out), "tests", "speed", "scale", "--dry-run")  # the flag goes anywhere
     for step in ("tests", "speed", "scale"):
         assert f"{step}: exit 0," in steps.get(step, ""), (steps, _log(out, step))
     rows = _figures(out / "speed.json")["rows"]
@@ -64,7 +65,8 @@ def test_dry_run_caffe_step_times_real_caffe_beside_the_engine(tmp_path: Path) -
 
 def test_gpu_run_without_the_bundle_stops_the_caffe_step_and_says_how_to_make_it(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    steps = _session(out, str(out), "caffe", "nonsense", env={"CAFFE_BUNDLE": str(tmp_path / "none")})
+    steps = _session(out, str(out), "caffe", "nonsense", env={"CAFFE_BUNDLE": str(tmp_path / "none"),
+                                                              "WHEELS": str(tmp_path / "no-wheels")})
     assert "caffe: exit 2," in steps["caffe"]
     assert "build-caffe --cuda --bundle" in _log(out, "caffe")
     assert "unknown step 'nonsense'" in (out / "summary.txt").read_text()

@@ -20,6 +20,7 @@ from squeezecaffe.data_tools.layouts import Dataset, discover
 from squeezecaffe.data_tools.lmdb_io import (
     AtomicLmdbWriter,
     BackgroundSync,
+    decoding_for,
     remove_stale_temporaries,
 )
 from squeezecaffe.data_tools.manifest import DataManifest, write_manifest
@@ -74,7 +75,8 @@ class SplitResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     bytes: int = 0
     seconds: float = 0.0
-    shape: tuple[int, int, int] | None = None
+    shape: tuple[int, int, int] | None = None  # the first record's
+    shapes: set[tuple[int, int, int]] = field(default_factory=set)  # every size written
     keys_sha256: str = ""
     pixel_sums: np.ndarray | None = None  # exact sums of the raw images written (HxWxC), for the mean
 
@@ -105,7 +107,8 @@ def convert_split(dataset: Dataset, split: str, out_db: Path, options: ConvertOp
             workers.relay(collect)
         flusher.stop()
         flusher = None
-        result.count, result.bytes, result.shape = collect.count, collect.bytes, collect.shape
+        result.count, result.bytes, result.shape, result.shapes = collect.count, collect.bytes, collect.shape, \
+            collect.shapes
         result.skipped, result.keys_sha256, result.pixel_sums = collect.skipped, collect.keys.hexdigest(), collect.sums
         limit = options.max_skip * len(items)
         if len(result.skipped) > limit:
@@ -171,15 +174,19 @@ def build_lmdb(src: str | Path, out: str | Path, options: ConvertOptions, *, roo
     atomic_write_text(out / "labels.txt", dataset.labels_txt())
     train = next(r for r in results if r.name == "train")  # the mean and the manifest's image size come from it
     exact = mean_from_pixel_sums(train.pixel_sums, train.count) if train.pixel_sums is not None else None
-    decoded = "gray" if options.gray else "color"  # encoded files as they were decoded here (not each file's own)
-    mixed_sizes = False
+    decoded = decoding_for(1 if options.gray else 3)  # encoded files as decoded here and by the nets (not natively)
+    # Several sizes, within a split (encoded, no --resize) or between splits (each split's own size): no net that
+    # takes its input whole can read them all (solvers/settings.py refuses it).
+    mixed_sizes = len(set().union(*(r.shapes for r in results))) > 1
     try:
         if exact is not None:  # summed by the workers; equal to what reading the database back gives
             mean_values, _ = save_mean(out / "mean.binaryproto", *exact, train.count)
         else:
             mean_values, _ = write_mean(out / "train_lmdb", out / "mean.binaryproto", decoded)
-    except MixedSizesError:  # encoded images of several sizes: no mean image, per-channel means still work
-        mean_values, mixed_sizes = channel_means(out / "train_lmdb", decoded), True
+    except MixedSizesError:  # train's images differ in size: no mean image, per-channel means still work
+        mean_values = channel_means(out / "train_lmdb", decoded)
+        for stale in (out / "mean.binaryproto", out / "mean.json"):  # an earlier build's (--force)
+            stale.unlink(missing_ok=True)
     # the dataset's own spread per channel (inside any padding), for per-channel std normalization
     _, std_values = channel_stats(out / "train_lmdb", border=options.pad, color=decoded)
     shape = train.shape or (1 if options.gray else 3, 0, 0)

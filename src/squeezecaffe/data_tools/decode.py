@@ -28,8 +28,10 @@ class DecodeOptions:
 
 
 # reflect: mirrored without repeating the edge pixel (numpy's and torchvision's 'reflect'); zero: black
-# Encoded Datums keep the file's own bytes only in the formats every image library reads.
-PORTABLE_ENCODINGS = frozenset({".jpg", ".jpeg", ".png", ".bmp"})
+# Encoded Datums keep the file's own bytes only in the formats every image library reads (suffix -> the encoder
+# a resized or padded image is written with); other formats are stored as PNG.
+PORTABLE_ENCODINGS = {".jpg": ".jpg", ".jpeg": ".jpg", ".jpe": ".jpg", ".jfif": ".jpg", ".png": ".png",
+                      ".bmp": ".bmp", ".dib": ".bmp"}
 PAD_MODES = {"reflect": cv2.BORDER_REFLECT_101, "zero": cv2.BORDER_CONSTANT}
 
 
@@ -144,11 +146,10 @@ def make_datum(path: Path, label: int, opts: DecodeOptions) -> Decoded:
     # so the original file is stored untouched; a resized (or padded) image is re-encoded in the file's own format.
     # Other formats (TIFF, WebP, JPEG 2000, PxM) are stored as PNG of the decoded image, the same pixels, so that
     # any Caffe reader's image library decodes the database, not only one built with those codecs.
-    suffix = path.suffix.lower()
-    portable = suffix in PORTABLE_ENCODINGS
-    if portable and not opts.resize and not opts.pad:
+    encoder = PORTABLE_ENCODINGS.get(path.suffix.lower())
+    if encoder and not opts.resize and not opts.pad:
         return Decoded(pb.Datum(data=data, label=label, encoded=True).SerializeToString(), shape)
-    ok, buf = cv2.imencode(suffix if portable else ".png", img)
+    ok, buf = cv2.imencode(encoder or ".png", img)
     if not ok:
-        return Decoded(None, None, f"cannot re-encode as {suffix if portable else '.png'}")
+        return Decoded(None, None, f"cannot re-encode as {encoder or '.png'}")
     return Decoded(pb.Datum(data=buf.tobytes(), label=label, encoded=True).SerializeToString(), shape)

@@ -26,8 +26,8 @@ from squeezecaffe.errors import UserError
 # The formats every opencv-python wheel of our range decodes (libjpeg, libpng, libtiff, libwebp, OpenJPEG and
 # OpenCV's own BMP and PxM readers). GIF and AVIF are not among them: OpenCV reads them only from 4.11 on, and only
 # where built with them, so such files are counted as ignored rather than failing a build on another machine.
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".jp2",
-                            ".pbm", ".pgm", ".ppm", ".pnm"})
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp",
+                            ".jp2", ".pbm", ".pgm", ".ppm", ".pnm"})
 # Folders that archivers and notebooks leave beside the images: never a class, never walked.
 NOT_CLASS_FOLDERS = frozenset({"__MACOSX"})
 SPLIT_NAMES = ("train", "val", "test")

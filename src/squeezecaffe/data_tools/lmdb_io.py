@@ -144,26 +144,33 @@ def remove_stale_temporaries(directory: Path) -> None:
                 shutil.rmtree(p, ignore_errors=True)
 
 
+def decoding_for(channels: int) -> str:
+    """The `color` a net of `channels` input channels decodes encoded records with: the force_gray / force_color
+    that generated nets for an encoded database carry (netgen/builder.py writes the same choice as fields)."""
+    return "gray" if channels == 1 else "color"
+
+
 def datum_to_array(datum: pb.Datum, color: str = "native") -> np.ndarray:
     """A Datum as a uint8 CxHxW array (Caffe's layout), decoding encoded ones.
 
-    `color`: 'native' keeps the encoded file's channels (Caffe's default), 'color' forces 3 (force_color),
-    'gray' forces 1 (force_gray).
+    `color` applies to encoded records, as Caffe's transform_param does: 'native' keeps the file's channels as
+    DecodeDatumToCVMatNative does (imdecode with IMREAD_UNCHANGED: an RGBA PNG gives 4), 'color' forces 3
+    (force_color), 'gray' forces 1 (force_gray). Raw records are returned as stored: Caffe ignores both flags for
+    them, so a raw gray database under force_color stays gray (and the net's mean says so).
     """
     if datum.encoded:
-        flag = {"native": cv2.IMREAD_ANYCOLOR, "color": cv2.IMREAD_COLOR, "gray": cv2.IMREAD_GRAYSCALE}[color]
+        flag = {"native": cv2.IMREAD_UNCHANGED, "color": cv2.IMREAD_COLOR, "gray": cv2.IMREAD_GRAYSCALE}[color]
         img = cv2.imdecode(np.frombuffer(datum.data, np.uint8), flag)
         if img is None:
             raise UserError(f"record with label {datum.label}: encoded image cannot be decoded")
+        if img.dtype != np.uint8:  # Caffe would read the 16-bit samples as pairs of bytes
+            raise UserError(f"record with label {datum.label}: a {img.dtype.itemsize * 8}-bit encoded image, decoded "
+                            "with its own format (neither force_color nor force_gray); Caffe reads 8-bit samples")
         return img[None] if img.ndim == 2 else img.transpose(2, 0, 1)
     if datum.data:
         arr = np.frombuffer(datum.data, np.uint8).reshape(datum.channels, datum.height, datum.width)
     else:  # float_data Datums (rare; HDF5-era conversions)
         arr = np.asarray(datum.float_data, np.float32).reshape(datum.channels, datum.height, datum.width)
-    if color == "gray" and arr.shape[0] == 3:
-        return cv2.cvtColor(arr.transpose(1, 2, 0), cv2.COLOR_BGR2GRAY)[None]
-    if color == "color" and arr.shape[0] == 1:
-        return np.repeat(arr, 3, axis=0)
     return arr
 
 

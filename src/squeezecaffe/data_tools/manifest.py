@@ -28,7 +28,7 @@ class DataManifest:
     std_values: list[float] = field(default_factory=list)  # per channel, BGR, inside any padding
     pad: int = 0  # border stored around every image (build-lmdb --pad): nets take centre/random crops inside it
     encoded: bool = False
-    mixed_sizes: bool = False  # encoded images of several sizes (no --resize): height/width are the first image's
+    mixed_sizes: bool = False  # images of several sizes (in a split, or between splits): height/width are train's first
     layout: str = ""
     options: dict = field(default_factory=dict)
 
@@ -50,8 +50,13 @@ def read_manifest(data_dir: str | Path) -> DataManifest:
 
 
 def _holds_images(folder: Path, depth: int = 3) -> bool:
-    """Image files within `depth` levels (class folders, train/<class>/, Tiny ImageNet's train/<wnid>/images)."""
-    for entry in folder.iterdir():
+    """Image files within `depth` levels (class folders, train/<class>/, Tiny ImageNet's train/<wnid>/images); a
+    folder that cannot be read counts as holding none (this only picks the wording of an error)."""
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return False
+    for entry in entries:
         if entry.is_file() and is_image_name(entry.name):
             return True
         if depth > 1 and entry.is_dir() and not is_hidden(entry.name) and _holds_images(entry, depth - 1):
@@ -61,6 +66,8 @@ def _holds_images(folder: Path, depth: int = 3) -> bool:
 
 def _no_manifest(data_dir: Path) -> str:
     """What a directory without a manifest is, and what to give instead (an LMDB of a data directory, images)."""
+    if data_dir.is_file():
+        return f"{data_dir}: a file, not a data directory (the OUT folder of 'squeezecaffe build-lmdb SRC OUT')"
     if not data_dir.is_dir():
         return f"{data_dir}: no such data directory (build one with 'squeezecaffe build-lmdb SRC {data_dir}')"
     if (data_dir / "data.mdb").is_file():

@@ -155,7 +155,7 @@ def write_chunks(job: SplitJob, chunks: Iterable[int], turns: Turns, report: Cal
         if partial is not None:
             sums = partial.astype(np.uint64) if sums is None else sums + partial
         report(("chunk", chunk, len(decoded), keys, skipped, sum(len(v) for _, v in pairs),
-                written[0].shape if written else None))
+                list(dict.fromkeys(d.shape for d in written))))  # the chunk's sizes, first record's first
 
     try:
         for chunk in chunks:
@@ -214,6 +214,7 @@ class Collector:
         self.count = 0
         self.bytes = 0
         self.shape: tuple[int, int, int] | None = None
+        self.shapes: set[tuple[int, int, int]] = set()  # every size written (more than one: encoded, no --resize)
         self.sums: np.ndarray | None = None
 
     def __call__(self, message: tuple) -> None:
@@ -222,14 +223,15 @@ class Collector:
             if sums is not None:
                 self.sums = sums if self.sums is None else self.sums + sums
             return
-        _, chunk, size, keys, skipped, nbytes, shape = message
-        self.waiting[chunk] = (keys, skipped, shape)
+        _, chunk, size, keys, skipped, nbytes, shapes = message
+        self.waiting[chunk] = (keys, skipped, shapes)
+        self.shapes.update(map(tuple, shapes))
         while self.next in self.waiting:  # messages may cross; what depends on order is taken in chunk order
-            in_order, skipped_in_order, shape_in_order = self.waiting.pop(self.next)
+            in_order, skipped_in_order, shapes_in_order = self.waiting.pop(self.next)
             for key in in_order:
                 self.keys.update(key + b"\n")
             self.skipped += skipped_in_order
-            self.shape = self.shape or shape_in_order  # the first record's (the manifest's size)
+            self.shape = self.shape or (tuple(shapes_in_order[0]) if shapes_in_order else None)  # the manifest's size
             self.next += 1
         self.count += len(keys)
         self.bytes += nbytes

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from squeezecaffe.data_tools.layouts import ClassLabel, discover
-from squeezecaffe.data_tools.lmdb_io import LmdbReader, datum_to_array
+from squeezecaffe.data_tools.lmdb_io import LmdbReader, datum_to_array, decoding_for
 from squeezecaffe.errors import UnreadableImage, UserError
 from squeezecaffe.evaluation.artifacts import Artifacts
 from squeezecaffe.evaluation.figures import confusion_png, error_grid_png
@@ -33,7 +33,7 @@ class LmdbSource:
 
     def __init__(self, db: Path, name: str, channels: int) -> None:
         self.reader = LmdbReader(db)
-        self.encoded_as = "gray" if channels == 1 else "color"
+        self.encoded_as = decoding_for(channels)
         self.name = name
         self.where = str(db)
         if not len(self.reader):
@@ -44,7 +44,7 @@ class LmdbSource:
 
     def item(self, i: int) -> tuple[np.ndarray, int]:
         datum = self.reader.datum(i)
-        return datum_to_array(datum, self.encoded_as if datum.encoded else "native"), int(datum.label)
+        return datum_to_array(datum, self.encoded_as), int(datum.label)
 
     def key(self, i: int) -> str:
         return self.reader.keys[i].decode("utf-8", "replace")

@@ -58,14 +58,14 @@ def resolve(
             mean_file=str(data_dir / "mean.binaryproto") if use_mean_file else None, encoded=m.encoded)
         # A model that crops keeps its input size; otherwise the net sees the stored images whole, or, when they
         # were stored with a border (build-lmdb --pad), random crops of the unpadded size (the centre one in TEST).
+        if m.mixed_sizes and not cfg.crop:
+            raise UserError(f"{data_dir}: its images have several sizes (build-lmdb --encoded without --resize, or "
+                            f"splits of different sizes) and {spec.name} takes them whole: rebuild it with --resize HxW")
         if m.pad:
             if not cfg.crop:
                 cfg = replace(cfg, input_size=(m.height - 2 * m.pad, m.width - 2 * m.pad))
             cfg = replace(cfg, crop=True)
         elif not cfg.crop:
-            if m.mixed_sizes:
-                raise UserError(f"{data_dir}: its images have several sizes (build-lmdb --encoded without --resize) "
-                                f"and {spec.name} takes them whole: rebuild it with --resize HxW")
             cfg = replace(cfg, input_size=(m.height, m.width))
         sched = replace(sched, train_size=m.split_count("train"), val_size=m.split_count("val"))
     if normalize not in (None, "mean", "std"):

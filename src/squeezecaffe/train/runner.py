@@ -200,7 +200,7 @@ class Trainer:
                       f"run dir {self.run_dir}")
         if self.engine_name == "caffe":
             self.log.line(f"Caffe's own output goes to {self.run_dir / 'caffe.log'} (where Caffe stops the process on "
-                          "a failed check, its FATAL line is also printed here)")
+                          "a failed check, the terminal also gets its FATAL line)")
         while solver.iter < self.max_iter:
             epoch = solver.iter // self.iters_per_epoch
             end = min((epoch + 1) * self.iters_per_epoch, self.max_iter)

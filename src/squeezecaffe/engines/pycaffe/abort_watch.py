@@ -17,17 +17,20 @@ import subprocess
 import sys
 
 # The watcher: standard library only, started with -I -S so that nothing of the environment slows or changes it.
+# Messages are NUL-terminated bytes (a path may hold any other byte): b"tap OFFSET PATH", b"done", b"exit".
 _WATCHER = r"""
-import re, sys
-path, offset = None, 0
-for line in sys.stdin:
-    if line == "exit\n":
-        sys.exit(0)
-    if line == "done\n":
-        path = None
-    else:
-        start, _, path = line.rstrip("\n").partition("\t")
-        offset = int(start)
+import os, re, sys
+path, offset, buffer = None, 0, b""
+while chunk := sys.stdin.buffer.read1(65536):
+    *messages, buffer = (buffer + chunk).split(b"\0")
+    for message in messages:
+        if message == b"exit":
+            sys.exit(0)
+        if message == b"done":
+            path = None
+        elif message.startswith(b"tap "):
+            start, _, path = message[4:].partition(b" ")
+            offset = int(start)
 if path is None:
     sys.exit(0)
 try:
@@ -36,45 +39,59 @@ try:
         text = fh.read().decode(errors="replace")
 except OSError:
     sys.exit(0)
-found = re.findall(r"^F(?:\d{4}){1,2} [^ ]+ +\d+ ([^\]]+)\] (.*)$", text, re.M)
+found = re.findall(r"^F(?:\d{4}){1,2} [^ ]+ +\d+ ([^\]]+)\] (.*)$", text, re.M)  # runtime._ERROR's prefix
 if found:
     where, what = found[-1]
     sys.stderr.write(f"squeezecaffe: error: real Caffe aborted the process: {what.strip()} [{where}] "
-                     f"(Caffe's log: {path})\n")
+                     f"(Caffe's log: {os.fsdecode(path)})\n")
 """
 
-_pipe = None  # the watcher's stdin, written by the process that started it
-_owner = 0  # that process's pid: a forked child must neither write to it nor say goodbye for its parent
+_proc: subprocess.Popen | None = None  # kept: a collected Popen of a running process warns at shutdown
+_pipe: int | None = None  # the write end of the watcher's stdin (a bare descriptor: nothing closes it behind us)
+_owner = 0  # the pid of the process that started the watcher
 
 
-def _send(line: str) -> None:
+def _send(message: bytes) -> None:
     global _pipe
     if _pipe is None or os.getpid() != _owner:
         return
     try:
-        _pipe.write(line)
-        _pipe.flush()
-    except (BrokenPipeError, ValueError, OSError):  # the watcher is gone: taps go on without it
+        os.write(_pipe, message + b"\0")  # a few bytes: one write, atomic on a pipe
+    except OSError:  # the watcher is gone (BrokenPipeError): taps go on without it
         _pipe = None
 
 
 def _goodbye() -> None:
-    _send("exit\n")
+    _send(b"exit")
+
+
+def _forget_in_child() -> None:
+    """A forked child (a DataLoader or converter worker) closes its copy of the pipe: the watcher must see the end
+    of the pipe when the process it watches dies, not when the last of its children does."""
+    global _pipe
+    if _pipe is not None:
+        os.close(_pipe)
+        _pipe = None
 
 
 def tap_opened(log_path: str, offset: int) -> None:
     """Called before descriptor 2 is redirected (the watcher inherits the terminal's stderr)."""
-    global _pipe, _owner
-    if _pipe is None:
+    global _proc, _pipe, _owner
+    if _proc is None:
+        read_end, write_end = os.pipe()
         try:
-            proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _WATCHER], stdin=subprocess.PIPE,
-                                    stdout=subprocess.DEVNULL, text=True, start_new_session=True)
+            _proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _WATCHER], stdin=read_end,
+                                     stdout=subprocess.DEVNULL, start_new_session=True)
         except OSError:
+            os.close(write_end)
             return
-        _pipe, _owner = proc.stdin, os.getpid()
+        finally:
+            os.close(read_end)
+        _pipe, _owner = write_end, os.getpid()
         atexit.register(_goodbye)
-    _send(f"{offset}\t{os.path.abspath(log_path)}\n")
+        os.register_at_fork(after_in_child=_forget_in_child)
+    _send(b"tap %d " % offset + os.fsencode(os.path.abspath(log_path)))
 
 
 def tap_closed() -> None:
-    _send("done\n")
+    _send(b"done")
