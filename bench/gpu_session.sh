@@ -63,7 +63,7 @@ if [ $dry = 1 ]; then
   caffe_args="--models fullbypass8 --batch 4 --warmup 1 --iters 2"
   speed_args=(--models fullbypass8 --cpu-batches 4 --amps fp32 --layouts nchw,nhwc --warmup 1 --iters 2 --repeats 1
               --workers 1 --records 64)
-  scale_args=(--images 160 --val-images 80 --classes 10 --batch-size 16 --jobs 2)
+  scale_args=(--images 64 --val-images 32 --classes 4 --batch-size 16 --jobs 2)
   demo_args=(--epochs 1 --train-images 300 --val-images 100)
 else
   device=cuda
