@@ -232,6 +232,43 @@ def test_encoded_data_of_mixed_channels_is_decoded_to_the_manifests_channels(tmp
         assert tuple(x.shape[1:]) == (channels, 16, 16)
 
 
+@pytest.mark.caffe
+@pytest.mark.parametrize("flag, channels", [("force_color: true", 3), ("force_gray: true", 1), ("", 4)])
+def test_encoded_records_decode_as_real_caffes_data_layer_decodes_them(tmp_path: Path, flag: str,
+                                                                       channels: int) -> None:
+    """The torch engine's Data layer against real Caffe's, TEST phase, on PNG files of 4, 1 and 3 channels (PNG: both
+    OpenCVs decode it to the same pixels): force_color and force_gray give the same batches, bit for bit; without a
+    flag both decode each file natively (here every file RGBA: 4 channels)."""
+    from squeezecaffe.engines.pycaffe.runtime import GlogTap, import_caffe
+    from squeezecaffe.engines.torchcaffe.loader import DataLayerLoader
+
+    src = tmp_path / "src"
+    for c in range(2):
+        (src / f"class_{c}").mkdir(parents=True)
+        for i in range(3):
+            img = pattern_image(c, i, (10, 12))
+            variants = [cv2.cvtColor(img, cv2.COLOR_BGR2BGRA)] if not flag else \
+                [cv2.cvtColor(img, cv2.COLOR_BGR2BGRA), cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), img]
+            for k, variant in enumerate(variants):
+                cv2.imwrite(str(src / f"class_{c}" / f"{i}_{k}.png"), variant)
+    data = tmp_path / "data"
+    assert main(["build-lmdb", str(src), str(data), "--encoded", "--quiet", "--val-fraction", "0", "--keep-order"]) == 0
+    net = tmp_path / "data.prototxt"
+    net.write_text(f'layer {{ name: "data" type: "Data" top: "data" top: "label" transform_param {{ scale: 0.5 {flag} }}'
+                   f' data_param {{ source: "{data / "train_lmdb"}" batch_size: 5 backend: LMDB }} }}')
+    caffe = import_caffe()
+    with GlogTap(tmp_path / "caffe.log"):
+        caffe_net = caffe.Net(str(net), caffe.TEST)
+        theirs = [(caffe_net.forward(), caffe_net.blobs["data"].data.copy(), caffe_net.blobs["label"].data.copy())
+                  for _ in range(3)]
+    layer = read_text(net, pb.NetParameter).layer[0]
+    ours = DataLayerLoader(layer, pb.TEST, seed=1)
+    for _, data_blob, labels in theirs:
+        x, y = ours.next_batch()
+        assert x.shape[1] == channels
+        assert np.array_equal(x.numpy(), data_blob) and np.array_equal(y.numpy(), labels)
+
+
 def test_eval_and_mean_decode_encoded_records_as_the_nets_do(tmp_path: Path, capsys) -> None:
     src = _mixed_channel_folders(tmp_path / "src")
     data = tmp_path / "data"
