@@ -45,6 +45,19 @@ def test_gen_with_overrides(capsys, tmp_path: Path) -> None:
     assert solver.net == str(tmp_path / "train_val.prototxt")
 
 
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+@pytest.mark.parametrize("settings, expected", [(["DATA=/x/tiny-imagenet-200/"], "out/data/tiny-imagenet-200"),
+                                                (["DATA=/x/photos", "OUT=/y/data"], "/y/data")])
+def test_make_build_lmdb_writes_where_out_says_or_beside_the_other_data(settings: list[str], expected: str) -> None:
+    """Without OUT, `make build-lmdb DATA=...` writes out/data/<name of DATA> (not the demo's out/ itself)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    shown = subprocess.run(["make", "-s", "-C", str(root), "print-LMDB_OUT", *settings], capture_output=True,
+                           text=True, check=True).stdout.strip()
+    assert shown == expected
+
+
 def test_data_that_is_not_a_data_directory_says_what_it_is_and_what_to_give(capsys, tmp_path: Path) -> None:
     """An image folder, one LMDB of a data directory and a bare LMDB each get the way to what `--data` takes."""
     images = write_class_folders(tmp_path / "images", classes=2, per_class=2)
