@@ -63,12 +63,19 @@ def test_data_that_is_not_a_data_directory_says_what_it_is_and_what_to_give(caps
     images = write_class_folders(tmp_path / "images", classes=2, per_class=2)
     assert main(["build-lmdb", str(images), str(tmp_path / "data"), "--quiet", "--val-fraction", "0"]) == 0
     shutil.copytree(tmp_path / "data" / "train_lmdb", tmp_path / "bare_lmdb")
+    assert main(["build-lmdb", str(images / "class_0"), str(tmp_path / "one_class"), "--quiet", "--val-fraction", "0"]) \
+        == 2
+    assert "images but no class folders: give the folder that holds the class folders" in capsys.readouterr().err
+    single = write_class_folders(tmp_path / "single", classes=1, per_class=2)
+    assert main(["build-lmdb", str(single), str(tmp_path / "one_class"), "--quiet"]) == 0
+    assert "holds one class (is it one class's folder?" in capsys.readouterr().out
     capsys.readouterr()
     for data, message in ((images, "it holds images: to train on them, build a data directory first "
                                    f"('squeezecaffe build-lmdb {images} DATA')"),
                           (tmp_path / "data" / "train_lmdb", f"one database of the data directory {tmp_path / 'data'}"),
                           (tmp_path / "bare_lmdb", "a bare LMDB (no manifest says its classes"),
-                          (tmp_path / "data" / "labels.txt", "a file, not a data directory")):
+                          (tmp_path / "data" / "labels.txt", "a file, not a data directory"),
+                          (tmp_path / "one_class", "has one class: a classifier needs two or more")):
         code, _, err = run(capsys, "gen", "fullbypass8", "--out", str(tmp_path / "net"), "--data", str(data))
         assert code == 2 and message in err and err.count("\n") == 1, err
 
@@ -78,6 +85,7 @@ def test_data_that_is_not_a_data_directory_says_what_it_is_and_what_to_give(caps
     (["gen", "fullbypass8", "--out", "x", "--input", "0x64"], "--input '0x64': height and width must be positive"),
     (["gen", "fullbypass8", "--out", "x", "--input", "big"], "expected HxW"),
     (["gen", "fullbypass8", "--out", "x", "--classes", "-3"], "--classes must be positive"),
+    (["gen", "fullbypass8", "--out", "x", "--classes", "1"], "--classes 1: a classifier needs two or more classes"),
     (["gen", "fullbypass8", "--out", "x", "--solver-set", "bogus=1"], "SolverParameter has no field 'bogus'"),
     (["gen", "squeezenet_v1_0", "--out", "x", "--input", "227x200"], "crop_size is square"),
     (["gen", "fullbypass8", "--out", "x", "--data", "/nonexistent"], "/nonexistent: no such data directory"),

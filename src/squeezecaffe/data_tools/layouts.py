@@ -191,6 +191,9 @@ def _class_folder_split(folder: Path, root: Path, ignored: dict[str, int]) -> tu
     """Class names (sorted) and each class's images relative to the dataset's `root`."""
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not is_hidden(p.name))
     if not classes:
+        if any(is_image_name(p.name) for p in folder.iterdir()):
+            raise UserError(f"{folder}: images but no class folders: give the folder that holds the class folders "
+                            f"(<SRC>/<class>/*.jpg), or write a list file ('path label' per line)")
         raise UserError(f"{folder}: no class folders (expected {folder}/<class>/*.jpg)")
     files = {c: _images_under(folder / c, root, ignored) for c in classes}
     for c, items in files.items():

@@ -81,6 +81,11 @@ def resolve(
         cfg = replace(cfg, std_value=tuple(float(f"{v:.6g}") for v in stds))
     if classes is not None:
         cfg = replace(cfg, classes=classes)
+    if cfg.classes < 2:  # a softmax over one class is right whatever the weights: nothing would be learned
+        if classes is not None:
+            raise UserError(f"--classes {classes}: a classifier needs two or more classes")
+        raise UserError(f"{data_dir} has one class: a classifier needs two or more (built from one class's folder "
+                        "instead of the folder that holds the class folders?)")
     if input_size is not None:
         cfg = replace(cfg, input_size=input_size)
     if cfg.crop and cfg.input_size[0] != cfg.input_size[1]:
