@@ -19,7 +19,7 @@ import squeezecaffe.data_tools.lmdb_io as lmdb_io
 import squeezecaffe.data_tools.parallel_write as parallel_write
 from squeezecaffe.data_tools.convert import ConvertOptions, build_lmdb
 from squeezecaffe.data_tools.decode import raw_datum_bytes
-from squeezecaffe.data_tools.layouts import _images_under
+from squeezecaffe.data_tools.image_files import images_under
 from squeezecaffe.data_tools.lmdb_io import LmdbReader
 from squeezecaffe.data_tools.mean import EXACT_FLOAT32_TOTAL, compute_mean, mean_from_pixel_sums
 from squeezecaffe.errors import UserError
@@ -218,9 +218,9 @@ def test_listing_follows_path_order(tmp_path: Path) -> None:
     expect = sorted(p for p in root.rglob("*")
                     if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp"} and p.is_file() and p.name[0] != ".")
     ignored: dict[str, int] = {}
-    assert _images_under(root, root, ignored) == [p.relative_to(root).as_posix() for p in expect]
+    assert images_under(root, root, ignored) == [p.relative_to(root).as_posix() for p in expect]
     assert ignored == {"hidden": 2, ".txt": 1}  # b/..jpg and b/.jpg are dot files; the symlinked folder is no file
-    assert _images_under(root / "a", root, {}) == ["a/x.jpg", "a/y/z.PNG"]
+    assert images_under(root / "a", root, {}) == ["a/x.jpg", "a/y/z.PNG"]
 
 
 def test_reports_that_cross_are_taken_in_chunk_order() -> None:

@@ -334,6 +334,26 @@ def test_a_list_file_with_one_based_labels_is_told_that_class_0_is_empty(tmp_pat
     assert sorted({pb.Datum.FromString(v).label for _, v in records(tmp_path / "o" / "train_lmdb")}) == [1, 2, 3]
 
 
+def test_split_folders_as_datasets_name_them(tmp_path: Path, capsys) -> None:
+    """Kaggle's `valid/`, capitalised `Train/`/`Test/`: split folders, not classes; two folders for one split, or split
+    folders without a train folder, are one line each."""
+    src = tmp_path / "kaggle"
+    for folder, per_class in (("Train", 4), ("valid", 2), ("Test", 1)):
+        write_class_folders(src / folder, classes=3, per_class=per_class)
+    assert main(["build-lmdb", str(src), str(tmp_path / "o"), "--quiet"]) == 0
+    manifest = read_manifest(tmp_path / "o")
+    assert manifest.classes == 3 and manifest.options["val_fraction"] == 0
+    assert {s: info["count"] for s, info in manifest.splits.items()} == {"train": 12, "val": 6, "test": 3}
+    write_class_folders(src / "validation", classes=3, per_class=1)
+    assert main(["build-lmdb", str(src), str(tmp_path / "o2"), "--quiet"]) == 2
+    assert "valid and validation are both the val split; keep one" in capsys.readouterr().err
+    no_train = tmp_path / "no_train"
+    write_class_folders(no_train / "val", classes=2, per_class=2)
+    write_class_folders(no_train / "test", classes=2, per_class=2)
+    assert main(["build-lmdb", str(no_train), str(tmp_path / "o3"), "--quiet"]) == 2
+    assert "split folders (test, val) but no train folder (train/ or training/)" in capsys.readouterr().err
+
+
 def test_empty_class_folder_and_existing_output(tmp_path: Path, capsys) -> None:
     src = write_class_folders(tmp_path / "cf", classes=2, per_class=3)
     (src / "empty_class").mkdir()

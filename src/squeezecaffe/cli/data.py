@@ -10,7 +10,8 @@ from squeezecaffe.errors import UserError
 
 def cmd_build_lmdb(args: argparse.Namespace) -> int:
     from squeezecaffe.data_tools.convert import ConvertOptions, build_lmdb
-    from squeezecaffe.data_tools.layouts import describe_ignored, parse_limits
+    from squeezecaffe.data_tools.image_files import describe_ignored
+    from squeezecaffe.data_tools.layouts import parse_limits
     from squeezecaffe.netgen.config import parse_hw
 
     if args.jobs is not None and args.jobs < 0:

@@ -3,7 +3,8 @@
 Three layouts are recognised:
 - Tiny ImageNet 200 as distributed (wnids.txt, words.txt, train/<wnid>/images, val/ with
   val_annotations.txt, unlabelled test/images);
-- class folders: root/<class>/**/<image> (any suffix of IMAGE_SUFFIXES), or root/{train,val,test}/<class>/...,
+- class folders: root/<class>/**/<image> (image_files.py says which files are images), or
+  root/{train,val,test}/<class>/... (split folders also as SPLIT_FOLDERS names them),
   with an optional root/words.txt (`folder<TAB>human-readable name`, Tiny ImageNet's format); hidden files and
   folders (a leading dot: macOS's `._name.jpg` companions, `.ipynb_checkpoints`) and `__MACOSX` are passed over,
   and every other file that is not an image is counted in `Dataset.ignored`;
@@ -15,22 +16,17 @@ and any split can be cut to a stratified subset (`limits`).
 
 from __future__ import annotations
 
-import os
 import random
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from squeezecaffe.data_tools.image_files import IMAGE_SUFFIXES, images_under, is_hidden, is_image_name
 from squeezecaffe.errors import UserError
 
-# The formats every opencv-python wheel of our range decodes (libjpeg, libpng, libtiff, libwebp, OpenJPEG and
-# OpenCV's own BMP and PxM readers). GIF and AVIF are not among them: OpenCV reads them only from 4.11 on, and only
-# where built with them, so such files are counted as ignored rather than failing a build on another machine.
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp",
-                            ".jp2", ".pbm", ".pgm", ".ppm", ".pnm"})
-# Folders that archivers and notebooks leave beside the images: never a class, never walked.
-NOT_CLASS_FOLDERS = frozenset({"__MACOSX"})
 SPLIT_NAMES = ("train", "val", "test")
+# Split folders as datasets ship them, matched in any case (Kaggle's valid/, Train/ and Test/, training/...).
+SPLIT_FOLDERS = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
 
 
 @dataclass
@@ -81,57 +77,6 @@ def numbered_labels(count: int) -> list[ClassLabel]:
     return [ClassLabel(i, str(i), str(i)) for i in range(count)]
 
 
-def _suffix(name: str) -> str:
-    dot = name.rfind(".")  # Path.suffix's rule: a dot that is neither the first nor the last character
-    return name[dot:].lower() if 0 < dot < len(name) - 1 else ""
-
-
-def is_hidden(name: str) -> bool:
-    return name.startswith(".") or name in NOT_CLASS_FOLDERS
-
-
-def is_image_name(name: str) -> bool:
-    """A file a folder walk takes as an image: a known suffix, and not hidden (`._photo.jpg` is macOS metadata)."""
-    return not is_hidden(name) and _suffix(name) in IMAGE_SUFFIXES
-
-
-def _images_under(folder: Path, root: Path, ignored: dict[str, int]) -> list[str]:
-    """Image files anywhere below `folder` as paths relative to `root`, in the order Paths sort in; the other
-    files are counted into `ignored` (by suffix, "hidden" for dot files), hidden folders are not walked.
-
-    A walk with os.scandir, each directory's entries in name order: that is the order of sorted
-    Paths (component by component), and the entries already say which are files, so nothing is
-    stat'ed twice; Path.rglob + sorted took a fifth of the whole conversion's time on 20,000 images.
-    Symlinked directories are not followed (as rglob); symlinked files are.
-    """
-    found: list[str] = []
-    top = folder.relative_to(root).as_posix()
-
-    def walk(path: str, prefix: str) -> None:
-        with os.scandir(path) as it:
-            entries = sorted(it, key=lambda e: e.name)
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                if not is_hidden(entry.name):
-                    walk(entry.path, f"{prefix}{entry.name}/")
-            elif not entry.is_file():
-                continue  # a symlinked directory (not followed, as rglob), a socket, a broken link
-            elif is_image_name(entry.name):
-                found.append(prefix + entry.name)
-            else:
-                kind = "hidden" if is_hidden(entry.name) else _suffix(entry.name) or "(no suffix)"
-                ignored[kind] = ignored.get(kind, 0) + 1
-
-    walk(str(folder), "" if top == "." else f"{top}/")
-    return found
-
-
-def describe_ignored(ignored: dict[str, int]) -> str:
-    """`3 files: .txt 2, hidden 1`, most frequent first."""
-    kinds = sorted(ignored.items(), key=lambda kv: (-kv[1], kv[0]))
-    return f"{sum(ignored.values())} files: " + ", ".join(f"{kind} {count}" for kind, count in kinds)
-
-
 def _read_lines(path: Path) -> list[str]:
     try:
         return path.read_text(encoding="utf-8").splitlines()
@@ -164,7 +109,7 @@ def tiny_imagenet(root: Path) -> Dataset:
         folder = root / "train" / wnid / "images"
         if not folder.is_dir():
             raise UserError(f"{folder}: missing training folder for class {wnid} listed in wnids.txt")
-        files = _images_under(folder, root, ignored)
+        files = images_under(folder, root, ignored)
         if not files:
             raise UserError(f"{folder}: class folder holds no images")
         train += [(rel, index[wnid]) for rel in files]
@@ -182,7 +127,7 @@ def tiny_imagenet(root: Path) -> Dataset:
         splits["val"] = sorted(val)
     labelled = {"train": True, "val": True}
     if (root / "test" / "images").is_dir():
-        splits["test"] = [(rel, 0) for rel in _images_under(root / "test" / "images", root, ignored)]
+        splits["test"] = [(rel, 0) for rel in images_under(root / "test" / "images", root, ignored)]
         labelled["test"] = False
     return Dataset(root, "tiny-imagenet", wnids, splits, words, labelled, ignored=ignored)
 
@@ -195,7 +140,7 @@ def _class_folder_split(folder: Path, root: Path, ignored: dict[str, int]) -> tu
             raise UserError(f"{folder}: images but no class folders: give the folder that holds the class folders "
                             f"(<SRC>/<class>/*.jpg), or write a list file ('path label' per line)")
         raise UserError(f"{folder}: no class folders (expected {folder}/<class>/*.jpg)")
-    files = {c: _images_under(folder / c, root, ignored) for c in classes}
+    files = {c: images_under(folder / c, root, ignored) for c in classes}
     for c, items in files.items():
         if not items:
             raise UserError(f"{folder / c}: class folder holds no images "
@@ -203,18 +148,39 @@ def _class_folder_split(folder: Path, root: Path, ignored: dict[str, int]) -> tu
     return classes, files
 
 
+def _split_folders(root: Path) -> dict[str, Path]:
+    """The split folders of a class-folder dataset: {split: folder}, in SPLIT_NAMES order. Empty unless there is a
+    train folder, or unless every folder is a split folder (then train is missing: one line)."""
+    folders = [p for p in root.iterdir() if p.is_dir() and not is_hidden(p.name)]
+    found: dict[str, list[Path]] = {}
+    for folder in folders:
+        split = next((s for s, names in SPLIT_FOLDERS.items() if folder.name.lower() in names), None)
+        if split:
+            found.setdefault(split, []).append(folder)
+    for split, matches in found.items():
+        if len(matches) > 1:
+            raise UserError(f"{root}: {' and '.join(sorted(p.name for p in matches))} are both the {split} split; "
+                            "keep one")
+    if "train" not in found:
+        if found and len(found) == len(folders):
+            raise UserError(f"{root}: split folders ({', '.join(sorted(p.name for [p] in found.values()))}) but no "
+                            "train folder (train/ or training/)")
+        return {}
+    return {s: found[s][0] for s in SPLIT_NAMES if s in found}
+
+
 def class_folders(root: Path) -> Dataset:
-    split_dirs = [s for s in SPLIT_NAMES if (root / s).is_dir()]
+    split_dirs = _split_folders(root)
     ignored: dict[str, int] = {}
-    if "train" in split_dirs:
-        classes, _ = _class_folder_split(root / "train", root, {})
+    if split_dirs:
+        classes, _ = _class_folder_split(split_dirs["train"], root, {})
         index = {c: i for i, c in enumerate(classes)}
         splits = {}
-        for split in split_dirs:
-            split_classes, files = _class_folder_split(root / split, root, ignored)
+        for split, folder in split_dirs.items():
+            split_classes, files = _class_folder_split(folder, root, ignored)
             unknown = sorted(set(split_classes) - set(classes))
             if unknown:
-                raise UserError(f"{root / split}: class folder '{unknown[0]}' does not exist in {root / 'train'}")
+                raise UserError(f"{folder}: class folder '{unknown[0]}' does not exist in {split_dirs['train']}")
             splits[split] = [(rel, index[c]) for c in split_classes for rel in files[c]]
     else:
         classes, files = _class_folder_split(root, root, ignored)

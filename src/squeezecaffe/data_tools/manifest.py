@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from squeezecaffe.data_tools.layouts import is_hidden, is_image_name
+from squeezecaffe.data_tools.image_files import is_hidden, is_image_name
 from squeezecaffe.errors import UserError
 from squeezecaffe.fileio import atomic_write_text, read_json_object
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from squeezecaffe.data_tools.layouts import ClassLabel, is_hidden, is_image_name
+from squeezecaffe.data_tools.image_files import is_hidden, is_image_name
+from squeezecaffe.data_tools.layouts import ClassLabel
 from squeezecaffe.errors import UserError
 from squeezecaffe.evaluation.options import EVAL_DEFAULTS
 from squeezecaffe.evaluation.preprocess import Preprocessor
