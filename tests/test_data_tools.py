@@ -181,7 +181,7 @@ def test_class_folders_take_every_format_opencv_reads_and_say_what_they_passed_o
     (src / "__MACOSX" / "class_0" / "._img_1.webp").write_bytes(b"\x00\x05\x16\x07")
     assert main(["build-lmdb", str(src), str(tmp_path / "o"), "--val-fraction", "0", "--quiet", "--encoded"]) == 0
     out = capsys.readouterr().out
-    assert f"{src}: passed over 6 files: .gif 2, .txt 2, hidden 2" in out
+    assert f"{src}: passed over .gif 2, .txt 2, hidden 2 (not images" in out
     manifest = read_manifest(tmp_path / "o")
     assert manifest.classes == 2 and manifest.splits["train"]["count"] == 10 and manifest.splits["train"]["skipped"] == 0
     assert manifest.options["ignored"] == {".gif": 2, ".txt": 2, "hidden": 2}
@@ -338,9 +338,10 @@ def test_split_folders_as_datasets_name_them(tmp_path: Path, capsys) -> None:
     """Kaggle's `valid/`, capitalised `Train/`/`Test/`: split folders, not classes; two folders for one split, or split
     folders without a train folder, are one line each."""
     src = tmp_path / "kaggle"
-    for folder, per_class in (("Train", 4), ("valid", 2), ("Test", 1)):
+    for folder, per_class in (("Train", 4), ("valid", 2), ("Test", 1), ("extra", 1)):
         write_class_folders(src / folder, classes=3, per_class=per_class)
     assert main(["build-lmdb", str(src), str(tmp_path / "o"), "--quiet"]) == 0
+    assert "passed over folder beside the split folders 1 (not images" in capsys.readouterr().out
     manifest = read_manifest(tmp_path / "o")
     assert manifest.classes == 3 and manifest.options["val_fraction"] == 0
     assert {s: info["count"] for s, info in manifest.splits.items()} == {"train": 12, "val": 6, "test": 3}

@@ -28,8 +28,8 @@ def cmd_build_lmdb(args: argparse.Namespace) -> int:
         print(f"{args.src} has no val split: held out {held_out:.0%} of train per class as val (seeded by --seed; "
               "--val-fraction 0 keeps none)")
     if manifest.options.get("ignored"):
-        print(f"{args.src}: passed over {describe_ignored(manifest.options['ignored'])} (not images of a format read "
-              "here, or hidden; the formats: docs/data-tools.md)")
+        print(f"{args.src}: passed over {describe_ignored(manifest.options['ignored'])} (not images of a format "
+              "read here, hidden, or beside the split folders; the formats: docs/data-tools.md)")
     if manifest.classes == 1:
         print(f"note: {args.src} holds one class (is it one class's folder? class folders go inside SRC); train "
               "needs two or more")

@@ -62,6 +62,6 @@ def images_under(folder: Path, root: Path, ignored: dict[str, int]) -> list[str]
 
 
 def describe_ignored(ignored: dict[str, int]) -> str:
-    """`3 files: .txt 2, hidden 1`, most frequent first."""
+    """`.txt 2, hidden 1`: what was passed over, by kind, most frequent first."""
     kinds = sorted(ignored.items(), key=lambda kv: (-kv[1], kv[0]))
-    return f"{sum(ignored.values())} files: " + ", ".join(f"{kind} {count}" for kind, count in kinds)
+    return ", ".join(f"{kind} {count}" for kind, count in kinds)

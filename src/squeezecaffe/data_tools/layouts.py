@@ -173,6 +173,9 @@ def class_folders(root: Path) -> Dataset:
     split_dirs = _split_folders(root)
     ignored: dict[str, int] = {}
     if split_dirs:
+        beside = [p for p in root.iterdir() if p.is_dir() and not is_hidden(p.name) and p not in split_dirs.values()]
+        if beside:  # not a split: left out, and said (an "extra/" or "unlabeled/" folder is not trained on)
+            ignored["folder beside the split folders"] = len(beside)
         classes, _ = _class_folder_split(split_dirs["train"], root, {})
         index = {c: i for i, c in enumerate(classes)}
         splits = {}
