@@ -106,10 +106,10 @@ print-%:
 	@echo '$($*)'
 
 # OUT given on the command line is the data directory; without it, out/data/<name of DATA>.
-LMDB_OUT = $(if $(filter command line environment,$(origin OUT)),$(OUT),$(OUT)/data/$(notdir $(abspath $(DATA))))
+LMDB_OUT = $(if $(filter command line,$(origin OUT)),$(OUT),$(OUT)/data/$(notdir $(abspath $(DATA))))
 build-lmdb: setup
 	@if [ -z "$(DATA)" ]; then echo "make build-lmdb: no DATA given, so building the built-in default dataset into $(DEFAULT_DATA) (Fashion-MNIST); give DATA=images [OUT=dir] for your own"; $(MAKE) --no-print-directory default-data; \
-	else $(BIN)/squeezecaffe build-lmdb "$(DATA)" "$(LMDB_OUT)" $(ARGS) && echo "next: make train MODEL=$(MODEL) DATA=$(LMDB_OUT)"; fi
+	else $(BIN)/squeezecaffe build-lmdb "$(DATA)" "$(LMDB_OUT)" $(ARGS) && echo "next: make train MODEL=$(MODEL) DATA='$(LMDB_OUT)'"; fi
 
 # The image for NVIDIA GPUs (docs/docker.md): `docker` builds what a user runs (python:3.11 slim base, torch with
 # CUDA from PyPI); `docker-test` builds it FROM a local Debian base with the CPU wheel and runs the CLI inside it.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -46,15 +47,18 @@ def test_gen_with_overrides(capsys, tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
-@pytest.mark.parametrize("settings, expected", [(["DATA=/x/tiny-imagenet-200/"], "out/data/tiny-imagenet-200"),
-                                                (["DATA=/x/photos", "OUT=/y/data"], "/y/data")])
+@pytest.mark.parametrize("settings, expected", [
+    (["DATA=/x/tiny-imagenet-200/"], "/from/the/environment/data/tiny-imagenet-200"),  # OUT from the environment: root
+    (["DATA=/x/photos", "OUT=/y/data"], "/y/data")])
 def test_make_build_lmdb_writes_where_out_says_or_beside_the_other_data(settings: list[str], expected: str) -> None:
-    """Without OUT, `make build-lmdb DATA=...` writes out/data/<name of DATA> (not the demo's out/ itself)."""
+    """Without OUT on the command line, `make build-lmdb DATA=...` writes OUT/data/<name of DATA> (OUT is then the
+    output root, out/ by default, as for the default dataset), not into the root itself."""
     import subprocess
 
     root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("OUT", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
     shown = subprocess.run(["make", "-s", "-C", str(root), "print-LMDB_OUT", *settings], capture_output=True,
-                           text=True, check=True).stdout.strip()
+                           text=True, check=True, env={**env, "OUT": "/from/the/environment"}).stdout.strip()
     assert shown == expected
 
 

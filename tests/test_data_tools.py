@@ -341,18 +341,43 @@ def test_split_folders_as_datasets_name_them(tmp_path: Path, capsys) -> None:
     for folder, per_class in (("Train", 4), ("valid", 2), ("Test", 1), ("extra", 1)):
         write_class_folders(src / folder, classes=3, per_class=per_class)
     assert main(["build-lmdb", str(src), str(tmp_path / "o"), "--quiet"]) == 0
-    assert "passed over folder beside the split folders 1 (not images" in capsys.readouterr().out
+    assert "passed over folders beside the splits 1 (not images" in capsys.readouterr().out
     manifest = read_manifest(tmp_path / "o")
     assert manifest.classes == 3 and manifest.options["val_fraction"] == 0
     assert {s: info["count"] for s, info in manifest.splits.items()} == {"train": 12, "val": 6, "test": 3}
     write_class_folders(src / "validation", classes=3, per_class=1)
     assert main(["build-lmdb", str(src), str(tmp_path / "o2"), "--quiet"]) == 2
     assert "valid and validation are both the val split; keep one" in capsys.readouterr().err
-    no_train = tmp_path / "no_train"
+    no_train = tmp_path / "no_train"  # val/ and test/ of class folders: eval reads them, build-lmdb has no train
     write_class_folders(no_train / "val", classes=2, per_class=2)
-    write_class_folders(no_train / "test", classes=2, per_class=2)
+    write_class_folders(no_train / "test", classes=3, per_class=1)
+    found = discover(no_train, val_fraction=0)
+    assert found.class_ids == ["class_0", "class_1", "class_2"] and set(found.splits) == {"val", "test"}
     assert main(["build-lmdb", str(no_train), str(tmp_path / "o3"), "--quiet"]) == 2
-    assert "split folders (test, val) but no train folder (train/ or training/)" in capsys.readouterr().err
+    assert "no training images found" in capsys.readouterr().err
+
+
+def test_folders_named_like_splits_that_hold_images_are_classes_and_a_bare_test_folder_is_unlabelled(
+        tmp_path: Path) -> None:
+    """Classes Bus, Car and Train (images inside) stay three classes, and so do test/ and testing/; Kaggle's
+    train/<class>/ beside test/*.jpg gives an unlabelled test split (as Tiny ImageNet's test/images)."""
+    vehicles = write_class_folders(tmp_path / "vehicles", classes=3, per_class=2)
+    for old, new in (("class_0", "Bus"), ("class_1", "Car"), ("class_2", "Train")):
+        (vehicles / old).rename(vehicles / new)
+    assert discover(vehicles, val_fraction=0).class_ids == ["Bus", "Car", "Train"]
+    named = write_class_folders(tmp_path / "named", classes=2, per_class=2)
+    (named / "class_0").rename(named / "test")
+    (named / "class_1").rename(named / "testing")
+    assert discover(named, val_fraction=0).class_ids == ["test", "testing"]
+    kaggle = tmp_path / "kaggle"
+    write_class_folders(kaggle / "train", classes=2, per_class=4)
+    (kaggle / "test").mkdir()
+    for i in range(3):
+        cv2.imwrite(str(kaggle / "test" / f"{i}.png"), pattern_image(0, i, (32, 32)))
+    assert main(["build-lmdb", str(kaggle), str(tmp_path / "o"), "--quiet"]) == 0
+    manifest = read_manifest(tmp_path / "o")
+    assert manifest.classes == 2 and manifest.splits["test"]["count"] == 3 and not manifest.splits["test"]["labelled"]
+    assert manifest.splits["val"]["count"] == 2  # held out of train: the source has no val
 
 
 def test_empty_class_folder_and_existing_output(tmp_path: Path, capsys) -> None:
@@ -452,6 +477,19 @@ def test_gen_reads_the_manifest(tmp_path: Path, capsys) -> None:
     assert (solver.test_interval, solver.max_iter, solver.test_iter[0]) == (3, 6, 2)  # 12/4, x2, ceil(6/3)
     tv = read_text(tmp_path / "net" / "train_val.prototxt", pb.NetParameter)
     assert tv.layer[0].data_param.source == str(tmp_path / "d" / "train_lmdb")
+
+
+def test_inspect_shows_encoded_files_as_stored_and_draws_them_in_colour(tmp_path: Path, capsys) -> None:
+    """RGBA, gray and 16-bit PNGs in an encoded database: inspect names each stored form, and the grid draws them."""
+    src = _mixed_channel_folders(tmp_path / "src")
+    cv2.imwrite(str(src / "class_0" / "deep.png"), (pattern_image(0, 9, (16, 16)).astype(np.uint16) * 257))
+    assert main(["build-lmdb", str(src), str(tmp_path / "d"), "--encoded", "--quiet", "--val-fraction", "0"]) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "d" / "train_lmdb"), "--grid", str(tmp_path / "g.png")]) == 0
+    out = capsys.readouterr().out
+    for shape in ("4x16x16 (sampled", "1x16x16 (sampled", "3x16x16 (sampled", "3x16x16 16-bit (sampled"):
+        assert shape in out, out
+    assert cv2.imread(str(tmp_path / "g.png")) is not None
 
 
 def test_inspect_and_mean_of_an_empty_database_are_one_line(tmp_path: Path, capsys) -> None:

@@ -31,8 +31,9 @@ def cmd_build_lmdb(args: argparse.Namespace) -> int:
         print(f"{args.src}: passed over {describe_ignored(manifest.options['ignored'])} (not images of a format "
               "read here, hidden, or beside the split folders; the formats: docs/data-tools.md)")
     if manifest.classes == 1:
-        print(f"note: {args.src} holds one class (is it one class's folder? class folders go inside SRC); train "
-              "needs two or more")
+        print(f"note: {args.src} holds one class" + (" (is it one class's folder? class folders go inside SRC)"
+                                                     if manifest.layout == "class-folders" else "")
+              + "; train needs two or more")
     empty = manifest.options.get("empty_classes") or []
     if empty:
         shown = ", ".join(map(str, empty[:10])) + (", ..." if len(empty) > 10 else "")

@@ -17,11 +17,13 @@ NOT_CLASS_FOLDERS = frozenset({"__MACOSX"})
 
 
 def _suffix(name: str) -> str:
+    """The lower-case suffix, "" for none (`.bashrc` has none, as for Path.suffix)."""
     dot = name.rfind(".")  # Path.suffix's rule: a dot that is neither the first nor the last character
     return name[dot:].lower() if 0 < dot < len(name) - 1 else ""
 
 
 def is_hidden(name: str) -> bool:
+    """Dot files and folders (macOS's `._x.jpg`, `.ipynb_checkpoints`) and the archivers' folders: never data."""
     return name.startswith(".") or name in NOT_CLASS_FOLDERS
 
 

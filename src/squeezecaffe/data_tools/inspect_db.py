@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from squeezecaffe.data_tools.layouts import read_labels
-from squeezecaffe.data_tools.lmdb_io import LmdbReader, datum_to_array
+from squeezecaffe.data_tools.lmdb_io import LmdbReader
 from squeezecaffe.errors import UserError
 from squeezecaffe.fileio import atomic_savefig
+from squeezecaffe.proto import pb
 
 
 def load_label_names(db: Path) -> dict[int, str]:
@@ -32,12 +34,21 @@ def describe(db: str | Path) -> dict:
             encoded += 1
         else:
             shapes[(datum.channels, datum.height, datum.width)] += 1
-    # Encoded records carry no size: decode the first 64 to show what they hold.
-    sampled = sorted({datum_to_array(reader.datum(i)).shape for i in range(min(len(reader), 64))}) if encoded else []
+    # Encoded records carry no size: decode the first 64 as stored (Caffe's native decoding) to show what they hold.
+    sampled = sorted({_stored_shape(reader.datum(i)) for i in range(min(len(reader), 64))}) if encoded else []
     return {"path": str(db), "count": len(reader), "encoded": encoded, "raw": len(reader) - encoded,
             "shapes": {"x".join(map(str, k)): v for k, v in shapes.items()},
-            "sampled_encoded_shapes": ["x".join(map(str, k)) for k in sampled],
+            "sampled_encoded_shapes": sampled,
             "labels": dict(sorted(labels.items()))}
+
+
+def _stored_shape(datum: pb.Datum) -> str:
+    """`CxHxW` of an encoded record as its file holds it (`3x40x40`, `4x40x40` for RGBA, `1x40x40 16-bit`)."""
+    img = cv2.imdecode(np.frombuffer(datum.data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        return "undecodable"
+    chw = (1 if img.ndim == 2 else img.shape[2], img.shape[0], img.shape[1])
+    return "x".join(map(str, chw)) + ("" if img.dtype == np.uint8 else f" {img.dtype.itemsize * 8}-bit")
 
 
 def format_description(info: dict, names: dict[int, str]) -> str:
@@ -59,7 +70,7 @@ def save_grid(db: str | Path, out: str | Path, count: int = 64, seed: int = 0) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    reader = LmdbReader(db)
+    reader = LmdbReader(db, color="color")  # encoded files as 3-channel 8-bit BGR (RGBA, gray, 16-bit alike)
     names = load_label_names(Path(db))
     rng = np.random.default_rng(seed)
     picks = sorted(rng.choice(len(reader), size=min(count, len(reader)), replace=False))

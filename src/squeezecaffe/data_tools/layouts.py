@@ -148,48 +148,69 @@ def _class_folder_split(folder: Path, root: Path, ignored: dict[str, int]) -> tu
     return classes, files
 
 
+def _holds_class_folders(folder: Path) -> bool:
+    """Sub-folders and no images of its own: a split folder of classes (`Train/` holding images is a class)."""
+    entries = [p for p in folder.iterdir() if not is_hidden(p.name)]
+    return any(p.is_dir() for p in entries) and not any(is_image_name(p.name) and p.is_file() for p in entries)
+
+
 def _split_folders(root: Path) -> dict[str, Path]:
-    """The split folders of a class-folder dataset: {split: folder}, in SPLIT_NAMES order. Empty unless there is a
-    train folder, or unless every folder is a split folder (then train is missing: one line)."""
+    """The split folders of a class-folder dataset, {split: folder} in SPLIT_NAMES order; empty where SRC's folders
+    are the classes. A split layout has a train folder of class folders, or only split folders (val/ and test/ of
+    class folders, which eval reads; build-lmdb then finds no training images), so classes named Train or Test,
+    holding images, stay classes."""
     folders = [p for p in root.iterdir() if p.is_dir() and not is_hidden(p.name)]
     found: dict[str, list[Path]] = {}
     for folder in folders:
         split = next((s for s, names in SPLIT_FOLDERS.items() if folder.name.lower() in names), None)
         if split:
             found.setdefault(split, []).append(folder)
+    trains = found.get("train", [])
+    only_splits = bool(found) and sum(map(len, found.values())) == len(folders)
+    if not (trains and all(map(_holds_class_folders, trains))) and not (
+            only_splits and any(_holds_class_folders(p) for group in found.values() for p in group)):
+        return {}
     for split, matches in found.items():
         if len(matches) > 1:
             raise UserError(f"{root}: {' and '.join(sorted(p.name for p in matches))} are both the {split} split; "
                             "keep one")
-    if "train" not in found:
-        if found and len(found) == len(folders):
-            raise UserError(f"{root}: split folders ({', '.join(sorted(p.name for [p] in found.values()))}) but no "
-                            "train folder (train/ or training/)")
-        return {}
     return {s: found[s][0] for s in SPLIT_NAMES if s in found}
 
 
-def class_folders(root: Path) -> Dataset:
-    split_dirs = _split_folders(root)
-    ignored: dict[str, int] = {}
-    if split_dirs:
-        beside = [p for p in root.iterdir() if p.is_dir() and not is_hidden(p.name) and p not in split_dirs.values()]
-        if beside:  # not a split: left out, and said (an "extra/" or "unlabeled/" folder is not trained on)
-            ignored["folder beside the split folders"] = len(beside)
-        classes, _ = _class_folder_split(split_dirs["train"], root, {})
-        index = {c: i for i, c in enumerate(classes)}
-        splits = {}
-        for split, folder in split_dirs.items():
-            split_classes, files = _class_folder_split(folder, root, ignored)
-            unknown = sorted(set(split_classes) - set(classes))
-            if unknown:
-                raise UserError(f"{folder}: class folder '{unknown[0]}' does not exist in {split_dirs['train']}")
-            splits[split] = [(rel, index[c]) for c in split_classes for rel in files[c]]
-    else:
-        classes, files = _class_folder_split(root, root, ignored)
-        splits = {"train": [(rel, i) for i, c in enumerate(classes) for rel in files[c]]}
+def _split_layout(root: Path, split_dirs: dict[str, Path], ignored: dict[str, int]) -> Dataset:
+    """Splits of class folders; a test folder of bare images is an unlabelled test split (Kaggle's submission set)."""
+    beside = [p for p in root.iterdir() if p.is_dir() and not is_hidden(p.name) and p not in split_dirs.values()]
+    if beside:  # not a split: left out, and said (an "extra/" or "unlabeled/" folder is not trained on)
+        ignored["folders beside the splits"] = len(beside)
+    labelled = {s: _holds_class_folders(folder) for s, folder in split_dirs.items()}
+    unlabelled = [s for s, ok in labelled.items() if not ok and s != "test"]
+    if unlabelled:
+        raise UserError(f"{split_dirs[unlabelled[0]]}: images but no class folders, so no labels for the "
+                        f"{unlabelled[0]} split (<split>/<class>/*.jpg)")
+    named = {s: _class_folder_split(folder, root, ignored) for s, folder in split_dirs.items() if labelled[s]}
+    classes = named["train"][0] if "train" in named else sorted({c for found, _ in named.values() for c in found})
+    index = {c: i for i, c in enumerate(classes)}
+    splits = {}
+    for split, (split_classes, files) in named.items():
+        unknown = sorted(set(split_classes) - set(classes))
+        if unknown:
+            raise UserError(f"{split_dirs[split]}: class folder '{unknown[0]}' does not exist in {split_dirs['train']}")
+        splits[split] = [(rel, index[c]) for c in split_classes for rel in files[c]]
+    if "test" in split_dirs and not labelled["test"]:
+        splits["test"] = [(rel, 0) for rel in images_under(split_dirs["test"], root, ignored)]
     return Dataset(root, "class-folders", classes, splits, read_words(root / "words.txt", classes),
-                   labelled={s: True for s in splits}, ignored=ignored)
+                   labelled=labelled, ignored=ignored)
+
+
+def class_folders(root: Path) -> Dataset:
+    ignored: dict[str, int] = {}
+    split_dirs = _split_folders(root)
+    if split_dirs:
+        return _split_layout(root, split_dirs, ignored)
+    classes, files = _class_folder_split(root, root, ignored)
+    splits = {"train": [(rel, i) for i, c in enumerate(classes) for rel in files[c]]}
+    return Dataset(root, "class-folders", classes, splits, read_words(root / "words.txt", classes),
+                   labelled={"train": True}, ignored=ignored)
 
 
 def stratified_split(items: list[tuple[str, int]], val_fraction: float, seed: int) -> dict[str, list[tuple[str, int]]]:
