@@ -27,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: tests.inputnet
 from _results import write_results
+from _timing import add_timing_options, fixed_batch
 
 from squeezecaffe.engines.pycaffe.runtime import GlogTap, import_caffe, select_device
 from squeezecaffe.engines.torchcaffe.options import EngineOptions
@@ -84,18 +85,12 @@ def time_torch(solver_path: Path, x: np.ndarray, y: np.ndarray, warmup: int, ite
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", default="fullbypass8")
+    add_timing_options(p, models="fullbypass8", iters=10)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--classes", type=int, default=200)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--iters", type=int, default=10)
-    p.add_argument("--json", help="also write the figures to this JSON file")
     p.add_argument("--keep", help="work in this folder (nets, caffe.log) instead of a temporary one")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (both engines)")
     args = p.parse_args()
-    rng = np.random.default_rng(0)
-    x = rng.normal(scale=50.0, size=(args.batch, 3, 64, 64)).astype(np.float32)
-    y = rng.integers(0, args.classes, size=args.batch).astype(np.float32)
+    x, y = fixed_batch(args.batch, args.classes)
     rows = []
     with tempfile.TemporaryDirectory(dir=args.keep) if args.keep else tempfile.TemporaryDirectory() as tmp:
         for model in args.models.split(","):

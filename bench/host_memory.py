@@ -21,13 +21,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import spread, write_results
+from _timing import add_timing_options, fixed_batch
 
 CONTENDERS = [("engine", "system"), ("engine", "kept"), ("reference", "system"), ("reference", "kept")]
 
 
 def one_timing(model: str, contender: str, batch: int, warmup: int, iters: int, classes: int) -> float:
     """Runs in the child process: images/s of one contender."""
-    import numpy as np
     import torch
     from caffe_vs_torch import training_net
     from train_speed import BypassSqueezeNet, parameter_count, time_engine, time_reference
@@ -35,9 +35,7 @@ def one_timing(model: str, contender: str, batch: int, warmup: int, iters: int, 
     from squeezecaffe.engines.torchcaffe.host_memory import keep_freed_host_memory
     from squeezecaffe.engines.torchcaffe.options import EngineOptions
 
-    rng = np.random.default_rng(0)
-    x = torch.from_numpy(rng.normal(scale=50.0, size=(batch, 3, 64, 64)).astype(np.float32))
-    y = torch.from_numpy(rng.integers(0, classes, size=batch).astype(np.float32))
+    x, y = map(torch.from_numpy, fixed_batch(batch, classes))
     if contender == "reference":
         keep_freed_host_memory()  # does nothing under SQUEEZECAFFE_MALLOC=system
         return time_reference(model, classes, x, y, warmup, iters, "cpu")
@@ -49,13 +47,9 @@ def one_timing(model: str, contender: str, batch: int, warmup: int, iters: int, 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", default="fullbypass8,fullbypass12")
+    add_timing_options(p, models="fullbypass8,fullbypass12", iters=5)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--classes", type=int, default=200)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--iters", type=int, default=5)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--json")
     p.add_argument("--one", nargs=2, metavar=("MODEL", "CONTENDER"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:

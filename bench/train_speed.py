@@ -40,6 +40,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import spread, write_results
+from _timing import add_timing_options, fixed_batch
 from caffe_vs_torch import time_caffe, training_net
 
 from squeezecaffe.data_tools.decode import raw_datum_bytes
@@ -196,19 +197,15 @@ def parameter_count(module: nn.Module) -> int:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", default="fullbypass8,fullbypass12")
+    add_timing_options(p, models="fullbypass8,fullbypass12", iters=5)
     p.add_argument("--devices", default="cpu,cuda")
     p.add_argument("--batches", default="64,256,1024", help="batch sizes on CUDA")
     p.add_argument("--cpu-batches", default="32")
     p.add_argument("--amps", default="fp32", help="precisions: fp32, bf16, fp16 (autocast), comma-separated")
     p.add_argument("--layouts", default="nchw", help="memory formats: nchw, nhwc (channels-last), comma-separated")
-    p.add_argument("--classes", type=int, default=200)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--iters", type=int, default=5)
     p.add_argument("--repeats", type=int, default=3, help="timings per contender; the best counts")
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="DataLoader workers (fed runs)")
     p.add_argument("--records", type=int, default=4096, help="images in the random LMDB of the fed runs")
-    p.add_argument("--json", help="also write the figures to this JSON file")
     args = p.parse_args()
     devices = [d for d in args.devices.split(",") if d == "cpu" or torch.cuda.is_available()]
     rows = []
@@ -224,9 +221,7 @@ def main() -> int:
                 folder = Path(tmp) / f"{model}-{device}-{batch}-{amp}-{layout}"
                 folder.mkdir()
                 solver_path = training_net(model, batch, args.classes, folder)
-                rng = np.random.default_rng(0)
-                x_np = rng.normal(scale=50.0, size=(batch, 3, 64, 64)).astype(np.float32)
-                y_np = rng.integers(0, args.classes, size=batch).astype(np.float32)
+                x_np, y_np = fixed_batch(batch, args.classes)
                 x, y = torch.from_numpy(x_np).to(device), torch.from_numpy(y_np).to(device)
                 if device.startswith("cuda"):
                     torch.cuda.reset_peak_memory_stats()
