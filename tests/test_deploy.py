@@ -193,6 +193,17 @@ def test_classify_odd_images_and_report_bad_files_without_stopping(finished_run:
     assert all(w.split()[1] in {f"class_{i}" for i in range(4)} for w in written)
 
 
+def test_classify_takes_a_folders_images_as_build_lmdb_does(tmp_path: Path) -> None:
+    """Every decodable format, in path order; hidden files and folders and other files passed over."""
+    from squeezecaffe.evaluation.classify import expand_inputs
+
+    for name in ("b.png", "._b.png", ".ipynb_checkpoints/c.png", "sub/a.TIF", "sub/x.webp", "notes.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    assert expand_inputs([str(tmp_path), str(tmp_path / "notes.txt")]) == [
+        tmp_path / "b.png", tmp_path / "sub" / "a.TIF", tmp_path / "sub" / "x.webp", tmp_path / "notes.txt"]
+
+
 def test_classify_a_folder_writes_one_prediction_per_image(finished_run: Path, data: Path, tmp_path: Path, capsys):
     src = Path(json.loads((data / "manifest.json").read_text())["options"]["source"]) / "class_2"
     preds = tmp_path / "p.txt"

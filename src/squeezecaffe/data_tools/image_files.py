@@ -32,6 +32,18 @@ def is_image_name(name: str) -> bool:
     return not is_hidden(name) and _suffix(name) in IMAGE_SUFFIXES
 
 
+def holds_images(folder: Path, depth: int = 1) -> bool:
+    """Image files in `folder` itself (depth 1) or within `depth` levels below it (hidden folders aside); a folder
+    that cannot be read holds none (callers only choose a layout or the wording of an error from it)."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return False
+    return any(entry.is_file() and is_image_name(entry.name) for entry in entries) or (
+        depth > 1 and any(entry.is_dir() and not is_hidden(entry.name) and holds_images(Path(entry.path), depth - 1)
+                          for entry in entries))
+
+
 def images_under(folder: Path, root: Path, ignored: dict[str, int]) -> list[str]:
     """Image files anywhere below `folder` as paths relative to `root`, in the order Paths sort in; the other
     files are counted into `ignored` (by suffix, "hidden" for dot files), hidden folders are not walked.

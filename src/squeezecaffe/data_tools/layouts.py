@@ -21,7 +21,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from squeezecaffe.data_tools.image_files import IMAGE_SUFFIXES, images_under, is_hidden, is_image_name
+from squeezecaffe.data_tools.image_files import IMAGE_SUFFIXES, holds_images, images_under, is_hidden
 from squeezecaffe.errors import UserError
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -136,7 +136,7 @@ def _class_folder_split(folder: Path, root: Path, ignored: dict[str, int]) -> tu
     """Class names (sorted) and each class's images relative to the dataset's `root`."""
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not is_hidden(p.name))
     if not classes:
-        if any(is_image_name(p.name) for p in folder.iterdir()):
+        if holds_images(folder):
             raise UserError(f"{folder}: images but no class folders: give the folder that holds the class folders "
                             f"(<SRC>/<class>/*.jpg), or write a list file ('path label' per line)")
         raise UserError(f"{folder}: no class folders (expected {folder}/<class>/*.jpg)")
@@ -150,8 +150,7 @@ def _class_folder_split(folder: Path, root: Path, ignored: dict[str, int]) -> tu
 
 def _holds_class_folders(folder: Path) -> bool:
     """Sub-folders and no images of its own: a split folder of classes (`Train/` holding images is a class)."""
-    entries = [p for p in folder.iterdir() if not is_hidden(p.name)]
-    return any(p.is_dir() for p in entries) and not any(is_image_name(p.name) and p.is_file() for p in entries)
+    return any(p.is_dir() and not is_hidden(p.name) for p in folder.iterdir()) and not holds_images(folder)
 
 
 def _split_folders(root: Path) -> dict[str, Path]:

@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from squeezecaffe.data_tools.image_files import is_hidden, is_image_name
+from squeezecaffe.data_tools.image_files import holds_images
 from squeezecaffe.errors import UserError
 from squeezecaffe.fileio import atomic_write_text, read_json_object
 
@@ -49,21 +49,6 @@ def read_manifest(data_dir: str | Path) -> DataManifest:
     return DataManifest(**raw)
 
 
-def _holds_images(folder: Path, depth: int = 3) -> bool:
-    """Image files within `depth` levels (class folders, train/<class>/, Tiny ImageNet's train/<wnid>/images); a
-    folder that cannot be read counts as holding none (this only picks the wording of an error)."""
-    try:
-        entries = list(folder.iterdir())
-    except OSError:
-        return False
-    for entry in entries:
-        if entry.is_file() and is_image_name(entry.name):
-            return True
-        if depth > 1 and entry.is_dir() and not is_hidden(entry.name) and _holds_images(entry, depth - 1):
-            return True
-    return False
-
-
 def _no_manifest(data_dir: Path) -> str:
     """What a directory without a manifest is, and what to give instead (an LMDB of a data directory, images)."""
     if data_dir.is_file():
@@ -75,7 +60,7 @@ def _no_manifest(data_dir: Path) -> str:
             return f"{data_dir}: one database of the data directory {data_dir.parent}; give that directory"
         return (f"{data_dir}: a bare LMDB (no manifest says its classes, size and mean); build a data directory from "
                 "the images with 'squeezecaffe build-lmdb SRC DATA'")
-    if _holds_images(data_dir):
+    if holds_images(data_dir, depth=3):  # class folders, train/<class>/, Tiny ImageNet's train/<wnid>/images
         return (f"{data_dir}: no {MANIFEST_NAME} here, and it holds images: to train on them, build a data "
                 f"directory first ('squeezecaffe build-lmdb {data_dir} DATA') and give DATA")
     return f"{data_dir / MANIFEST_NAME}: no dataset manifest; build the data directory with " \

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from squeezecaffe.data_tools.image_files import is_hidden, is_image_name
+from squeezecaffe.data_tools.image_files import images_under
 from squeezecaffe.data_tools.layouts import ClassLabel
 from squeezecaffe.errors import UserError
 from squeezecaffe.evaluation.options import EVAL_DEFAULTS
@@ -32,8 +32,7 @@ def expand_inputs(paths: list[str]) -> list[Path]:
     out = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += sorted(f for f in p.rglob("*") if is_image_name(f.name) and f.is_file()
-                          and not any(is_hidden(part) for part in f.relative_to(p).parts))
+            out += [p / rel for rel in images_under(p, p, {})]  # build-lmdb's walk: same files, same order
         else:
             out.append(p)
     return out
