@@ -490,6 +490,16 @@ def test_inspect_shows_encoded_files_as_stored_and_draws_them_in_colour(tmp_path
     for shape in ("4x16x16 (sampled", "1x16x16 (sampled", "3x16x16 (sampled", "3x16x16 16-bit (sampled"):
         assert shape in out, out
     assert cv2.imread(str(tmp_path / "g.png")) is not None
+    deep = tmp_path / "deep"  # decoded natively (no force flag), 16-bit samples are refused, naming db and record
+    for c in range(2):
+        (deep / f"c{c}").mkdir(parents=True)
+        cv2.imwrite(str(deep / f"c{c}" / "x.png"), pattern_image(c, 0, (8, 8)).astype(np.uint16) * 257)
+    assert main(["build-lmdb", str(deep), str(tmp_path / "dd"), "--encoded", "--quiet", "--val-fraction", "0"]) == 0
+    capsys.readouterr()
+    assert main(["mean", str(tmp_path / "dd" / "train_lmdb"), "-o", str(tmp_path / "m.binaryproto")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'dd' / 'train_lmdb'} [00000000_c0/x.png]: a 16-bit encoded image" in err
+    assert err.count("\n") == 1
 
 
 def test_inspect_and_mean_of_an_empty_database_are_one_line(tmp_path: Path, capsys) -> None:

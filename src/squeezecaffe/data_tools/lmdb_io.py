@@ -162,10 +162,10 @@ def datum_to_array(datum: pb.Datum, color: str = "native") -> np.ndarray:
         flag = {"native": cv2.IMREAD_UNCHANGED, "color": cv2.IMREAD_COLOR, "gray": cv2.IMREAD_GRAYSCALE}[color]
         img = cv2.imdecode(np.frombuffer(datum.data, np.uint8), flag)
         if img is None:
-            raise UserError(f"record with label {datum.label}: encoded image cannot be decoded")
+            raise UserError("encoded image cannot be decoded")
         if img.dtype != np.uint8:  # Caffe would read the 16-bit samples as pairs of bytes
-            raise UserError(f"record with label {datum.label}: a {img.dtype.itemsize * 8}-bit encoded image, decoded "
-                            "with its own format (neither force_color nor force_gray); Caffe reads 8-bit samples")
+            raise UserError(f"a {img.dtype.itemsize * 8}-bit encoded image, decoded with its own format (neither "
+                            "force_color nor force_gray); Caffe reads 8-bit samples")
         return img[None] if img.ndim == 2 else img.transpose(2, 0, 1)
     if datum.data:
         arr = np.frombuffer(datum.data, np.uint8).reshape(datum.channels, datum.height, datum.width)
@@ -241,13 +241,20 @@ class LmdbReader:
         datum.ParseFromString(value)
         return datum
 
+    def array(self, key: bytes, datum: pb.Datum, color: str | None = None) -> np.ndarray:
+        """datum_to_array (with this reader's `color` unless given), a failure naming the database and the record."""
+        try:
+            return datum_to_array(datum, color or self.color)
+        except UserError as exc:
+            raise UserError(f"{self.path} [{key.decode(errors='replace')}]: {exc}") from None
+
     def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
         datum = self.datum(index)
-        return datum_to_array(datum, self.color), int(datum.label)
+        return self.array(self.keys[index], datum), int(datum.label)
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, int]]:
-        for _, datum in self.iter_datums():
-            yield datum_to_array(datum, self.color), int(datum.label)
+        for key, datum in self.iter_datums():
+            yield self.array(key, datum), int(datum.label)
 
     def iter_datums(self) -> Iterator[tuple[bytes, pb.Datum]]:
         with self._env().begin() as txn:

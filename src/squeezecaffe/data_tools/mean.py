@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from squeezecaffe.data_tools.lmdb_io import LmdbReader, datum_to_array
+from squeezecaffe.data_tools.lmdb_io import LmdbReader
 from squeezecaffe.errors import UserError
 from squeezecaffe.fileio import atomic_write_text
 from squeezecaffe.proto import pb, set_float_data, write_binary
@@ -58,7 +58,7 @@ def compute_mean(db: str | Path, color: str = "native") -> tuple[pb.BlobProto, l
     count = 0
     with LmdbReader(db) as reader:
         for key, datum in reader.iter_datums():
-            img = datum_to_array(datum, color).astype(np.float32)
+            img = reader.array(key, datum, color).astype(np.float32)
             if total is None:
                 total = np.zeros_like(img, dtype=np.float32)
             elif img.shape[0] != total.shape[0]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from squeezecaffe.data_tools.layouts import ClassLabel, discover
-from squeezecaffe.data_tools.lmdb_io import LmdbReader, datum_to_array, decoding_for
+from squeezecaffe.data_tools.lmdb_io import LmdbReader, decoding_for
 from squeezecaffe.errors import UnreadableImage, UserError
 from squeezecaffe.evaluation.artifacts import Artifacts
 from squeezecaffe.evaluation.figures import confusion_png, error_grid_png
@@ -44,7 +44,7 @@ class LmdbSource:
 
     def item(self, i: int) -> tuple[np.ndarray, int]:
         datum = self.reader.datum(i)
-        return datum_to_array(datum, self.encoded_as), int(datum.label)
+        return self.reader.array(self.reader.keys[i], datum, self.encoded_as), int(datum.label)
 
     def key(self, i: int) -> str:
         return self.reader.keys[i].decode("utf-8", "replace")
