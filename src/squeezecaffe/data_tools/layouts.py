@@ -16,6 +16,7 @@ and any split can be cut to a stratified subset (`limits`).
 
 from __future__ import annotations
 
+import os
 import random
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -150,7 +151,9 @@ def _class_folder_split(folder: Path, root: Path, ignored: dict[str, int]) -> tu
 
 def _holds_class_folders(folder: Path) -> bool:
     """Sub-folders and no images of its own: a split folder of classes (`Train/` holding images is a class)."""
-    return any(p.is_dir() and not is_hidden(p.name) for p in folder.iterdir()) and not holds_images(folder)
+    with os.scandir(folder) as entries:  # the entries say what they are: no stat per file of a large flat folder
+        has_folders = any(entry.is_dir() and not is_hidden(entry.name) for entry in entries)
+    return has_folders and not holds_images(folder)
 
 
 def _split_folders(root: Path) -> dict[str, Path]:
