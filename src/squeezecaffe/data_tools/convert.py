@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from squeezecaffe.caffe_rules.decoding import forced_decoding
 from squeezecaffe.data_tools.decode import PAD_MODES, DecodeOptions
 from squeezecaffe.data_tools.layouts import Dataset, discover
 from squeezecaffe.data_tools.lmdb_io import (
     AtomicLmdbWriter,
     BackgroundSync,
-    decoding_for,
     remove_stale_temporaries,
 )
 from squeezecaffe.data_tools.manifest import DataManifest, write_manifest
@@ -174,7 +174,7 @@ def build_lmdb(src: str | Path, out: str | Path, options: ConvertOptions, *, roo
     atomic_write_text(out / "labels.txt", dataset.labels_txt())
     train = next(r for r in results if r.name == "train")  # the mean and the manifest's image size come from it
     exact = mean_from_pixel_sums(train.pixel_sums, train.count) if train.pixel_sums is not None else None
-    decoded = decoding_for(1 if options.gray else 3)  # encoded files as decoded here and by the nets (not natively)
+    decoded = forced_decoding(1 if options.gray else 3)  # encoded files as decoded here and by the nets (not natively)
     # Several sizes, within a split (encoded, no --resize) or between splits (each split's own size): no net that
     # takes its input whole can read them all (solvers/settings.py refuses it).
     mixed_sizes = len(set().union(*(r.shapes for r in results))) > 1

@@ -144,12 +144,6 @@ def remove_stale_temporaries(directory: Path) -> None:
                 shutil.rmtree(p, ignore_errors=True)
 
 
-def decoding_for(channels: int) -> str:
-    """The `color` a net of `channels` input channels decodes encoded records with: the force_gray / force_color
-    that generated nets for an encoded database carry (netgen/builder.py writes the same choice as fields)."""
-    return "gray" if channels == 1 else "color"
-
-
 def datum_to_array(datum: pb.Datum, color: str = "native") -> np.ndarray:
     """A Datum as a uint8 CxHxW array (Caffe's layout), decoding encoded ones.
 

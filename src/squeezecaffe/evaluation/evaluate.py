@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from squeezecaffe.caffe_rules.decoding import forced_decoding
 from squeezecaffe.data_tools.layouts import ClassLabel, discover
-from squeezecaffe.data_tools.lmdb_io import LmdbReader, decoding_for
+from squeezecaffe.data_tools.lmdb_io import LmdbReader
 from squeezecaffe.errors import UnreadableImage, UserError
 from squeezecaffe.evaluation.artifacts import Artifacts
 from squeezecaffe.evaluation.figures import confusion_png, error_grid_png
@@ -33,7 +34,7 @@ class LmdbSource:
 
     def __init__(self, db: Path, name: str, channels: int) -> None:
         self.reader = LmdbReader(db)
-        self.encoded_as = decoding_for(channels)
+        self.encoded_as = forced_decoding(channels)
         self.name = name
         self.where = str(db)
         if not len(self.reader):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from squeezecaffe.caffe_rules.checks import check_net
+from squeezecaffe.caffe_rules.decoding import forced_decoding
 from squeezecaffe.netgen import modules
 from squeezecaffe.netgen.config import NetConfig
 from squeezecaffe.netgen.dsl import NetBuilder, NetgenError
@@ -73,8 +74,7 @@ def _head(n: NetBuilder, spec: ModelSpec, style: ConvStyle, top: str, classes: i
 
 
 def _transform(cfg: NetConfig, train: bool) -> dict:
-    """Caffe's transform_param. Encoded databases get force_color / force_gray: without either, Caffe decodes each
-    file with its own channels (an RGBA PNG gives 4, a gray JPEG 1), while build-lmdb sized the net for `channels`."""
+    """Caffe's transform_param; an encoded database's nets force their channels (caffe_rules/decoding.py)."""
     t: dict = dict(mirror=cfg.mirror and train)
     if cfg.crop:
         t["crop_size"] = cfg.input_size[0]
@@ -83,7 +83,7 @@ def _transform(cfg: NetConfig, train: bool) -> dict:
     else:
         t["mean_value"] = list(cfg.mean_value)
     if cfg.encoded:
-        t["force_gray" if cfg.channels == 1 else "force_color"] = True
+        t[f"force_{forced_decoding(cfg.channels)}"] = True
     if not t["mirror"]:
         del t["mirror"]
     return t
